@@ -1,0 +1,186 @@
+"""Asset library: ShapeNetCore.v2 models plus texture/skybox image folders, indexed once.
+
+Layouts (the same as the original BL30K generator's inputs):
+- models root: ``<synset>/<model>/models/model_normalized.obj`` (+ ``.mtl``, images, and
+  ShapeNet's ``model_normalized.json`` bounding box), ``taxonomy.json`` for category names;
+- textures root: ``texture/<class>/<image>`` and ``skybox/<class>/<image>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tga", ".tif", ".tiff", ".exr", ".hdr"}
+INDEX_VERSION = 2
+
+
+class AssetError(RuntimeError):
+    """A model, texture or asset root is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str  # "<synset>/<model>"
+    synset: str
+    category: str
+    mapped: bool  # the .mtl has a map_Kd (the model is texture mapped)
+    radius: float  # bounding-sphere radius around the origin, model units
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("FARM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bl30k-farm")
+    return Path(base)
+
+
+def resolve_under(root: Path, rel: str, what: str) -> Path:
+    """``root/rel`` as an existing file, refusing anything that escapes ``root``."""
+    root = root.resolve()
+    path = (root / rel).resolve()
+    if root != path and root not in path.parents:
+        raise AssetError(f"{what} {rel!r} escapes its root {root}")
+    if not path.is_file():
+        raise AssetError(f"{what} {rel!r} not found: {path}")
+    return path
+
+
+def _read_taxonomy(models_root: Path) -> dict[str, str]:
+    path = models_root / "taxonomy.json"
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        return {e["synsetId"]: str(e["name"]).split(",")[0] for e in entries}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AssetError(f"unreadable taxonomy {path}: {exc}") from None
+
+
+def _model_info(models_root: Path, model_id: str, category: str) -> ModelInfo:
+    folder = models_root / model_id / "models"
+    mapped = False
+    try:
+        with open(folder / "model_normalized.mtl", errors="replace") as f:
+            mapped = any("map_Kd" in line for line in f)
+    except FileNotFoundError:
+        pass
+    radius = 0.5  # ShapeNetCore.v2 normalises every model to a unit bounding-box diagonal
+    try:
+        box = json.loads((folder / "model_normalized.json").read_text())
+        corners = [box["min"], box["max"]]
+        radius = max(sum(c * c for c in corner) ** 0.5 for corner in corners)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    synset = model_id.split("/")[0]
+    return ModelInfo(model_id, synset, category, mapped, float(radius))
+
+
+def _list_images(root: Path, kind: str) -> list[str]:
+    base = root / kind
+    if not base.is_dir():
+        raise AssetError(f"textures root {root} has no {kind}/ folder")
+    out = []
+    for cls in sorted(p for p in base.iterdir() if p.is_dir()):
+        out += [f"{kind}/{cls.name}/{f.name}" for f in sorted(cls.iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    if not out:
+        raise AssetError(f"no images under {base}/<class>/")
+    return out
+
+
+def _stamp(models_root: Path, textures_root: Path) -> list[list]:
+    """Modification times that change when models or images are added or removed."""
+    dirs = [models_root, textures_root / "texture", textures_root / "skybox"]
+    dirs += [p for p in models_root.iterdir() if p.is_dir()]
+    dirs += [p for k in ("texture", "skybox") for p in (textures_root / k).iterdir() if p.is_dir()]
+    return sorted([str(p), p.stat().st_mtime_ns] for p in dirs)
+
+
+@dataclass
+class AssetLibrary:
+    models_root: Path
+    textures_root: Path
+    models: list[ModelInfo]
+    textures: list[str]
+    skyboxes: list[str]
+
+    @classmethod
+    def open(cls, models_root: str | Path, textures_root: str | Path,
+             cache_dir: Path | None = None, denylist: set[str] | None = None) -> AssetLibrary:
+        models_root, textures_root = Path(models_root).resolve(), Path(textures_root).resolve()
+        for root, what in ((models_root, "models"), (textures_root, "textures")):
+            if not root.is_dir():
+                raise AssetError(f"{what} root {root} is not a directory")
+        lib = cls._load_cached(models_root, textures_root, cache_dir or default_cache_dir())
+        if denylist:
+            lib.models = [m for m in lib.models if m.id not in denylist]
+            lib.textures = [t for t in lib.textures if t not in denylist]
+            lib.skyboxes = [s for s in lib.skyboxes if s not in denylist]
+        if not lib.models:
+            raise AssetError(f"no usable models under {models_root}")
+        return lib
+
+    @classmethod
+    def _load_cached(cls, models_root: Path, textures_root: Path, cache_dir: Path) -> AssetLibrary:
+        key = hashlib.sha256(f"{models_root}\n{textures_root}".encode()).hexdigest()[:16]
+        cache = cache_dir / f"index-{key}.json"
+        stamp = _stamp(models_root, textures_root)
+        try:
+            data = json.loads(cache.read_text())
+            if data["version"] == INDEX_VERSION and data["stamp"] == stamp:
+                return cls(models_root, textures_root, [ModelInfo(**m) for m in data["models"]],
+                           data["textures"], data["skyboxes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        lib = cls._scan(models_root, textures_root)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({
+                "version": INDEX_VERSION, "stamp": stamp, "models": [asdict(m) for m in lib.models],
+                "textures": lib.textures, "skyboxes": lib.skyboxes}))
+            tmp.replace(cache)
+        except OSError:
+            pass  # a read-only cache only costs a rescan next time
+        return lib
+
+    @classmethod
+    def _scan(cls, models_root: Path, textures_root: Path) -> AssetLibrary:
+        taxonomy = _read_taxonomy(models_root)
+        ids = []
+        for synset in sorted(p for p in models_root.iterdir() if p.is_dir()):
+            for model in sorted(p for p in synset.iterdir() if p.is_dir()):
+                if (model / "models" / "model_normalized.obj").is_file():
+                    ids.append(f"{synset.name}/{model.name}")
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            models = list(pool.map(
+                lambda i: _model_info(models_root, i, taxonomy.get(i.split("/")[0], i.split("/")[0])),
+                ids))
+        return cls(models_root, textures_root, models,
+                   _list_images(textures_root, "texture"), _list_images(textures_root, "skybox"))
+
+    def model(self, model_id: str) -> ModelInfo:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise AssetError(f"model {model_id!r} is not in the library at {self.models_root}")
+
+    def fingerprint(self) -> str:
+        """Hash of the asset lists: specs are reproducible only against the same lists."""
+        h = hashlib.sha256()
+        for item in [m.id for m in self.models] + self.textures + self.skyboxes:
+            h.update(item.encode() + b"\n")
+        return h.hexdigest()[:16]
+
+
+def check_spec_assets(spec, models_root: Path, textures_root: Path) -> None:
+    """Raise AssetError naming the first model or image of ``spec`` that is missing."""
+    for i, obj in enumerate(spec.objects):
+        resolve_under(models_root, obj.obj_path, f"objects[{i}] model")
+        if obj.texture:
+            resolve_under(textures_root, obj.texture, f"objects[{i}] texture")
+    resolve_under(textures_root, spec.background.image, "background image")

@@ -1,0 +1,72 @@
+"""Quality gate: every object visible in frame 0 and in view for most frames.
+
+``geometric_gate`` is the cheap pre-render check on bounding spheres; ``mask_gate`` checks the
+rendered masks (pixel counts per object and frame).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from farm.camera import focal_pixels, look_at_rotation, project
+from farm.presets import QualityGate
+from farm.spec import VideoSpec, eval_poly
+
+NEAR = 0.1
+OCCLUDER_SHRINK = 0.5  # a nearer object's sphere counts as solid only within half its radius
+
+
+def object_discs(spec: VideoSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Projected bounding discs per (object, frame): column, row, radius in pixels, depth."""
+    t = spec.frame_times()
+    width, height = spec.resolution
+    cam_loc = eval_poly(spec.camera.location_poly, t)
+    rot = look_at_rotation(cam_loc, eval_poly(spec.camera.look_at_poly, t))
+    centers = np.stack([eval_poly(o.location_poly, t) for o in spec.objects])  # (K, F, 3)
+    scales = np.stack([np.abs(eval_poly(o.scale_poly, t)).max(axis=-1) for o in spec.objects])
+    radius = scales * np.array([o.radius for o in spec.objects])[:, None]
+    col, row, depth = project(centers, cam_loc, rot, spec.camera.fov, width, height)
+    rad_px = focal_pixels(spec.camera.fov, width, height) * radius / np.maximum(depth, NEAR)
+    return col, row, rad_px, depth
+
+
+def _visible_area(col, row, rad, depth, width: int, height: int) -> np.ndarray:
+    """Approximate on-screen pixel area of discs (disc area times the clipped-box fraction)."""
+    x0, x1 = np.clip(col - rad, 0, width), np.clip(col + rad, 0, width)
+    y0, y1 = np.clip(row - rad, 0, height), np.clip(row + rad, 0, height)
+    box = (2 * rad) ** 2
+    frac = np.where(box > 0, (x1 - x0) * (y1 - y0) / np.maximum(box, 1e-9), 0)
+    return np.where(depth > NEAR, np.pi * rad**2 * frac, 0.0)
+
+
+def geometric_gate(spec: VideoSpec, gate: QualityGate) -> str | None:
+    """None if the spec passes, else the reason it is rejected."""
+    width, height = spec.resolution
+    col, row, rad, depth = object_discs(spec)
+    area = _visible_area(col, row, rad, depth, width, height)
+    min_px = gate.min_pixels(width, height)
+    for k in range(len(spec.objects)):
+        if area[k, 0] < min_px:
+            return f"object {k + 1} is out of view in frame 0"
+        for m in range(len(spec.objects)):
+            inner = OCCLUDER_SHRINK * rad[m, 0]
+            covered = np.hypot(col[k, 0] - col[m, 0], row[k, 0] - row[m, 0]) + rad[k, 0] <= inner
+            if m != k and NEAR < depth[m, 0] < depth[k, 0] and covered:
+                return f"object {k + 1} is hidden behind object {m + 1} in frame 0"
+        in_view = float(np.mean(area[k] > 0))
+        if in_view < gate.min_visible_frames_fraction:
+            return f"object {k + 1} is in view in only {in_view:.0%} of frames"
+    return None
+
+
+def mask_gate(pixel_counts: np.ndarray, gate: QualityGate, width: int, height: int) -> str | None:
+    """Check rendered masks: ``pixel_counts`` is (frames, objects) visible pixels per object."""
+    min_px = gate.min_pixels(width, height)
+    for k, count in enumerate(pixel_counts[0]):
+        if count < min_px:
+            return f"object {k + 1} has {int(count)} pixels in frame 0 (minimum {min_px})"
+    visible = (pixel_counts > 0).mean(axis=0)
+    for k, frac in enumerate(visible):
+        if frac < gate.min_visible_frames_fraction:
+            return f"object {k + 1} is visible in only {frac:.0%} of frames"
+    return None

@@ -1,0 +1,262 @@
+"""Deterministic BL30K spec generation: (master seed, segment, index) -> VideoSpec.
+
+Reproduces the original generator's distributions (see ``SamplingParams``). Every random draw of a
+video comes from its own ``numpy`` generator seeded by (seed, segment, index, attempt), so a spec
+does not depend on which other specs were generated, in which order or process. Asset lists are
+walked as reshuffled permutations like the original ``Sampler``: video ``i`` owns fixed slots of a
+segment-wide stream of permutations, so usage stays even without sequential state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+
+from farm.assets import AssetLibrary
+from farm.deintersect import min_path_distances
+from farm.gate import geometric_gate
+from farm.presets import Preset
+from farm.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec
+
+DEGREE = 4
+CONTROL_T = np.arange(DEGREE + 1) / DEGREE
+# Exact degree-4 fit through 5 control points: coefficients = FIT @ points.
+FIT = np.linalg.inv(CONTROL_T[:, None] ** np.arange(DEGREE + 1))
+SLOTS_PER_VIDEO = 5  # model and texture slots each video owns in the permutation streams
+STREAMS = {"models": 1, "textures": 2, "skyboxes": 3}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The original generator's hyper-parameters (generate_yaml.py)."""
+
+    n_frames: int = 160  # motion is sampled for 160 frames; presets may render fewer samples of it
+    fov: tuple[float, float] = (0.7, 0.8)
+    num_objects: tuple[int, int] = (3, 5)
+    obj_scale: tuple[float, float] = (1.25, 3.0)
+    scale_change: tuple[float, float] = (0.8, 1.25)
+    obj_tsl_per_frame: float = 0.03
+    obj_rot_per_frame: float = 0.02
+    cam_tsl_per_frame: float = 0.10
+    look_at_shift_per_frame: float = 0.10
+    enter_static_prob: float = 0.10
+    continue_static_prob: float = 0.35
+    num_lights: tuple[int, int] = (1, 3)
+    light_energy: tuple[int, int] = (1000, 15000)
+    light_radius: float = 11.0
+    cam_base: tuple[float, float] = (-0.3, 0.3)
+    cam_into: tuple[float, float] = (-6.0, -5.0)
+    look_at_base: tuple[float, float] = (-0.5, 0.5)
+    look_at_into: tuple[float, float] = (3.0, 4.0)
+    obj_base: tuple[float, float] = (-1.05, 1.05)
+    obj_into: tuple[float, float] = (-2.0, 5.0)
+    sky_strength: tuple[float, float] = (0.1, 1.0)
+    mapped_replace_prob: float = 0.5
+    unmapped_replace_prob: float = 1.0
+    min_path_distance: float = 0.75
+    max_path_retries: int = 50
+
+
+def video_id(segment: int, index: int) -> str:
+    """BL30K-style name: segment letter + 5-digit index (segment 0 -> 'a00000')."""
+    if 0 <= segment < 26 and 0 <= index < 100_000:
+        return f"{chr(ord('a') + segment)}{index:05d}"
+    return f"s{segment:03d}_{index:06d}"
+
+
+def video_rng(seed: int, segment: int, index: int, attempt: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, segment, index, attempt]))
+
+
+@lru_cache(maxsize=64)
+def _permutation(seed: int, segment: int, stream: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([seed, segment, 1000 + stream, epoch])
+                                 ).permutation(n)
+
+
+def permuted_pick(items: list, seed: int, segment: int, stream: str, position: int):
+    """Item at ``position`` of an endless walk through reshuffled permutations of ``items``."""
+    n = len(items)
+    epoch, offset = divmod(position, n)
+    return items[int(_permutation(seed, segment, STREAMS[stream], epoch, n)[offset])]
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float], size=None):
+    return rng.random(size) * (bounds[1] - bounds[0]) + bounds[0]
+
+
+def _frustum_point(rng: np.random.Generator, p: SamplingParams) -> np.ndarray:
+    """A point in the object box, widening with depth like the view frustum."""
+    y = _uniform(rng, p.obj_into)
+    widen = (y - p.cam_into[0]) / (p.obj_into[0] - p.cam_into[0])
+    x = _uniform(rng, (p.obj_base[0] * widen, p.obj_base[1] * widen))
+    z = _uniform(rng, (p.obj_base[0] * widen, p.obj_base[1] * widen))
+    return np.array([x, y, z])
+
+
+def _block_point(rng: np.random.Generator, base: tuple, into: tuple) -> np.ndarray:
+    x, y, z = _uniform(rng, base), _uniform(rng, into), _uniform(rng, base)
+    return np.array([x, y, z])
+
+
+def _step_towards(current: np.ndarray, target: np.ndarray, max_delta: np.ndarray) -> np.ndarray:
+    """Move towards ``target``, each axis limited by ``|max_delta|``.
+
+    The original clamped only positive moves (a one-sided bug); we clamp both directions as its
+    documented intent says.
+    """
+    limit = np.abs(max_delta)
+    return current + np.clip(target - current, -limit, limit)
+
+
+Step = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+
+
+def _walk(rng: np.random.Generator, starts: list[np.ndarray], steps: list[Step],
+          p: SamplingParams) -> list[np.ndarray]:
+    """Control points for several channels that move or stay static together.
+
+    The first segment is static with ``enter_static_prob``; after each move the path enters a
+    static span with ``enter_static_prob``; a static span continues with ``continue_static_prob``.
+    """
+    points = [np.zeros((DEGREE + 1, 3)) for _ in starts]
+    for pts, start in zip(points, starts, strict=True):
+        pts[0] = start
+    static = rng.random() < p.enter_static_prob
+    for i in range(1, DEGREE + 1):
+        if static:
+            for pts in points:
+                pts[i] = pts[i - 1]
+            static = rng.random() < p.continue_static_prob
+        else:
+            for pts, step in zip(points, steps, strict=True):
+                pts[i] = step(rng, pts[i - 1])
+            static = rng.random() < p.enter_static_prob
+    return points
+
+
+def _poly(points: np.ndarray) -> list[list[float]]:
+    return (FIT @ points).tolist()
+
+
+def sample_camera(rng: np.random.Generator, p: SamplingParams) -> CameraSpec:
+    fov = float(_uniform(rng, p.fov))
+    tsl = p.cam_tsl_per_frame * p.n_frames / DEGREE
+    shift = p.look_at_shift_per_frame * p.n_frames / DEGREE
+    loc, look = _walk(
+        rng,
+        [_block_point(rng, p.cam_base, p.cam_into), _block_point(rng, p.look_at_base, p.look_at_into)],
+        [lambda r, cur: _step_towards(cur, _block_point(r, p.cam_base, p.cam_into),
+                                      r.normal(0, tsl, 3)),
+         lambda r, cur: _step_towards(cur, _block_point(r, p.look_at_base, p.look_at_into),
+                                      r.normal(0, shift, 3))],
+        p,
+    )
+    return CameraSpec(fov=fov, location_poly=_poly(loc), look_at_poly=_poly(look))
+
+
+def sample_object_path(rng: np.random.Generator, p: SamplingParams) -> tuple[list, list, list]:
+    tsl = p.obj_tsl_per_frame * p.n_frames / DEGREE
+    rot = p.obj_rot_per_frame * p.n_frames / DEGREE
+    lo, hi = (c ** (1 / DEGREE) for c in p.scale_change)
+    loc, angles, scale = _walk(
+        rng,
+        [_frustum_point(rng, p), rng.random(3) * 2 * np.pi, _uniform(rng, p.obj_scale, 3)],
+        [lambda r, cur: _step_towards(cur, _frustum_point(r, p), r.normal(0, tsl, 3)),
+         lambda r, cur: cur + r.normal(0, rot, 3),
+         lambda r, cur: cur * _uniform(r, (lo, hi), 3)],
+        p,
+    )
+    return _poly(loc), _poly(angles), _poly(scale)
+
+
+def sample_light(rng: np.random.Generator, p: SamplingParams) -> LightSpec:
+    energy = int(rng.integers(p.light_energy[0], p.light_energy[1] + 1))
+    color = 0.5 + rng.random(3) * 0.5
+    color /= color.max()
+    direction = rng.normal(0, 1, 3)
+    location = p.light_radius * direction / np.linalg.norm(direction)
+    rotation = rng.random(3) * 3.14 * 2  # the original's constant
+    return LightSpec(energy=energy, color=color.tolist(), location_poly=[location.tolist()],
+                     rotation_poly=[rotation.tolist()])
+
+
+def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
+                    p: SamplingParams) -> tuple[list[ObjectSpec], dict]:
+    count = int(rng.integers(p.num_objects[0], p.num_objects[1] + 1))
+    objects: list[ObjectSpec] = []
+    paths: list[np.ndarray] = []
+    pairs, retries = [], []
+    for j in range(count):
+        slot = index * SLOTS_PER_VIDEO + j
+        model = permuted_pick(lib.models, seed, segment, "models", slot)
+        replace_prob = p.mapped_replace_prob if model.mapped else p.unmapped_replace_prob
+        texture = None
+        if rng.random() < replace_prob:
+            texture = permuted_pick(lib.textures, seed, segment, "textures", slot)
+        for tries in range(p.max_path_retries + 1):
+            loc, ang, scl = sample_object_path(rng, p)
+            dists = min_path_distances(np.asarray(loc), paths)
+            if dists.size == 0 or dists.min() >= p.min_path_distance:
+                break
+        retries.append(tries)
+        pairs += [[k, j, round(float(d), 6)] for k, d in enumerate(dists)]
+        paths.append(np.asarray(loc))
+        objects.append(ObjectSpec(
+            model=model.id, synset=model.synset, category=model.category, location_poly=loc,
+            rotation_poly=ang, scale_poly=scl, texture=texture, radius=round(model.radius, 6)))
+    record = {
+        "min_distance": p.min_path_distance,
+        "pairs": pairs,  # [earlier object, object, achieved minimum path distance]
+        "retries": retries,
+        "satisfied": all(d >= p.min_path_distance for _, _, d in pairs),
+    }
+    return objects, record
+
+
+def sample_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, seed: int,
+                attempt: int, p: SamplingParams = SamplingParams()) -> VideoSpec:
+    """One sampling attempt, without the quality gate."""
+    rng = video_rng(seed, segment, index, attempt)
+    camera = sample_camera(rng, p)
+    objects, deintersection = _sample_objects(rng, lib, seed, segment, index, p)
+    lights = [sample_light(rng, p) for _ in range(int(rng.integers(p.num_lights[0],
+                                                                    p.num_lights[1] + 1)))]
+    background = BackgroundSpec(
+        image=permuted_pick(lib.skyboxes, seed, segment, "skyboxes", index),
+        strength=float(_uniform(rng, p.sky_strength)),
+    )
+    return VideoSpec(
+        id=video_id(segment, index), segment=segment, index=index, seed=seed,
+        frames=preset.frames, resolution=list(preset.resolution), camera=camera, objects=objects,
+        lights=lights, background=background, render=preset.render, source="generated",
+        preset=preset.name, attempt=attempt,
+        generation={"assets": lib.fingerprint(), "deintersection": deintersection},
+    )
+
+
+def generate_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, seed: int,
+                  first_attempt: int = 0, p: SamplingParams = SamplingParams(),
+                  rejected: list[dict] | None = None) -> VideoSpec:
+    """Sample attempts from ``first_attempt`` until one passes the geometric quality gate.
+
+    ``rejected`` carries earlier rejections (e.g. by the render-time mask check) into the record.
+    After ``max_attempts`` the last attempt is returned with ``gate.passed = false``.
+    """
+    rejected = list(rejected or [])
+    gate = preset.quality_gate
+    attempt = first_attempt
+    while True:
+        spec = sample_spec(lib, preset, segment, index, seed, attempt, p)
+        reason = geometric_gate(spec, gate)
+        if reason is None or attempt + 1 >= first_attempt + gate.max_attempts:
+            break
+        rejected.append({"attempt": attempt, "check": "geometric", "reason": reason})
+        attempt += 1
+    record = {"passed": reason is None, "rejected": rejected}
+    if reason is not None:
+        record["reason"] = reason
+    return replace(spec, generation={**spec.generation, "gate": record})

@@ -1,0 +1,373 @@
+"""The video spec: a versioned, validated, pure-data description of one video.
+
+Coordinates are Blender world units; the camera looks roughly down +Y. A polynomial ("poly") is a
+list of rows, lowest degree first, each row holding the (x, y, z) coefficients, exactly like
+numpy's ``polyval`` coefficient layout with one column per axis. Frame ``i`` of ``n`` is evaluated
+at ``t = i / (n - 1)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import yaml
+
+SPEC_VERSION = 1
+MAX_FRAMES = 1000
+MAX_RESOLUTION = 4096
+MAX_SAMPLES = 8192
+MAX_OBJECTS = 16
+MAX_LIGHTS = 8
+MAX_POLY_DEGREE = 8
+MAX_ABS_COORD = 1e4
+MAX_SPEC_BYTES = 1 << 20
+VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DENOISE_PREFILTERS = ("NONE", "FAST", "ACCURATE")
+DEVICES = ("AUTO", "CPU", "GPU", "CUDA", "OPTIX")
+
+
+class SpecError(ValueError):
+    """A spec (or a preset) is malformed; ``str()`` names the field and the problem."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+Poly = list[list[float]]
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    engine: str = "CYCLES"
+    samples: int = 64
+    adaptive_threshold: float = 0.0  # 0 disables adaptive sampling
+    adaptive_min_samples: int = 0
+    denoise: bool = True
+    denoise_prefilter: str = "ACCURATE"
+    jpeg_quality: int = 98
+    view_transform: str = "Standard"
+    max_bounces: int = 12
+    max_texture_size: int = 0  # 0 = keep textures at full resolution
+    device: str = "AUTO"
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    fov: float  # horizontal field of view in radians (Blender camera angle, sensor fit AUTO)
+    location_poly: Poly
+    look_at_poly: Poly
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    model: str  # "<synset>/<model>" relative to the ShapeNetCore.v2 root
+    synset: str
+    category: str
+    location_poly: Poly
+    rotation_poly: Poly  # Euler XYZ, radians
+    scale_poly: Poly
+    texture: str | None = None  # relative to the textures root, e.g. "texture/wood/0.jpg"
+    uv_projection: str = "AUTO"  # with a texture: AUTO (smart <1000 faces, else cylinder),
+    # SMART or CYLINDER
+    radius: float = 0.5  # bounding-sphere radius of the unscaled model (model_normalized units)
+
+    @property
+    def obj_path(self) -> str:
+        return f"{self.model}/models/model_normalized.obj"
+
+
+@dataclass(frozen=True)
+class LightSpec:
+    energy: float  # watts
+    color: list[float]
+    location_poly: Poly
+    rotation_poly: Poly
+    type: str = "POINT"
+
+
+@dataclass(frozen=True)
+class BackgroundSpec:
+    image: str  # relative to the textures root, e.g. "skybox/city/1.jpg"
+    strength: float
+    location: list[float] = field(default_factory=lambda: [0.0, 12.0, 0.0])
+    rotation: list[float] = field(default_factory=lambda: [math.pi / 2, 0.0, 0.0])
+    size: float = 40.0
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    id: str
+    segment: int
+    index: int
+    seed: int
+    frames: int
+    resolution: list[int]  # [width, height]
+    camera: CameraSpec
+    objects: list[ObjectSpec]
+    lights: list[LightSpec]
+    background: BackgroundSpec
+    render: RenderSettings
+    source: str = "generated"  # "generated" (resamplable) or "imported"
+    preset: str = "bl30k"
+    attempt: int = 0  # quality-gate sub-seed that produced this spec
+    generation: dict[str, Any] = field(default_factory=dict)  # de-intersection/gate records
+    version: int = SPEC_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=100)
+
+    def digest(self) -> str:
+        """Stable content hash (sha256 of canonical JSON)."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def frame_times(self) -> np.ndarray:
+        return np.linspace(0.0, 1.0, self.frames) if self.frames > 1 else np.zeros(1)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> VideoSpec:
+        return _parse_spec(data)
+
+
+def eval_poly(poly: Poly, t: np.ndarray | float) -> np.ndarray:
+    """Evaluate a poly at times ``t``; returns shape ``t.shape + (3,)``."""
+    coeffs = np.asarray(poly, dtype=float)
+    t = np.asarray(t, dtype=float)
+    powers = t[..., None] ** np.arange(len(coeffs))
+    return powers @ coeffs
+
+
+def load_spec(path: str | Path) -> VideoSpec:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SpecError("spec", f"cannot read {path}: {exc.strerror}") from None
+    if size > MAX_SPEC_BYTES:
+        raise SpecError("spec", f"{path} is {size} bytes, more than {MAX_SPEC_BYTES}")
+    return parse_spec_text(path.read_bytes(), origin=str(path))
+
+
+def parse_spec_text(text: str | bytes, origin: str = "spec") -> VideoSpec:
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError("spec", f"{origin} is larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError("spec", f"{origin} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise SpecError("spec", f"{origin} is nested too deeply") from None
+    return _parse_spec(data)
+
+
+def save_spec(spec: VideoSpec, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(spec.to_yaml())
+    tmp.replace(path)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _mapping(data: Any, name: str, known: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SpecError(name, f"expected a mapping, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise SpecError(name, f"unknown field(s) {', '.join(unknown)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise SpecError(name, f"missing field(s) {', '.join(missing)}")
+    return data
+
+
+def _fields(cls: type) -> tuple[set[str], set[str]]:
+    from dataclasses import MISSING, fields
+
+    all_names = {f.name for f in fields(cls)}
+    required = {
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    }
+    return all_names, required
+
+
+def _number(value: Any, name: str, lo: float = -MAX_ABS_COORD, hi: float = MAX_ABS_COORD) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(name, f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise SpecError(name, f"must be finite, got {value}")
+    if not lo <= value <= hi:
+        raise SpecError(name, f"{value} is outside [{lo}, {hi}]")
+    return float(value)
+
+
+def _integer(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(name, f"expected an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise SpecError(name, f"{value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SpecError(name, f"{value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _vector(value: Any, name: str, length: int = 3, lo: float = -MAX_ABS_COORD,
+            hi: float = MAX_ABS_COORD) -> list[float]:
+    if not isinstance(value, list | tuple) or len(value) != length:
+        raise SpecError(name, f"expected a list of {length} numbers")
+    return [_number(v, f"{name}[{i}]", lo, hi) for i, v in enumerate(value)]
+
+
+def _poly(value: Any, name: str) -> Poly:
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= MAX_POLY_DEGREE + 1:
+        raise SpecError(name, f"expected 1..{MAX_POLY_DEGREE + 1} coefficient rows of [x, y, z]")
+    return [_vector(row, f"{name}[{i}]") for i, row in enumerate(value)]
+
+
+def asset_path(value: Any, name: str) -> str:
+    """A relative POSIX path that cannot leave its root (no '..', no absolute path)."""
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise SpecError(name, "expected a non-empty relative path (at most 512 characters)")
+    if "\\" in value or "\x00" in value or any(ord(c) < 32 for c in value):
+        raise SpecError(name, f"{value!r} contains a forbidden character")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or value.startswith("~"):
+        raise SpecError(name, f"{value!r} must be relative to its asset root, without '..'")
+    return value
+
+
+def _parse_render(data: Any) -> RenderSettings:
+    known, required = _fields(RenderSettings)
+    d = _mapping(data, "render", known, required)
+    out = RenderSettings(**d)
+    _choice(out.engine, "render.engine", ("CYCLES",))
+    _integer(out.samples, "render.samples", 1, MAX_SAMPLES)
+    _number(out.adaptive_threshold, "render.adaptive_threshold", 0.0, 1.0)
+    _integer(out.adaptive_min_samples, "render.adaptive_min_samples", 0, MAX_SAMPLES)
+    if not isinstance(out.denoise, bool):
+        raise SpecError("render.denoise", "expected true or false")
+    _choice(out.denoise_prefilter, "render.denoise_prefilter", DENOISE_PREFILTERS)
+    _integer(out.jpeg_quality, "render.jpeg_quality", 1, 100)
+    _choice(out.view_transform, "render.view_transform", ("Standard", "AgX", "Filmic"))
+    _integer(out.max_bounces, "render.max_bounces", 0, 128)
+    _integer(out.max_texture_size, "render.max_texture_size", 0, 16384)
+    _choice(out.device, "render.device", DEVICES)
+    return out
+
+
+def _parse_object(data: Any, name: str) -> ObjectSpec:
+    known, required = _fields(ObjectSpec)
+    d = _mapping(data, name, known, required)
+    model = asset_path(d["model"], f"{name}.model")
+    if len(PurePosixPath(model).parts) != 2:
+        raise SpecError(f"{name}.model", f"{model!r} must be '<synset>/<model>'")
+    texture = d.get("texture")
+    if texture is not None:
+        texture = asset_path(texture, f"{name}.texture")
+    for key in ("synset", "category"):
+        if not isinstance(d[key], str) or len(d[key]) > 256:
+            raise SpecError(f"{name}.{key}", "expected a string of at most 256 characters")
+    return ObjectSpec(
+        model=model,
+        synset=d["synset"],
+        category=d["category"],
+        location_poly=_poly(d["location_poly"], f"{name}.location_poly"),
+        rotation_poly=_poly(d["rotation_poly"], f"{name}.rotation_poly"),
+        scale_poly=_poly(d["scale_poly"], f"{name}.scale_poly"),
+        texture=texture,
+        uv_projection=_choice(d.get("uv_projection", "AUTO"), f"{name}.uv_projection",
+                              ("AUTO", "SMART", "CYLINDER")),
+        radius=_number(d.get("radius", 0.5), f"{name}.radius", 1e-6, 100.0),
+    )
+
+
+def _parse_light(data: Any, name: str) -> LightSpec:
+    known, required = _fields(LightSpec)
+    d = _mapping(data, name, known, required)
+    return LightSpec(
+        energy=_number(d["energy"], f"{name}.energy", 0.0, 1e7),
+        color=_vector(d["color"], f"{name}.color", lo=0.0, hi=1.0),
+        location_poly=_poly(d["location_poly"], f"{name}.location_poly"),
+        rotation_poly=_poly(d["rotation_poly"], f"{name}.rotation_poly"),
+        type=_choice(d.get("type", "POINT"), f"{name}.type", ("POINT",)),
+    )
+
+
+def _parse_spec(data: Any) -> VideoSpec:
+    known, required = _fields(VideoSpec)
+    d = _mapping(data, "spec", known, required)
+    version = d.get("version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise SpecError("version", f"unsupported spec version {version!r} (expected {SPEC_VERSION})")
+    if not isinstance(d["id"], str) or not VIDEO_ID_RE.match(d["id"]):
+        raise SpecError("id", "expected 1-64 letters, digits, '_' or '-'")
+    res = d["resolution"]
+    if not isinstance(res, list | tuple) or len(res) != 2:
+        raise SpecError("resolution", "expected [width, height]")
+    resolution = [_integer(v, f"resolution[{i}]", 8, MAX_RESOLUTION) for i, v in enumerate(res)]
+
+    cam_known, cam_req = _fields(CameraSpec)
+    cam = _mapping(d["camera"], "camera", cam_known, cam_req)
+    camera = CameraSpec(
+        fov=_number(cam["fov"], "camera.fov", 0.01, 3.1),
+        location_poly=_poly(cam["location_poly"], "camera.location_poly"),
+        look_at_poly=_poly(cam["look_at_poly"], "camera.look_at_poly"),
+    )
+    objects = d["objects"]
+    if not isinstance(objects, list) or not 1 <= len(objects) <= MAX_OBJECTS:
+        raise SpecError("objects", f"expected a list of 1..{MAX_OBJECTS} objects")
+    lights = d["lights"]
+    if not isinstance(lights, list) or not 1 <= len(lights) <= MAX_LIGHTS:
+        raise SpecError("lights", f"expected a list of 1..{MAX_LIGHTS} lights")
+
+    bg_known, bg_req = _fields(BackgroundSpec)
+    bg = _mapping(d["background"], "background", bg_known, bg_req)
+    background = BackgroundSpec(
+        image=asset_path(bg["image"], "background.image"),
+        strength=_number(bg["strength"], "background.strength", 0.0, 1000.0),
+        location=_vector(bg.get("location", [0.0, 12.0, 0.0]), "background.location"),
+        rotation=_vector(bg.get("rotation", [math.pi / 2, 0.0, 0.0]), "background.rotation"),
+        size=_number(bg.get("size", 40.0), "background.size", 0.01, 1e4),
+    )
+    generation = d.get("generation", {})
+    if not isinstance(generation, dict):
+        raise SpecError("generation", "expected a mapping")
+    for key in ("preset", "source"):
+        if key in d and (not isinstance(d[key], str) or len(d[key]) > 64):
+            raise SpecError(key, "expected a string of at most 64 characters")
+    return VideoSpec(
+        id=d["id"],
+        segment=_integer(d["segment"], "segment", 0, 10**6),
+        index=_integer(d["index"], "index", 0, 10**9),
+        seed=_integer(d["seed"], "seed", 0, 2**63 - 1),
+        frames=_integer(d["frames"], "frames", 1, MAX_FRAMES),
+        resolution=resolution,
+        camera=camera,
+        objects=[_parse_object(o, f"objects[{i}]") for i, o in enumerate(objects)],
+        lights=[_parse_light(o, f"lights[{i}]") for i, o in enumerate(lights)],
+        background=background,
+        render=_parse_render(d["render"]),
+        source=_choice(d.get("source", "generated"), "source", ("generated", "imported")),
+        preset=d.get("preset", "bl30k"),
+        attempt=_integer(d.get("attempt", 0), "attempt", 0, 1000),
+        generation=generation,
+        version=SPEC_VERSION,
+    )
