@@ -86,7 +86,8 @@ def _read_index(mask_dir: Path) -> np.ndarray:
 
 
 def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
-                 gate_check: Callable[[np.ndarray], str | None] | None = None) -> dict:
+                 gate_check: Callable[[np.ndarray], str | None] | None = None,
+                 on_frame: Callable[[int], None] | None = None) -> dict:
     """Render ``spec`` into ``staging/JPEGImages/<id>`` and ``staging/Annotations/<id>``.
 
     ``gate_check`` receives the (frames_so_far, objects) pixel-count array after frame 0 and
@@ -127,6 +128,8 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
                 reason = gate_check(counts)
                 if reason:
                     raise GateRejected(reason)
+            if on_frame:
+                on_frame(i)
     finally:
         shutil.rmtree(mask_dir, ignore_errors=True)
     return {

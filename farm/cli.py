@@ -1,0 +1,251 @@
+"""``python -m farm``: assets, specs, original-config import, local renders and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from farm.assets import AssetError, AssetLibrary, default_cache_dir
+from farm.presets import Preset, apply_preset, load_preset
+from farm.spec import SpecError, VideoSpec, load_spec, save_spec
+from farm.storage import LocalStorage, StorageError, upload_video
+
+DEFAULT_SEED = int(os.environ.get("FARM_SEED", "2021"))
+PACK_VERSION = 1
+
+
+def default_assets() -> tuple[Path, Path]:
+    """The procedural asset pack, built once into the cache directory."""
+    pack = default_cache_dir() / f"procedural-pack-v{PACK_VERSION}"
+    if not (pack / ".complete").exists():
+        from farm.synth_assets import synthesize
+
+        tmp = pack.with_name(pack.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        synthesize(tmp)
+        (tmp / ".complete").touch()
+        shutil.rmtree(pack, ignore_errors=True)
+        tmp.rename(pack)
+    return pack / "models", pack / "textures"
+
+
+def asset_roots(args: argparse.Namespace) -> tuple[Path, Path]:
+    if bool(args.models) != bool(args.textures):
+        raise AssetError("give both --models and --textures, or neither (procedural pack)")
+    if args.models:
+        return Path(args.models), Path(args.textures)
+    return default_assets()
+
+
+def read_denylist(path: str | None) -> set[str]:
+    if not path:
+        return set()
+    try:
+        return {ln.strip() for ln in Path(path).read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")}
+    except OSError as exc:
+        raise AssetError(f"cannot read denylist {path}: {exc.strerror}") from None
+
+
+def open_library(args: argparse.Namespace) -> AssetLibrary:
+    models, textures = asset_roots(args)
+    return AssetLibrary.open(models, textures, denylist=read_denylist(args.denylist))
+
+
+def cmd_assets_synth(args: argparse.Namespace) -> int:
+    from farm.synth_assets import synthesize
+
+    models, textures = synthesize(args.out, seed=args.seed)
+    lib = AssetLibrary.open(models, textures)
+    print(f"wrote {len(lib.models)} models to {models}, {len(lib.textures)} textures and "
+          f"{len(lib.skyboxes)} backgrounds to {textures}")
+    return 0
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    from farm.specgen import generate_many
+
+    lib, preset = open_library(args), load_preset(args.preset)
+    out = Path(args.out)
+    indices = list(range(args.start, args.start + args.count))
+    t0 = time.perf_counter()
+    failed_gate = 0
+    with tqdm(total=len(indices), unit="spec", disable=args.quiet) as bar:
+        for chunk in generate_many(lib, preset, args.segment, indices, args.seed,
+                                   workers=args.workers, denylist=read_denylist(args.denylist)):
+            for spec in chunk:
+                save_spec(spec, out / f"{spec.id}.yaml")
+                failed_gate += not spec.generation["gate"]["passed"]
+            bar.update(len(chunk))
+    dt = time.perf_counter() - t0
+    print(f"wrote {len(indices)} specs to {out} in {dt:.2f} s ({len(indices) / dt:.0f} specs/s)"
+          + (f"; {failed_gate} did not pass the geometric gate" if failed_gate else ""))
+    return 0
+
+
+def cmd_import_original(args: argparse.Namespace) -> int:
+    from farm.original import find_configs, import_file
+
+    lib = AssetLibrary.open(args.models, args.textures)
+    preset = load_preset(args.preset)
+    out = Path(args.out)
+    files = find_configs([Path(p) for p in args.paths])
+    if not files:
+        raise SpecError("paths", "no original config files found")
+    errors = 0
+    for path in tqdm(files, unit="config", disable=args.quiet):
+        try:
+            spec = import_file(path, lib, preset)
+        except SpecError as exc:
+            errors += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        save_spec(spec, out / f"{spec.id}.yaml")
+    print(f"imported {len(files) - errors} of {len(files)} configs into {out}")
+    return 1 if errors else 0
+
+
+def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path,
+                 quiet: bool = False) -> list[dict]:
+    """Render specs one after another into ``out`` (BL30K layout); returns their manifests."""
+    from worker.runner import render_spec
+
+    storage = LocalStorage(out)
+    scratch = out / ".scratch"
+    manifests = []
+    total = sum(s.frames for s in specs)
+    with tqdm(total=total, unit="frame", disable=quiet) as bar:
+        for spec in specs:
+            bar.set_description(spec.id)
+            base = bar.n
+
+            def progress(done: int, _total: int, base: int = base) -> None:
+                bar.update(base + done - bar.n)
+
+            outcome = render_spec(spec, models, textures, scratch, progress=progress)
+            upload_video(storage, "", outcome.staging, outcome.spec.id, outcome.spec.to_yaml(),
+                         outcome.manifest)
+            shutil.rmtree(outcome.staging, ignore_errors=True)
+            manifests.append(outcome.manifest)
+            bar.update(base + spec.frames - bar.n)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return manifests
+
+
+def _summary(manifests: list[dict]) -> str:
+    frames = sum(m["num_frames"] for m in manifests)
+    render = sum(m["timings"]["render_total_s"] for m in manifests)
+    wall = sum(m["timings"]["wall_s"] for m in manifests)
+    return (f"{len(manifests)} videos, {frames} frames; render {render / max(frames, 1):.2f} s/frame,"
+            f" wall {wall:.1f} s")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    models, textures = asset_roots(args)
+    specs = [load_spec(p) for p in args.spec]
+    if args.preset:
+        preset = load_preset(args.preset)
+        specs = [apply_preset(s, preset) for s in specs]
+    manifests = render_specs(specs, models, textures, Path(args.out), args.quiet)
+    print(f"rendered {_summary(manifests)} into {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from farm.sampling import generate_spec
+
+    out = Path(args.out).resolve()
+    print("building the procedural asset pack (once)...")
+    lib = open_library(args)
+    preset: Preset = load_preset(args.preset)
+    specs = [generate_spec(lib, preset, args.segment, i, args.seed) for i in range(args.count)]
+    print(f"rendering {len(specs)} {preset.name} videos ({preset.resolution[0]}x"
+          f"{preset.resolution[1]}, {preset.frames} frames, {preset.render.samples} samples)...")
+    manifests = render_specs(specs, lib.models_root, lib.textures_root, out, args.quiet)
+    print(f"done: {_summary(manifests)}")
+    print(f"output: {out}/JPEGImages/<video>/*.jpg and {out}/Annotations/<video>/*.png "
+          f"(videos: {', '.join(m['video'] for m in manifests)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m farm", description=__doc__)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def assets_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models", help="ShapeNetCore.v2 root (default: procedural pack)")
+        p.add_argument("--textures", help="folder holding texture/ and skybox/")
+        p.add_argument("--denylist", help="file of model ids / image paths to skip")
+
+    assets = sub.add_parser("assets", help="asset packs").add_subparsers(dest="action",
+                                                                         required=True)
+    synth = assets.add_parser("synth", help="write the procedural asset pack")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_assets_synth)
+
+    specs = sub.add_parser("specs", help="generate video specs (YAML, one per video)")
+    specs.add_argument("--segment", type=int, required=True)
+    specs.add_argument("--count", type=int, required=True)
+    specs.add_argument("--start", type=int, default=0)
+    specs.add_argument("--preset", default="bl30k")
+    specs.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    specs.add_argument("--workers", type=int, default=None)
+    specs.add_argument("--out", required=True)
+    assets_opts(specs)
+    specs.set_defaults(func=cmd_specs)
+
+    imp = sub.add_parser("import-original", help="convert original BL30K generator configs")
+    imp.add_argument("paths", nargs="+")
+    imp.add_argument("--models", required=True)
+    imp.add_argument("--textures", required=True)
+    imp.add_argument("--preset", default="bl30k", help="render settings to use")
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=cmd_import_original)
+
+    render = sub.add_parser("render", help="render spec files locally (no services)")
+    render.add_argument("--spec", nargs="+", required=True)
+    render.add_argument("--out", required=True)
+    render.add_argument("--preset", help="override frames, resolution and render settings")
+    assets_opts(render)
+    render.set_defaults(func=cmd_render)
+
+    demo = sub.add_parser("demo", help="procedural pack + a few preview videos, end to end")
+    demo.add_argument("--out", default="demo-out")
+    demo.add_argument("--count", type=int, default=3)
+    demo.add_argument("--segment", type=int, default=0)
+    demo.add_argument("--preset", default="preview")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    assets_opts(demo)
+    demo.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, AssetError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from worker.runner import RenderError
+
+        if isinstance(exc, RenderError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,218 @@
+"""Output storage: a local directory or an S3-compatible bucket behind one small interface.
+
+Layout under a base prefix (``<prefix>/<segment>`` on the farm, the output folder locally):
+``JPEGImages/<video>/00000.jpg``, ``Annotations/<video>/00000.png``, ``specs/<video>.yaml``,
+``manifests/<video>.json`` and, written last, the completion marker ``done/<video>.json``.
+A video counts as present only when its marker exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+UPLOAD_THREADS = 16
+
+
+class StorageError(RuntimeError):
+    """Storage is unreachable or refused an operation (transient: worth retrying)."""
+
+
+class Storage(Protocol):
+    def put_file(self, key: str, path: Path) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes | None: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def describe(self) -> str: ...
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class LocalStorage:
+    """Keys are paths under ``root``; each write lands atomically (temp file + rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise StorageError(f"key {key!r} escapes {self.root}")
+        return path
+
+    def put_file(self, key: str, path: Path) -> None:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(dest)
+        except OSError as exc:
+            raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(dest)
+        except OSError as exc:
+            raise StorageError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.endswith(".tmp"))
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
+
+
+class S3Storage:
+    """An S3-compatible bucket via boto3; keys are prefixed with ``prefix``."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, access_key: str | None = None,
+                 secret_key: str | None = None, connect_timeout: float = 5.0,
+                 max_attempts: int = 4) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix, self.endpoint_url = bucket, prefix.strip("/"), endpoint_url
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            config=Config(connect_timeout=connect_timeout, read_timeout=60,
+                          retries={"max_attempts": max_attempts, "mode": "standard"},
+                          max_pool_connections=UPLOAD_THREADS * 2),
+        )
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, key)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(what) from None
+            raise StorageError(f"S3 {what} failed on s3://{self.bucket} ({code}): {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(
+                f"S3 {what} failed: cannot reach {self.endpoint_url or 'AWS S3'} "
+                f"bucket {self.bucket}: {exc}") from None
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._call(f"upload {key}", self.client.upload_file, str(path), self.bucket,
+                   self._key(key))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call(f"put {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key),
+                   Body=data)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            obj = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket,
+                             Key=self._key(key))
+            return obj["Body"].read()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(f"head {key}", self.client.head_object, Bucket=self.bucket,
+                       Key=self._key(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def list(self, prefix: str) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix)
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+
+        def pages():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                keys.extend(o["Key"][cut:] for o in page.get("Contents", []))
+
+        self._call(f"list {prefix}", pages)
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = [self._key(k) for k in self.list(prefix)]
+        for i in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[i:i + 1000]]
+            self._call(f"delete {prefix}", self.client.delete_objects, Bucket=self.bucket,
+                       Delete={"Objects": chunk, "Quiet": True})
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS'}"
+
+
+def video_keys(base: str, video: str) -> dict[str, str]:
+    return {
+        "images": join(base, "JPEGImages", video),
+        "masks": join(base, "Annotations", video),
+        "spec": join(base, "specs", f"{video}.yaml"),
+        "manifest": join(base, "manifests", f"{video}.json"),
+        "marker": join(base, "done", f"{video}.json"),
+    }
+
+
+def is_done(storage: Storage, base: str, video: str) -> bool:
+    return storage.exists(video_keys(base, video)["marker"])
+
+
+def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_yaml: str,
+                 manifest: dict, threads: int = UPLOAD_THREADS) -> dict:
+    """Upload frames concurrently, then spec and manifest, then the completion marker.
+
+    Re-uploading overwrites the same keys, so a retried upload is idempotent. Returns timing and
+    byte counts.
+    """
+    keys = video_keys(base, video)
+    t0 = time.perf_counter()
+    files = [(join(keys["images"], p.name), p) for p in sorted((staging / "JPEGImages" / video)
+                                                                 .glob("*.jpg"))]
+    files += [(join(keys["masks"], p.name), p) for p in sorted((staging / "Annotations" / video)
+                                                                 .glob("*.png"))]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda kp: storage.put_file(*kp), files))
+    storage.put_bytes(keys["spec"], spec_yaml.encode())
+    body = json.dumps(manifest, indent=1).encode()
+    storage.put_bytes(keys["manifest"], body)
+    frames = sum(1 for k, _ in files if k.endswith(".jpg"))
+    nbytes = sum(p.stat().st_size for _, p in files) + len(body) + len(spec_yaml)
+    marker = {"video": video, "frames": frames, "spec_digest": manifest.get("spec_digest"),
+              "finished_at": time.time()}
+    storage.put_bytes(keys["marker"], json.dumps(marker).encode())
+    return {"files": len(files) + 3, "bytes": nbytes,
+            "upload_s": round(time.perf_counter() - t0, 4)}

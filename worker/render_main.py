@@ -1,0 +1,77 @@
+"""Process entry point for one render: ``python -m worker.render_main --spec FILE ...``.
+
+Runs in a fresh process per video so Blender state and memory never leak between videos and a
+Blender crash kills only this render. Reports through a JSON result file and the exit code:
+0 rendered, 3 permanent error (bad spec, missing or broken asset), 4 rejected by the quality
+gate, anything else (or a signal) a crash. Progress lines ``@@progress <done> <total>`` go to
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+EXIT_OK, EXIT_PERMANENT, EXIT_GATE = 0, 3, 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", required=True, type=Path)
+    ap.add_argument("--models", required=True, type=Path)
+    ap.add_argument("--textures", required=True, type=Path)
+    ap.add_argument("--staging", required=True, type=Path)
+    ap.add_argument("--result", required=True, type=Path)
+    ap.add_argument("--gate", choices=("resample", "record"), default="record")
+    args = ap.parse_args(argv)
+
+    def finish(code: int, payload: dict) -> int:
+        args.result.write_text(json.dumps(payload))
+        return code
+
+    from farm.assets import AssetError
+    from farm.gate import mask_gate
+    from farm.presets import QualityGate, load_preset
+    from farm.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+        try:
+            gate = load_preset(spec.preset).quality_gate
+        except SpecError:
+            gate = QualityGate()
+    except SpecError as exc:
+        return finish(EXIT_PERMANENT, {"status": "error", "kind": "spec", "message": str(exc)})
+
+    verdict: dict = {}
+
+    def check(counts):
+        reason = mask_gate(counts, gate, *spec.resolution)
+        verdict.update(passed=reason is None, reason=reason, frames_checked=len(counts))
+        return None if args.gate == "record" else reason
+
+    def progress(frame: int) -> None:
+        print(f"@@progress {frame + 1} {spec.frames}", file=sys.stderr, flush=True)
+
+    from worker.render import GateRejected, render_video
+
+    try:
+        render = render_video(spec, args.models, args.textures, args.staging, check, progress)
+    except GateRejected as exc:
+        return finish(EXIT_GATE, {"status": "rejected", "reason": str(exc)})
+    except (AssetError, SpecError) as exc:
+        return finish(EXIT_PERMANENT, {"status": "error", "kind": "asset", "message": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - reported to the parent with the traceback
+        return finish(1, {"status": "error", "kind": "crash", "message": f"{type(exc).__name__}: "
+                          f"{exc}", "traceback": traceback.format_exc()})
+    render["gate"] = {k: verdict.get(k) for k in ("passed", "reason")}
+    render["render_settings"] = asdict(spec.render)
+    return finish(EXIT_OK, {"status": "ok", "render": render})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Run one video's render in a fresh Blender process and assemble its manifest (no bpy here).
+
+``render_spec`` is the whole local job for one spec: render in a child process
+(``worker.render_main``), resample a generated spec deterministically when its rendered masks fail
+the quality gate, and return the final spec, the manifest and the staging folder holding
+``JPEGImages/<video>`` and ``Annotations/<video>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.assets import AssetError, AssetLibrary, check_spec_assets
+from farm.presets import load_preset
+from farm.spec import SpecError, VideoSpec, save_spec
+
+EXIT_OK, EXIT_PERMANENT, EXIT_GATE = 0, 3, 4
+
+
+class RenderError(RuntimeError):
+    """A render failed. ``permanent`` errors (bad spec, missing or broken asset) never succeed on
+    retry; the others (crash, timeout) might."""
+
+    permanent = False
+
+
+class PermanentRenderError(RenderError):
+    permanent = True
+
+
+class RenderCrash(RenderError):
+    pass
+
+
+@dataclass
+class RenderOutcome:
+    spec: VideoSpec
+    manifest: dict
+    staging: Path
+
+
+Progress = Callable[[int, int], None]
+
+
+def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
+               resample: bool, timeout: float | None, progress: Progress | None,
+               env: dict | None) -> dict:
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    spec_file, result_file, log_file = (staging / "spec.yaml", staging / "result.json",
+                                        staging / "render.log")
+    save_spec(spec, spec_file)
+    cmd = [sys.executable, "-m", "worker.render_main", "--spec", str(spec_file),
+           "--models", str(models_root), "--textures", str(textures_root),
+           "--staging", str(staging), "--result", str(result_file),
+           "--gate", "resample" if resample else "record"]
+    tail: deque[str] = deque(maxlen=30)
+    deadline = time.monotonic() + timeout if timeout else None
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    with open(log_file, "w") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
+            cwd=Path(__file__).resolve().parent.parent) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("@@progress") and progress:
+                done, total = line.split()[1:3]
+                progress(int(done), int(total))
+            elif line.strip():
+                tail.append(line.rstrip())
+            if deadline and time.monotonic() > deadline:
+                proc.kill()
+                raise RenderCrash(f"render of {spec.id} exceeded {timeout:.0f} s and was killed")
+        code = proc.wait()
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        result = {}
+    if code == EXIT_OK and result.get("status") == "ok":
+        return result["render"]
+    if code == EXIT_GATE:
+        return {"rejected": result.get("reason", "quality gate")}
+    message = result.get("message") or "\n".join(tail)
+    if code == EXIT_PERMANENT:
+        raise PermanentRenderError(f"{spec.id}: {message}")
+    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+    raise RenderCrash(f"{spec.id}: Blender process died ({how}): {message} (log: {log_file})")
+
+
+def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | Path,
+                scratch: str | Path, progress: Progress | None = None,
+                timeout: float | None = None, env: dict | None = None,
+                denylist: set[str] | None = None) -> RenderOutcome:
+    """Render ``spec`` (resampling generated specs that fail the mask gate) into scratch."""
+    models_root, textures_root = Path(models_root).resolve(), Path(textures_root).resolve()
+    staging = Path(scratch) / f"{spec.id}.staging"
+    try:
+        preset = load_preset(spec.preset)
+    except SpecError:
+        preset = None
+    started = time.perf_counter()
+    rejected = list(spec.generation.get("gate", {}).get("rejected", []))
+    while True:
+        try:
+            check_spec_assets(spec, models_root, textures_root)
+        except AssetError as exc:
+            raise PermanentRenderError(f"{spec.id}: {exc}") from None
+        # The last allowed attempt (and any imported spec) is rendered with the gate only recorded.
+        resample = (spec.source == "generated" and preset is not None
+                    and spec.attempt + 1 < preset.quality_gate.max_attempts)
+        render = _run_child(spec, models_root, textures_root, staging, resample, timeout,
+                            progress, env)
+        if "rejected" not in render:
+            break
+        rejected.append({"attempt": spec.attempt, "check": "mask", "reason": render["rejected"]})
+        from farm.sampling import generate_spec
+
+        lib = AssetLibrary.open(models_root, textures_root, denylist=denylist)
+        spec = generate_spec(lib, preset, spec.segment, spec.index, spec.seed,
+                             first_attempt=spec.attempt + 1, rejected=rejected)
+    manifest = {
+        "video": spec.id,
+        "segment": spec.segment,
+        "index": spec.index,
+        "spec_digest": spec.digest(),
+        "preset": spec.preset,
+        "resolution": spec.resolution,
+        "num_frames": spec.frames,
+        "objects": [{"id": k, "model": o.model, "category": o.category, "synset": o.synset,
+                     "texture": o.texture} for k, o in enumerate(spec.objects, start=1)],
+        "attempt": spec.attempt,
+        "rejected_attempts": rejected,
+        "host": socket.gethostname(),
+        "created_at": time.time(),
+        **render,
+    }
+    manifest["timings"]["wall_s"] = round(time.perf_counter() - started, 3)
+    for name in ("spec.yaml", "result.json"):
+        (staging / name).unlink(missing_ok=True)
+    return RenderOutcome(spec, manifest, staging)
+
