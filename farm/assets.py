@@ -94,9 +94,9 @@ def _list_images(root: Path, kind: str) -> list[str]:
 
 def _stamp(models_root: Path, textures_root: Path) -> list[list]:
     """Modification times that change when models or images are added or removed."""
-    dirs = [models_root, textures_root / "texture", textures_root / "skybox"]
-    dirs += [p for p in models_root.iterdir() if p.is_dir()]
-    dirs += [p for k in ("texture", "skybox") for p in (textures_root / k).iterdir() if p.is_dir()]
+    tops = [models_root, textures_root / "texture", textures_root / "skybox"]
+    dirs = [d for d in tops if d.is_dir()]
+    dirs += [p for d in list(dirs) for p in d.iterdir() if p.is_dir()]
     return sorted([str(p), p.stat().st_mtime_ns] for p in dirs)
 
 

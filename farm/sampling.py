@@ -174,7 +174,7 @@ def sample_object_path(rng: np.random.Generator, p: SamplingParams) -> tuple[lis
 
 
 def sample_light(rng: np.random.Generator, p: SamplingParams) -> LightSpec:
-    energy = int(rng.integers(p.light_energy[0], p.light_energy[1] + 1))
+    energy = float(rng.integers(p.light_energy[0], p.light_energy[1] + 1))
     color = 0.5 + rng.random(3) * 0.5
     color /= color.max()
     direction = rng.normal(0, 1, 3)
@@ -197,11 +197,13 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
         texture = None
         if rng.random() < replace_prob:
             texture = permuted_pick(lib.textures, seed, segment, "textures", slot)
-        for tries in range(p.max_path_retries + 1):
+        tries = 0
+        while True:  # resample the path until it keeps its distance, at most max_path_retries
             loc, ang, scl = sample_object_path(rng, p)
             dists = min_path_distances(np.asarray(loc), paths)
-            if dists.size == 0 or dists.min() >= p.min_path_distance:
+            if dists.size == 0 or dists.min() >= p.min_path_distance or tries == p.max_path_retries:
                 break
+            tries += 1
         retries.append(tries)
         pairs += [[k, j, round(float(d), 6)] for k, d in enumerate(dists)]
         paths.append(np.asarray(loc))
@@ -244,7 +246,8 @@ def generate_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, s
     """Sample attempts from ``first_attempt`` until one passes the geometric quality gate.
 
     ``rejected`` carries earlier rejections (e.g. by the render-time mask check) into the record.
-    After ``max_attempts`` the last attempt is returned with ``gate.passed = false``.
+    Attempts are numbered from 0 for the video; attempt ``max_attempts - 1`` is the last one and
+    is returned even when it fails, with ``gate.passed = false``.
     """
     rejected = list(rejected or [])
     gate = preset.quality_gate
@@ -252,7 +255,7 @@ def generate_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, s
     while True:
         spec = sample_spec(lib, preset, segment, index, seed, attempt, p)
         reason = geometric_gate(spec, gate)
-        if reason is None or attempt + 1 >= first_attempt + gate.max_attempts:
+        if reason is None or attempt + 1 >= max(gate.max_attempts, first_attempt + 1):
             break
         rejected.append({"attempt": attempt, "check": "geometric", "reason": reason})
         attempt += 1

@@ -123,7 +123,8 @@ class VideoSpec:
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain Python data (numpy scalars and arrays converted)."""
+        return json.loads(json.dumps(asdict(self), default=_plain))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=100)
@@ -139,6 +140,12 @@ class VideoSpec:
     @classmethod
     def from_dict(cls, data: Any) -> VideoSpec:
         return _parse_spec(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a spec")
 
 
 def eval_poly(poly: Poly, t: np.ndarray | float) -> np.ndarray:
@@ -256,21 +263,25 @@ def asset_path(value: Any, name: str) -> str:
 
 def _parse_render(data: Any) -> RenderSettings:
     known, required = _fields(RenderSettings)
-    d = _mapping(data, "render", known, required)
-    out = RenderSettings(**d)
-    _choice(out.engine, "render.engine", ("CYCLES",))
-    _integer(out.samples, "render.samples", 1, MAX_SAMPLES)
-    _number(out.adaptive_threshold, "render.adaptive_threshold", 0.0, 1.0)
-    _integer(out.adaptive_min_samples, "render.adaptive_min_samples", 0, MAX_SAMPLES)
-    if not isinstance(out.denoise, bool):
+    d = {**RenderSettings().__dict__, **_mapping(data, "render", known, required)}
+    if not isinstance(d["denoise"], bool):
         raise SpecError("render.denoise", "expected true or false")
-    _choice(out.denoise_prefilter, "render.denoise_prefilter", DENOISE_PREFILTERS)
-    _integer(out.jpeg_quality, "render.jpeg_quality", 1, 100)
-    _choice(out.view_transform, "render.view_transform", ("Standard", "AgX", "Filmic"))
-    _integer(out.max_bounces, "render.max_bounces", 0, 128)
-    _integer(out.max_texture_size, "render.max_texture_size", 0, 16384)
-    _choice(out.device, "render.device", DEVICES)
-    return out
+    return RenderSettings(
+        engine=_choice(d["engine"], "render.engine", ("CYCLES",)),
+        samples=_integer(d["samples"], "render.samples", 1, MAX_SAMPLES),
+        adaptive_threshold=_number(d["adaptive_threshold"], "render.adaptive_threshold", 0.0, 1.0),
+        adaptive_min_samples=_integer(d["adaptive_min_samples"], "render.adaptive_min_samples", 0,
+                                      MAX_SAMPLES),
+        denoise=d["denoise"],
+        denoise_prefilter=_choice(d["denoise_prefilter"], "render.denoise_prefilter",
+                                  DENOISE_PREFILTERS),
+        jpeg_quality=_integer(d["jpeg_quality"], "render.jpeg_quality", 1, 100),
+        view_transform=_choice(d["view_transform"], "render.view_transform",
+                               ("Standard", "AgX", "Filmic")),
+        max_bounces=_integer(d["max_bounces"], "render.max_bounces", 0, 128),
+        max_texture_size=_integer(d["max_texture_size"], "render.max_texture_size", 0, 16384),
+        device=_choice(d["device"], "render.device", DEVICES),
+    )
 
 
 def _parse_object(data: Any, name: str) -> ObjectSpec:

@@ -68,7 +68,8 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
     deadline = time.monotonic() + timeout if timeout else None
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w") as log, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            env=child_env,
             cwd=Path(__file__).resolve().parent.parent) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -128,6 +129,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
         lib = AssetLibrary.open(models_root, textures_root, denylist=denylist)
         spec = generate_spec(lib, preset, spec.segment, spec.index, spec.seed,
                              first_attempt=spec.attempt + 1, rejected=rejected)
+        rejected = list(spec.generation["gate"]["rejected"])
     manifest = {
         "video": spec.id,
         "segment": spec.segment,

@@ -1,0 +1,95 @@
+"""Quality gate: the geometric pre-check and the render-time mask check with resampling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from farm.gate import geometric_gate, mask_gate
+from farm.presets import QualityGate
+from farm.sampling import generate_spec
+from farm.synth_assets import normalize, sphere, write_obj
+from worker.runner import render_spec
+
+GATE = QualityGate(min_first_frame_pixels_fraction=0.001, min_visible_frames_fraction=0.5,
+                   max_attempts=3)
+
+
+def _moved(spec, k, location_poly):
+    objects = list(spec.objects)
+    objects[k] = replace(objects[k], location_poly=location_poly)
+    return replace(spec, objects=objects)
+
+
+def test_geometric_gate_rejects_hidden_and_out_of_view_objects(library, bl30k):
+    spec = generate_spec(library, bl30k, 0, 0, 2021)
+    assert geometric_gate(spec, GATE) is None
+    behind = _moved(spec, 1, [[0.0, -9.0, 0.0]])  # behind the camera (y ~ -5.5)
+    assert geometric_gate(behind, GATE) == "object 2 is out of view in frame 0"
+    far_left = _moved(spec, 0, [[-40.0, 3.0, 0.0]])
+    assert "object 1 is out of view" in geometric_gate(far_left, GATE)
+    # object 1 leaves the view at t = 0.2 and stays out
+    leaves = _moved(spec, 0, [[0.0, 3.0, 0.0], [200.0, 0.0, 0.0]])
+    assert "object 1 is in view in only" in geometric_gate(leaves, GATE)
+    cam = np.asarray(spec.camera.location_poly[0])
+    look = np.asarray(spec.camera.look_at_poly[0])
+    direction = (look - cam) / np.linalg.norm(look - cam)
+    # a big object right in front of the camera, and object 2 far behind it on the same ray
+    big = replace(spec.objects[0], location_poly=[(cam + 2.0 * direction).tolist()],
+                  scale_poly=[[3.0, 3.0, 3.0]])
+    small = replace(spec.objects[1], location_poly=[(cam + 8.0 * direction).tolist()],
+                    scale_poly=[[0.5, 0.5, 0.5]])
+    hidden = replace(spec, objects=[big, small, *spec.objects[2:]], frames=1)
+    assert geometric_gate(hidden, GATE) == "object 2 is hidden behind object 1 in frame 0"
+
+
+def test_generation_resamples_until_the_gate_passes(library, bl30k):
+    specs = [generate_spec(library, bl30k, 1, i, 77) for i in range(400)]
+    resampled = [s for s in specs if s.attempt > 0]
+    assert resampled, "expected some geometric rejections in 400 specs"
+    for s in resampled:
+        record = s.generation["gate"]
+        assert record["passed"] and len(record["rejected"]) == s.attempt
+        assert [r["attempt"] for r in record["rejected"]] == list(range(s.attempt))
+        assert geometric_gate(s, bl30k.quality_gate) is None
+
+
+def test_mask_gate():
+    counts = np.array([[500, 900, 20], [400, 0, 30]])
+    assert mask_gate(counts, GATE, 768, 512) == "object 3 has 20 pixels in frame 0 (minimum 393)"
+    counts[0, 2] = 393
+    assert mask_gate(counts, GATE, 768, 512) is None
+    counts = np.array([[500, 900], [400, 0], [300, 0]])
+    assert mask_gate(counts, GATE, 768, 512) == "object 2 is visible in only 33% of frames"
+
+
+@pytest.mark.render
+def test_render_time_gate_resamples_and_records_attempts(pack, tiny, tmp_path):
+    """A model whose bounding box claims to be large but whose mesh is tiny passes the geometric
+    check and fails the mask check: every attempt is rejected, each recorded, the last kept."""
+    from farm.assets import AssetLibrary
+
+    models = tmp_path / "models"
+    folder = models / "00000002" / "speck" / "models"
+    verts, uvs, tris = normalize(sphere(n=8))
+    write_obj(folder, (verts * 0.001, uvs, tris), None, np.array([1.0, 1.0, 1.0]))
+    (folder / "model_normalized.json").write_text(json.dumps({"min": [-0.5] * 3, "max": [0.5] * 3}))
+    shutil.copy(pack.models / "taxonomy.json", models / "taxonomy.json")
+    lib = AssetLibrary.open(models, pack.textures)
+    spec = generate_spec(lib, tiny, 0, 1, 5)
+    assert spec.generation["gate"]["passed"]
+    outcome = render_spec(spec, models, pack.textures, tmp_path / "scratch")
+    manifest = outcome.manifest
+    assert manifest["attempt"] == tiny.quality_gate.max_attempts - 1 == outcome.spec.attempt
+    rejected = manifest["rejected_attempts"]
+    assert [r["attempt"] for r in rejected] == list(range(tiny.quality_gate.max_attempts - 1))
+    masks = [r for r in rejected if r["check"] == "mask"]
+    assert masks and all("pixels in frame 0" in r["reason"] for r in masks)
+    assert manifest["gate"]["passed"] is False
+    # deterministic: the final spec is the generator's output for that attempt
+    assert outcome.spec.objects == generate_spec(
+        lib, tiny, 0, 1, 5, first_attempt=outcome.spec.attempt).objects

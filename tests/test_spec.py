@@ -1,0 +1,67 @@
+"""Spec document: validation, YAML round trip, hashing."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from farm.sampling import generate_spec
+from farm.spec import SpecError, VideoSpec, parse_spec_text
+
+
+@pytest.fixture(scope="module")
+def spec_dict(library, bl30k):
+    return generate_spec(library, bl30k, 1, 7, 2021).to_dict()
+
+
+def test_yaml_round_trip_is_exact(library, bl30k):
+    spec = generate_spec(library, bl30k, 1, 7, 2021)
+    again = parse_spec_text(spec.to_yaml())
+    assert again == spec
+    assert again.digest() == spec.digest()
+    assert again.to_yaml() == spec.to_yaml()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "problem"),
+    [
+        (lambda d: d.pop("camera"), "spec", "missing field(s) camera"),
+        (lambda d: d.update(colour=1), "spec", "unknown field(s) colour"),
+        (lambda d: d.update(frames=0), "frames", "outside"),
+        (lambda d: d.update(frames="160"), "frames", "expected an integer"),
+        (lambda d: d.update(resolution=[768]), "resolution", "[width, height]"),
+        (lambda d: d["camera"].update(fov=math.nan), "camera.fov", "finite"),
+        (lambda d: d["objects"][1]["location_poly"][2].__setitem__(0, math.inf),
+         "objects[1].location_poly[2][0]", "finite"),
+        (lambda d: d["objects"][0].update(model="../../etc/passwd"), "objects[0].model", ".."),
+        (lambda d: d["objects"][0].update(texture="/abs/x.jpg"), "objects[0].texture", "relative"),
+        (lambda d: d["background"].update(image=""), "background.image", "non-empty"),
+        (lambda d: d["render"].update(samples=10**6), "render.samples", "outside"),
+        (lambda d: d["render"].update(denoise_prefilter="BEST"), "render.denoise_prefilter",
+         "not one of"),
+        (lambda d: d.update(objects=[]), "objects", "1..16"),
+        (lambda d: d["lights"][0].update(color=[1, 1]), "lights[0].color", "list of 3"),
+        (lambda d: d.update(version=99), "version", "unsupported"),
+    ],
+)
+def test_validation_names_field_and_problem(spec_dict, mutate, field, problem):
+    data = copy.deepcopy(spec_dict)
+    mutate(data)
+    with pytest.raises(SpecError) as err:
+        VideoSpec.from_dict(data)
+    assert err.value.field == field
+    assert problem in err.value.problem
+
+
+def test_malformed_yaml_is_a_spec_error():
+    with pytest.raises(SpecError, match="not valid YAML"):
+        parse_spec_text("id: [unclosed")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        parse_spec_text("- just\n- a list\n")
+
+
+def test_yaml_is_loaded_safely():
+    with pytest.raises(SpecError, match="not valid YAML"):
+        parse_spec_text("!!python/object/apply:os.system ['echo owned']")
