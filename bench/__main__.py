@@ -16,14 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from farm.assets import AssetLibrary
-from farm.cli import default_assets
+from farm.synth_assets import default_pack
 from farm.presets import load_preset
 from farm.sampling import generate_spec
 from farm.specgen import generate_many
 
 
 def bench_specs(args: argparse.Namespace) -> list[dict]:
-    lib = AssetLibrary.open(*default_assets())
+    lib = AssetLibrary.open(*default_pack())
     preset = load_preset("bl30k")
     rows = []
     for workers in (1, os.cpu_count() or 1):
@@ -39,7 +39,7 @@ def bench_specs(args: argparse.Namespace) -> list[dict]:
 def bench_render(args: argparse.Namespace) -> list[dict]:
     from worker.runner import render_spec
 
-    models, textures = default_assets()
+    models, textures = default_pack()
     lib = AssetLibrary.open(models, textures)
     rows = []
     for name in args.presets.split(","):

@@ -11,28 +11,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from farm.assets import AssetError, AssetLibrary, default_cache_dir
+from farm.assets import AssetError, AssetLibrary
 from farm.presets import Preset, apply_preset, load_preset
 from farm.spec import SpecError, VideoSpec, load_spec, save_spec
 from farm.storage import LocalStorage, StorageError, upload_video
+from farm.synth_assets import default_pack
 
 DEFAULT_SEED = int(os.environ.get("FARM_SEED", "2021"))
-PACK_VERSION = 1
-
-
-def default_assets() -> tuple[Path, Path]:
-    """The procedural asset pack, built once into the cache directory."""
-    pack = default_cache_dir() / f"procedural-pack-v{PACK_VERSION}"
-    if not (pack / ".complete").exists():
-        from farm.synth_assets import synthesize
-
-        tmp = pack.with_name(pack.name + f".{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        synthesize(tmp)
-        (tmp / ".complete").touch()
-        shutil.rmtree(pack, ignore_errors=True)
-        tmp.rename(pack)
-    return pack / "models", pack / "textures"
 
 
 def asset_roots(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -40,7 +25,7 @@ def asset_roots(args: argparse.Namespace) -> tuple[Path, Path]:
         raise AssetError("give both --models and --textures, or neither (procedural pack)")
     if args.models:
         return Path(args.models), Path(args.textures)
-    return default_assets()
+    return default_pack()
 
 
 def read_denylist(path: str | None) -> set[str]:

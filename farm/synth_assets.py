@@ -8,12 +8,17 @@ and ``<out>/textures/skybox/<class>/*.jpg``. Everything derives from one seed.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from farm.assets import default_cache_dir
+
+PACK_VERSION = 1
 Mesh = tuple[np.ndarray, np.ndarray, np.ndarray]  # vertices (n,3), uvs (n,2), triangles (m,3)
 
 # Real ShapeNet synset ids and names; the shapes only loosely evoke them.
@@ -213,3 +218,21 @@ def synthesize(out: str | Path, seed: int = 0, models_per_category: int = 4,
             for i in range(images_per_class):
                 Image.fromarray(pattern(rng, size)).save(folder / f"{i}.jpg", quality=90)
     return models_root, textures_root
+
+
+def default_pack() -> tuple[Path, Path]:
+    """The procedural pack, built once into the cache directory: (models root, textures root)."""
+    pack = default_cache_dir() / f"procedural-pack-v{PACK_VERSION}"
+    if not (pack / ".complete").exists():
+        tmp = pack.with_name(pack.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        synthesize(tmp)
+        (tmp / ".complete").touch()
+        if not (pack / ".complete").exists():  # another process may have won the race
+            shutil.rmtree(pack, ignore_errors=True)
+            try:
+                tmp.rename(pack)
+            except OSError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    return pack / "models", pack / "textures"

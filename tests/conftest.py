@@ -50,3 +50,43 @@ def bl30k():
     from farm.presets import load_preset
 
     return load_preset("bl30k")
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory):
+    """A real redis-server (AOF, password) on a free loopback port."""
+    from scheduler.local import free_port, start_redis, stop
+
+    port, password = free_port(), "test-password"
+    proc = start_redis(tmp_path_factory.mktemp("redis"), port, password)
+    yield port, password
+    stop([proc])
+
+
+@pytest.fixture(scope="session")
+def s3_service(tmp_path_factory):
+    """moto's S3 server: a real HTTP S3 endpoint on a free loopback port."""
+    from scheduler.local import free_port, start_s3, stop
+
+    port = free_port()
+    proc = start_s3(port, tmp_path_factory.mktemp("s3") / "s3.log")
+    yield port
+    stop([proc])
+
+
+_bucket_counter = iter(range(10**6))
+
+
+@pytest.fixture
+def farm(redis_service, s3_service, pack, tmp_path):
+    """A clean farm per test: empty Redis, a new bucket, workers stopped at the end."""
+    import redis
+
+    from services import Farm
+
+    port, password = redis_service
+    redis.Redis(port=port, password=password).flushall()
+    f = Farm(port, password, s3_service, f"bucket-{next(_bucket_counter)}", tmp_path,
+             pack.models, pack.textures)
+    yield f
+    f.close()

@@ -1,0 +1,186 @@
+"""Farm bookkeeping in Redis, shared by workers and the scheduler (no Blender, no Celery).
+
+Keys (all under ``farm:``):
+- ``segments``: set of segment numbers ever enqueued;
+- ``seg:<S>:state``: hash video -> queued | running | retrying | done | failed | cancelled;
+- ``seg:<S>:specs``: hash video -> zlib-compressed spec JSON (for retry and finalize);
+- ``video:<id>``: hash with deliveries, renders, last_error, worker, device, timings;
+- ``completions``: sorted set video -> finish time (rates over a window);
+- ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis
+
+STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
+PREFIX = "farm:"
+
+# Renew or release a lease only when we still hold it.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
+         "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
+           "return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class BrokerUnavailable(RuntimeError):
+    """Redis cannot be reached."""
+
+
+def connect(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                  socket_timeout=30, health_check_interval=30)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        safe = url.split("@")[-1]
+        raise BrokerUnavailable(f"cannot reach Redis at {safe}: {exc}") from None
+    return client
+
+
+def pack_spec(spec_dict: dict) -> str:
+    return zlib.compress(json.dumps(spec_dict, separators=(",", ":")).encode()).hex()
+
+
+def unpack_spec(blob: str) -> dict:
+    return json.loads(zlib.decompress(bytes.fromhex(blob)))
+
+
+@dataclass
+class FarmState:
+    r: redis.Redis
+
+    # --- per-video state ---------------------------------------------------------------------
+    def register(self, segment: int, specs: dict[str, dict], state: str = "queued") -> None:
+        """Record videos (id -> spec dict) as ``state``; resets their delivery counters."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.sadd(f"{PREFIX}segments", segment)
+        for video, spec in specs.items():
+            pipe.hset(f"{PREFIX}seg:{segment}:state", video, state)
+            pipe.hset(f"{PREFIX}seg:{segment}:specs", video, pack_spec(spec))
+            pipe.hset(f"{PREFIX}video:{video}", mapping={"segment": segment, "deliveries": 0,
+                                                          "queued_at": time.time()})
+            pipe.hdel(f"{PREFIX}video:{video}", "last_error")
+        pipe.execute()
+
+    def set_state(self, segment: int, video: str, state: str, **fields) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(f"{PREFIX}seg:{segment}:state", video, state)
+        if fields:
+            pipe.hset(f"{PREFIX}video:{video}", mapping={k: str(v) for k, v in fields.items()})
+        if state == "done":
+            pipe.zadd(f"{PREFIX}completions", {video: time.time()})
+        pipe.execute()
+
+    def state(self, segment: int, video: str) -> str | None:
+        return self.r.hget(f"{PREFIX}seg:{segment}:state", video)
+
+    def states(self, segment: int) -> dict[str, str]:
+        return self.r.hgetall(f"{PREFIX}seg:{segment}:state")
+
+    def add_delivery(self, video: str) -> int:
+        return int(self.r.hincrby(f"{PREFIX}video:{video}", "deliveries", 1))
+
+    def incr(self, video: str, name: str) -> int:
+        return int(self.r.hincrby(f"{PREFIX}video:{video}", name, 1))
+
+    def clear(self, video: str, *fields: str) -> None:
+        self.r.hdel(f"{PREFIX}video:{video}", *fields)
+
+    def video(self, video: str) -> dict[str, str]:
+        return self.r.hgetall(f"{PREFIX}video:{video}")
+
+    def spec(self, segment: int, video: str) -> dict | None:
+        blob = self.r.hget(f"{PREFIX}seg:{segment}:specs", video)
+        return unpack_spec(blob) if blob else None
+
+    def specs(self, segment: int) -> dict[str, dict]:
+        return {v: unpack_spec(b) for v, b in self.r.hgetall(f"{PREFIX}seg:{segment}:specs").items()}
+
+    def segments(self) -> list[int]:
+        return sorted(int(s) for s in self.r.smembers(f"{PREFIX}segments"))
+
+    # --- reporting -----------------------------------------------------------------------------
+    def counts(self, segment: int) -> Counter:
+        return Counter(self.r.hvals(f"{PREFIX}seg:{segment}:state"))
+
+    def videos_in(self, segment: int, state: str) -> list[str]:
+        return sorted(v for v, s in self.states(segment).items() if s == state)
+
+    def recent(self, window_s: float, segment: int | None = None) -> tuple[int, int]:
+        """(videos, frames) finished in the last ``window_s`` seconds."""
+        now = time.time()
+        videos = self.r.zrangebyscore(f"{PREFIX}completions", now - window_s, now)
+        pipe = self.r.pipeline(transaction=False)
+        for v in videos:
+            pipe.hmget(f"{PREFIX}video:{v}", "frames", "segment")
+        frames = n = 0
+        for f, seg in pipe.execute():
+            if segment is None or (seg is not None and int(seg) == segment):
+                n += 1
+                frames += int(f or 0)
+        return n, frames
+
+    # --- leases ------------------------------------------------------------------------------
+    def acquire(self, key: str, token: str, ttl_s: float) -> bool:
+        return bool(self.r.set(f"{PREFIX}lease:{key}", token, nx=True, px=int(ttl_s * 1000)))
+
+    def renew(self, key: str, token: str, ttl_s: float) -> bool:
+        return bool(self.r.eval(_RENEW, 1, f"{PREFIX}lease:{key}", token, int(ttl_s * 1000)))
+
+    def release(self, key: str, token: str) -> None:
+        self.r.eval(_RELEASE, 1, f"{PREFIX}lease:{key}", token)
+
+    def holder(self, key: str) -> str | None:
+        return self.r.get(f"{PREFIX}lease:{key}")
+
+
+@dataclass
+class Lease:
+    """A Redis lease kept alive by a heartbeat thread; ``lost`` turns true if renewal fails."""
+
+    state: FarmState
+    key: str
+    token: str
+    ttl_s: float
+    lost: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self.state.acquire(self.key, self.token, self.ttl_s):
+            return False
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{self.key}")
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        failures = 0
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if not self.state.renew(self.key, self.token, self.ttl_s):
+                    # expired (e.g. Redis restarted without our key): take it back if free
+                    if not self.state.acquire(self.key, self.token, self.ttl_s):
+                        self.lost = True
+                        return
+                failures = 0
+            except redis.RedisError:
+                failures += 1  # Redis briefly away: keep trying until the TTL would have passed
+                if failures * self.ttl_s / 3 >= self.ttl_s:
+                    self.lost = True
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        try:
+            self.state.release(self.key, self.token)
+        except redis.RedisError:
+            pass  # it expires by itself

@@ -1,0 +1,333 @@
+"""``python -m scheduler``: enqueue segments, watch progress, retry failures, finalize.
+
+Configuration comes from the environment (see farm/config.py): FARM_REDIS_URL, REDIS_PASSWORD,
+FARM_STORAGE_URL, FARM_S3_ENDPOINT, AWS credentials, FARM_MODELS/FARM_TEXTURES, FARM_SEED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from kombu.exceptions import OperationalError
+from tqdm import tqdm
+
+from farm.assets import AssetError, AssetLibrary
+from farm.config import ConfigError, Settings, load_settings, segment_base
+from farm.presets import load_preset
+from farm.spec import SpecError, VideoSpec
+from farm.state import BrokerUnavailable, FarmState, connect
+from farm.storage import StorageError, join
+
+BATCH = 500
+
+class Context:
+    """Lazily opened services, so each command touches only what it needs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._state: FarmState | None = None
+        self._storage = None
+
+    @property
+    def state(self) -> FarmState:
+        if self._state is None:
+            self._state = FarmState(connect(self.settings.redis_url_with_password))
+        return self._state
+
+    @property
+    def storage(self):
+        if self._storage is None:
+            self._storage = self.settings.storage()
+        return self._storage
+
+    def base(self, segment: int) -> str:
+        return join(self.storage[1], segment_base(segment))
+
+    def done_videos(self, segment: int) -> set[str]:
+        """Videos whose completion marker exists in storage."""
+        storage = self.storage[0]
+        keys = storage.list(join(self.base(segment), "done"))
+        return {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.endswith(".json")}
+
+
+def send(ctx: Context, specs: list[VideoSpec], priority: int | None) -> None:
+    """Register specs in Redis and publish one task per video, in batches."""
+    from worker.celery_app import TASK_NAME, app, task_id
+
+    by_segment: dict[int, dict[str, dict]] = {}
+    for spec in specs:
+        by_segment.setdefault(spec.segment, {})[spec.id] = spec.to_dict()
+    for segment, group in by_segment.items():
+        ctx.state.register(segment, group)
+    with app.producer_or_acquire() as producer:
+        for spec in specs:
+            soft, hard = load_preset(spec.preset).time_limits(spec.frames)
+            app.send_task(
+                TASK_NAME, kwargs={"video": spec.id, "segment": spec.segment,
+                                   "spec": spec.to_dict()},
+                task_id=task_id(spec.id), producer=producer, priority=priority,
+                soft_time_limit=soft, time_limit=hard,
+                argsrepr="()", kwargsrepr=f"{{'video': '{spec.id}', 'segment': {spec.segment}}}",
+            )
+
+
+def cmd_init_storage(ctx: Context, args: argparse.Namespace) -> int:
+    storage, _ = ctx.storage
+    if hasattr(storage, "client"):
+        from botocore.exceptions import ClientError
+
+        try:
+            storage.client.head_bucket(Bucket=storage.bucket)
+            print(f"bucket {storage.bucket} exists")
+        except ClientError:
+            storage._call("create bucket", storage.client.create_bucket, Bucket=storage.bucket)
+            print(f"created bucket {storage.bucket}")
+    else:
+        storage.root.mkdir(parents=True, exist_ok=True)
+        print(f"using {storage.describe()}")
+    return 0
+
+
+def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
+    from farm.specgen import generate_many
+
+    preset = load_preset(args.preset)
+    lib = AssetLibrary.open(*ctx.settings.asset_roots())
+    seed = args.seed if args.seed is not None else ctx.settings.seed
+    t0 = time.perf_counter()
+    done = ctx.done_videos(args.segment)
+    states = ctx.state.states(args.segment)
+    active = {"queued", "running", "retrying"}
+    indices = list(range(args.start, args.start + args.count))
+    skipped_done = skipped_active = sent = 0
+    with tqdm(total=len(indices), unit="video", disable=args.quiet) as bar:
+        for chunk in generate_many(lib, preset, args.segment, indices, seed, chunk=BATCH):
+            batch = []
+            for spec in chunk:
+                if spec.id in done:
+                    skipped_done += 1
+                elif states.get(spec.id) in active and not args.force:
+                    skipped_active += 1
+                else:
+                    batch.append(spec)
+            send(ctx, batch, args.priority)
+            sent += len(batch)
+            bar.update(len(chunk))
+    dt = time.perf_counter() - t0
+    print(f"segment {args.segment}: enqueued {sent} videos in {dt:.2f} s "
+          f"({sent / max(dt, 1e-9):.0f}/s); skipped {skipped_done} already done, "
+          f"{skipped_active} already queued or running")
+    return 0
+
+
+def segment_status(ctx: Context, segment: int, window: float) -> dict:
+    counts = ctx.state.counts(segment)
+    total = sum(counts.values())
+    videos, frames = ctx.state.recent(window, segment)
+    remaining = sum(counts.get(s, 0) for s in ("queued", "running", "retrying"))
+    per_hour = videos * 3600 / window
+    return {
+        "segment": segment, "total": total,
+        **{s: counts.get(s, 0) for s in ("queued", "running", "retrying", "done", "failed",
+                                          "cancelled")},
+        "percent_done": round(100 * counts.get("done", 0) / total, 1) if total else 0.0,
+        "videos_per_hour": round(per_hour, 1), "frames_per_s": round(frames / window, 2),
+        "eta_s": round(remaining / per_hour * 3600) if per_hour > 0 and remaining else None,
+    }
+
+
+def _eta(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    while True:
+        segments = [args.segment] if args.segment is not None else ctx.state.segments()
+        rows = [segment_status(ctx, s, args.window) for s in segments]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            print(f"{'segment':>7} {'total':>6} {'queued':>6} {'running':>7} {'retry':>5} "
+                  f"{'done':>6} {'failed':>6} {'cancel':>6} {'done%':>6} {'videos/h':>8} "
+                  f"{'frames/s':>8} {'ETA':>8}")
+            for r in rows:
+                print(f"{r['segment']:>7} {r['total']:>6} {r['queued']:>6} {r['running']:>7} "
+                      f"{r['retrying']:>5} {r['done']:>6} {r['failed']:>6} {r['cancelled']:>6} "
+                      f"{r['percent_done']:>5}% {r['videos_per_hour']:>8} "
+                      f"{r['frames_per_s']:>8} {_eta(r['eta_s']):>8}")
+            if not rows:
+                print("no segments enqueued yet")
+        if not args.watch:
+            return 0
+        sys.stdout.flush()
+        time.sleep(args.watch)
+
+
+def cmd_failed(ctx: Context, args: argparse.Namespace) -> int:
+    segments = [args.segment] if args.segment is not None else ctx.state.segments()
+    rows = []
+    for segment in segments:
+        for video in ctx.state.videos_in(segment, "failed"):
+            info = ctx.state.video(video)
+            rows.append({"video": video, "segment": segment, "error": info.get("last_error", ""),
+                         "crashes": int(info.get("crashes", 0)),
+                         "lost_deliveries": int(info.get("lost_deliveries", 0))})
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print("no failed videos")
+    for r in rows if not args.json else []:
+        print(f"{r['video']} (segment {r['segment']}, crashes {r['crashes']}, lost deliveries "
+              f"{r['lost_deliveries']}): {r['error']}")
+    return 0
+
+
+def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
+    segments = [args.segment] if args.segment is not None else ctx.state.segments()
+    specs = []
+    for segment in segments:
+        for video in ctx.state.videos_in(segment, "failed"):
+            spec = ctx.state.spec(segment, video)
+            if spec is None:
+                print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
+                continue
+            ctx.state.clear(video, "crashes", "lost_deliveries", "running")
+            specs.append(VideoSpec.from_dict(spec))
+    send(ctx, specs, args.priority)
+    print(f"re-enqueued {len(specs)} failed videos")
+    return 0
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    from worker.celery_app import app, task_id
+
+    states = ctx.state.states(args.segment)
+    videos = args.video or [v for v, s in states.items() if s in ("queued", "retrying")]
+    for video in videos:
+        ctx.state.set_state(args.segment, video, "cancelled")
+    app.control.revoke([task_id(v) for v in videos])  # tasks still in the queue are dropped
+    print(f"cancelled {len(videos)} videos of segment {args.segment} (running ones finish; "
+          "cancelled ones are skipped when a worker picks them up)")
+    return 0
+
+
+def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
+    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames."""
+    videos = {}
+    for video, m in sorted(manifests.items()):
+        objects = {}
+        for obj in m["objects"]:
+            frames = [f"{f['frame']:05d}" for f in m["frames"]
+                      if f["objects"][obj["id"] - 1]["pixels"] > 0]
+            objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
+                                       "model": obj["model"], "frames": frames}
+        videos[video] = {"objects": objects}
+    return {"videos": videos}
+
+
+def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
+    storage, _ = ctx.storage
+    base = ctx.base(args.segment)
+    expected = set(ctx.state.states(args.segment))
+    done = ctx.done_videos(args.segment)
+    missing = sorted(expected - done)
+    if missing:
+        print(f"segment {args.segment} is incomplete: {len(missing)} of {len(expected)} videos "
+              f"missing: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
+        if not args.force:
+            return 1
+    videos = sorted(done)
+
+    def manifest(video: str) -> tuple[str, dict]:
+        body = storage.get_bytes(join(base, "manifests", f"{video}.json"))
+        if body is None:
+            raise StorageError(f"{video} has a completion marker but no manifest")
+        return video, json.loads(body)
+
+    with ThreadPoolExecutor(16) as pool:
+        manifests = dict(pool.map(manifest, videos))
+    storage.put_bytes(join(base, "meta.json"), json.dumps(youtube_vos_meta(manifests)).encode())
+    print(f"segment {args.segment}: {len(videos)} videos complete; wrote "
+          f"{storage.describe()}/{join(base, 'meta.json')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-q", "--quiet", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("init-storage", help="create the bucket (or folder)").set_defaults(
+        func=cmd_init_storage)
+
+    enq = sub.add_parser("enqueue", help="generate, validate and enqueue a segment's videos")
+    enq.add_argument("--segment", type=int, required=True)
+    enq.add_argument("--count", type=int, required=True)
+    enq.add_argument("--start", type=int, default=0)
+    enq.add_argument("--preset", default="bl30k")
+    enq.add_argument("--seed", type=int, default=None, help="master seed (default FARM_SEED)")
+    enq.add_argument("--priority", type=int, choices=range(10), default=None,
+                     help="0 (first) .. 9 (last); default 5")
+    enq.add_argument("--force", action="store_true", help="re-send videos already queued")
+    enq.set_defaults(func=cmd_enqueue)
+
+    st = sub.add_parser("status", help="progress per segment")
+    st.add_argument("--segment", type=int)
+    st.add_argument("--watch", type=float, nargs="?", const=5.0, default=None,
+                    help="refresh every N seconds (default 5)")
+    st.add_argument("--window", type=float, default=900.0, help="rate window in seconds")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    failed = sub.add_parser("failed", help="failed videos with their last error")
+    failed.add_argument("--segment", type=int)
+    failed.add_argument("--json", action="store_true")
+    failed.set_defaults(func=cmd_failed)
+
+    retry = sub.add_parser("retry", help="re-enqueue failed videos")
+    retry.add_argument("--failed", action="store_true", required=True)
+    retry.add_argument("--segment", type=int)
+    retry.add_argument("--priority", type=int, choices=range(10), default=None)
+    retry.set_defaults(func=cmd_retry)
+
+    cancel = sub.add_parser("cancel", help="cancel a segment's queued videos")
+    cancel.add_argument("--segment", type=int, required=True)
+    cancel.add_argument("--video", nargs="*", help="only these videos")
+    cancel.set_defaults(func=cmd_cancel)
+
+    fin = sub.add_parser("finalize", help="completeness check and meta.json for a segment")
+    fin.add_argument("--segment", type=int, required=True)
+    fin.add_argument("--force", action="store_true", help="write meta.json even if incomplete")
+    fin.set_defaults(func=cmd_finalize)
+
+    local = sub.add_parser("local-up", help="run redis, S3, workers and flower as local processes")
+    local.add_argument("--workers", type=int, default=2)
+    local.add_argument("--dir", default="local-farm", help="state folder (data, logs, env file)")
+    local.add_argument("--redis-port", type=int, default=6379)
+    local.add_argument("--s3-port", type=int, default=9000)
+    local.add_argument("--flower-port", type=int, default=5555)
+    local.set_defaults(func=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "local-up":
+            from scheduler.local import run_local_farm
+
+            return run_local_farm(args)
+        return args.func(Context(load_settings()), args)
+    except (BrokerUnavailable, StorageError, ConfigError, SpecError, AssetError,
+            OperationalError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

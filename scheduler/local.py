@@ -1,0 +1,148 @@
+"""The farm's topology as local processes (no Docker): redis-server, an S3 server, workers, Flower.
+
+``python -m scheduler local-up --workers 2`` starts everything on loopback, writes
+``<dir>/farm.env`` (source it to point the scheduler CLI at this farm) and runs until Ctrl-C.
+The S3 server here is moto's server mode (in memory: the bucket lives as long as the farm).
+The same helpers start the services of the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not open port {port} within {timeout:.0f} s")
+
+
+def start_redis(folder: Path, port: int, password: str) -> subprocess.Popen:
+    """redis-server with AOF persistence and a password, data in ``folder``."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise RuntimeError("redis-server not found: apt-get install redis-server")
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+         "--requirepass", password, "--protected-mode", "yes"],
+        stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
+    wait_port(port, proc, "redis-server")
+    return proc
+
+
+def start_s3(port: int, log: Path) -> subprocess.Popen:
+    """moto's S3 server (real HTTP S3 API on loopback)."""
+    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    wait_port(port, proc, "moto_server")
+    return proc
+
+
+def start_worker(env: dict, name: str, log: Path, concurrency: int = 1) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "render",
+         "-c", str(concurrency), "-E", "--loglevel=INFO", "-n", f"{name}@%h",
+         "--without-gossip", "--without-mingle"],
+        env=env, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+
+
+def start_flower(env: dict, port: int, auth: str, folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
+         f"--port={port}", "--address=127.0.0.1", f"--basic-auth={auth}", "--persistent=True",
+         f"--db={folder / 'flower.db'}"],
+        env=env, cwd=ROOT, stdout=open(folder / "flower.log", "ab"), stderr=subprocess.STDOUT)
+    wait_port(port, proc, "flower", timeout=60)
+    return proc
+
+
+def farm_env(redis_port: int, redis_password: str, s3_port: int, bucket: str,
+             scratch: Path) -> dict[str, str]:
+    """Environment variables that point workers and the scheduler at a local farm."""
+    return {
+        "FARM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "REDIS_PASSWORD": redis_password,
+        "FARM_STORAGE_URL": f"s3://{bucket}/bl30k",
+        "FARM_S3_ENDPOINT": f"http://127.0.0.1:{s3_port}",
+        "AWS_ACCESS_KEY_ID": "local-farm",
+        "AWS_SECRET_ACCESS_KEY": "local-farm",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FARM_SCRATCH": str(scratch),
+        "FARM_GPUS": os.environ.get("FARM_GPUS", "auto"),
+    }
+
+
+def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM (Celery: warm shutdown), then SIGKILL after ``timeout``."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_local_farm(args) -> int:
+    folder = Path(args.dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    flower_auth = f"farm:{secrets.token_urlsafe(12)}"
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(start_redis(folder / "redis", args.redis_port, password))
+        procs.append(start_s3(args.s3_port, folder / "s3.log"))
+        env = {**os.environ, **farm_env(args.redis_port, password, args.s3_port, "bl30k",
+                                         folder / "scratch")}
+        subprocess.run([sys.executable, "-m", "scheduler", "init-storage"], env=env, cwd=ROOT,
+                       check=True)
+        for i in range(args.workers):
+            procs.append(start_worker(env, f"worker{i + 1}", folder / f"worker{i + 1}.log"))
+        procs.append(start_flower(env, args.flower_port, flower_auth, folder))
+        env_file = folder / "farm.env"
+        keys = [*farm_env(0, "", 0, "", folder).keys()]
+        env_file.write_text("".join(f"export {k}={env[k]}\n" for k in keys))
+        env_file.chmod(0o600)
+        print(f"local farm up: redis :{args.redis_port}, S3 http://127.0.0.1:{args.s3_port}, "
+              f"{args.workers} workers, Flower http://127.0.0.1:{args.flower_port} "
+              f"(user:password {flower_auth})")
+        print(f"in another shell: source {env_file} && python -m scheduler enqueue --segment 0 "
+              "--count 4 --preset preview && python -m scheduler status --watch")
+        print(f"logs in {folder}; Ctrl-C stops everything")
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        dead = [p.args[0] if isinstance(p.args, list) else p.args for p in procs
+                if p.poll() is not None]
+        print(f"a process exited ({', '.join(map(str, dead))}); stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(procs)

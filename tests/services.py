@@ -1,0 +1,120 @@
+"""Real services for tests: redis-server, moto's S3 server, Celery workers, a TCP fault proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+
+from scheduler.local import farm_env, free_port, start_worker, stop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Farm:
+    """One test's farm: env for workers/scheduler, its own bucket, workers started on demand."""
+
+    def __init__(self, redis_port: int, password: str, s3_port: int, bucket: str, folder: Path,
+                 models: Path, textures: Path) -> None:
+        self.folder = folder
+        self.s3_endpoint = f"http://127.0.0.1:{s3_port}"
+        self.bucket = bucket
+        self.env = {**os.environ, **farm_env(redis_port, password, s3_port, bucket,
+                                             folder / "scratch"),
+                    "FARM_MODELS": str(models), "FARM_TEXTURES": str(textures),
+                    "FARM_GPUS": "none", "FARM_RETRY_BACKOFF": "1", "FARM_LEASE_TTL": "6",
+                    "FARM_SEED": "2021", "PYTHONUNBUFFERED": "1"}
+        self.workers: list[subprocess.Popen] = []
+        self.s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
+                               aws_access_key_id="test", aws_secret_access_key="test")
+        self.s3.create_bucket(Bucket=bucket)
+
+    def start_worker(self, name: str, **env: str) -> subprocess.Popen:
+        proc = start_worker({**self.env, **env}, name, self.folder / f"{name}.log")
+        self.workers.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cli(self, *args: str, env: dict | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "scheduler", "-q", *args],
+                              env={**self.env, **(env or {})}, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"scheduler {args} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def status(self, segment: int) -> dict:
+        return json.loads(self.cli("status", "--segment", str(segment), "--json").stdout)[0]
+
+    def wait_for(self, segment: int, timeout: float = 180.0, **want: int) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(segment)
+            if all(status[k] == v for k, v in want.items()):
+                return status
+            if time.monotonic() > deadline:
+                logs = "\n".join(self.log(f"w{i}")[-3000:] for i in range(1, 4))
+                raise AssertionError(f"timed out waiting for {want}: {status}\n{logs}")
+            time.sleep(1.0)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                  Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def close(self) -> None:
+        stop(self.workers, timeout=20)
+
+
+class FaultProxy:
+    """TCP proxy to ``target_port``; while ``down`` it accepts and drops connections at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target = target_port
+        self.down = True
+        self.dropped = 0
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            if self.down:
+                self.dropped += 1
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,209 @@
+"""The distributed farm on real services: redis-server, moto S3 over HTTP, Celery workers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+
+import pytest
+import requests
+
+from farm.assets import AssetLibrary
+from farm.presets import load_preset
+from farm.sampling import generate_spec
+from farm.state import FarmState, connect
+
+pytestmark = [pytest.mark.services, pytest.mark.render]
+
+
+def video_keys(farm, segment: int, video: str) -> list[str]:
+    return [k for k in farm.keys(f"bl30k/{segment}/") if f"/{video}/" in k or
+            k.endswith(f"/{video}.json") or k.endswith(f"/{video}.yaml")]
+
+
+def assert_complete(farm, segment: int, video: str, frames: int) -> None:
+    keys = video_keys(farm, segment, video)
+    base = f"bl30k/{segment}"
+    want = ([f"{base}/JPEGImages/{video}/{i:05d}.jpg" for i in range(frames)]
+            + [f"{base}/Annotations/{video}/{i:05d}.png" for i in range(frames)]
+            + [f"{base}/specs/{video}.yaml", f"{base}/manifests/{video}.json",
+               f"{base}/done/{video}.json"])
+    assert sorted(keys) == sorted(want)
+    marker = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key=f"{base}/done/{video}.json")
+                        ["Body"].read())
+    assert marker["frames"] == frames
+
+
+def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
+    from scheduler.local import free_port, start_flower, stop
+
+    farm.start_worker("w1", FARM_GPUS="0,1")
+    farm.start_worker("w2", FARM_GPUS="0,1")
+    flower_port = free_port()
+    flower = start_flower(farm.env, flower_port, "admin:secret", tmp_path)
+    try:
+        out = farm.cli("enqueue", "--segment", "0", "--count", "3", "--preset", "tiny").stdout
+        assert "enqueued 3 videos" in out
+        status = farm.wait_for(0, done=3)
+        assert status["percent_done"] == 100.0 and status["failed"] == 0
+        assert status["videos_per_hour"] > 0 and status["frames_per_s"] > 0
+        for video in ("a00000", "a00001", "a00002"):
+            assert_complete(farm, 0, video, 3)
+
+        # each worker claimed a different GPU lease and logged it
+        held = {line.split("worker device: ")[1].split(" of ")[0]
+                for name in ("w1", "w2") for line in farm.log(name).splitlines()
+                if "worker device: " in line}
+        assert held == {"GPU 0", "GPU 1"}
+
+        # re-enqueueing finished videos is a no-op: nothing sent, nothing rendered again
+        out = farm.cli("enqueue", "--segment", "0", "--count", "3", "--preset", "tiny").stdout
+        assert "enqueued 0 videos" in out and "skipped 3 already done" in out
+        state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+            "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+        assert state.r.llen("render") == 0
+
+        out = farm.cli("finalize", "--segment", "0").stdout
+        assert "3 videos complete" in out
+        meta = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key="bl30k/0/meta.json")
+                          ["Body"].read())
+        assert set(meta["videos"]) == {"a00000", "a00001", "a00002"}
+        obj = meta["videos"]["a00000"]["objects"]["1"]
+        assert obj["category"] and obj["frames"][0] == "00000"
+
+        # Flower: auth required; its API lists our tasks by video; Prometheus metrics are on
+        api = f"http://127.0.0.1:{flower_port}/api/tasks"
+        assert requests.get(api, timeout=10).status_code == 401
+        deadline = time.monotonic() + 30
+        while True:
+            tasks = requests.get(api, auth=("admin", "secret"), timeout=10).json()
+            succeeded = {t for t, v in tasks.items() if v["state"] == "SUCCESS"}
+            if {"render-a00000", "render-a00001", "render-a00002"} <= succeeded:
+                break
+            assert time.monotonic() < deadline, tasks
+            time.sleep(1)
+        assert tasks["render-a00000"]["name"] == "farm.render_video"
+        assert "'video': 'a00000'" in tasks["render-a00000"]["kwargs"]
+        metrics = requests.get(f"http://127.0.0.1:{flower_port}/metrics", timeout=10).text
+        assert "flower_events_total" in metrics
+    finally:
+        stop([flower])
+
+
+def test_transient_storage_error_then_success(farm):
+    from services import FaultProxy
+
+    proxy = FaultProxy(int(farm.s3_endpoint.rsplit(":", 1)[1]))
+    try:
+        farm.start_worker("w1", FARM_S3_ENDPOINT=f"http://127.0.0.1:{proxy.port}")
+        farm.cli("enqueue", "--segment", "1", "--count", "1", "--preset", "tiny")
+        status = farm.wait_for(1, retrying=1, timeout=120)
+        assert status["done"] == 0
+        failed_info = farm.cli("status", "--segment", "1").stdout
+        assert "1" in failed_info
+        proxy.down = False
+        farm.wait_for(1, done=1, timeout=180)
+    finally:
+        proxy.close()
+    assert proxy.dropped > 0
+    assert_complete(farm, 1, "b00000", 3)
+    log = farm.log("w1")
+    assert "reusing the finished render" in log  # the retry uploaded, it did not render again
+
+
+def test_permanent_error_fails_then_retry_failed_completes(farm, pack, tmp_path):
+    preset = load_preset("tiny")
+    lib = AssetLibrary.open(pack.models, pack.textures)
+    spec = generate_spec(lib, preset, 2, 0, 2021)
+    victim = spec.objects[0].model
+    worker_models = tmp_path / "worker-models"
+    shutil.copytree(pack.models, worker_models)
+    shutil.rmtree(worker_models / victim)
+    others = [generate_spec(lib, preset, 2, 1, 2021)]
+    assert all(victim not in [o.model for o in s.objects] for s in others)
+
+    farm.start_worker("w1", FARM_MODELS=str(worker_models))
+    farm.cli("enqueue", "--segment", "2", "--count", "2", "--preset", "tiny")
+    farm.wait_for(2, done=1, failed=1)
+    failed = json.loads(farm.cli("failed", "--segment", "2", "--json").stdout)
+    assert [f["video"] for f in failed] == ["c00000"]
+    assert victim in failed[0]["error"] and "not found" in failed[0]["error"]
+    text = farm.cli("failed").stdout
+    assert "c00000" in text and victim in text
+
+    shutil.copytree(pack.models / victim, worker_models / victim)
+    assert "re-enqueued 1 failed videos" in farm.cli("retry", "--failed").stdout
+    farm.wait_for(2, done=2, failed=0)
+    assert_complete(farm, 2, "c00000", 3)
+
+
+def test_a_leased_video_is_not_rendered_twice(farm):
+    """A redelivered copy defers while a live worker holds the video's lease."""
+    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    assert state.acquire("video:d00000", "someone-else", ttl_s=600)
+    farm.start_worker("w1")
+    farm.cli("enqueue", "--segment", "3", "--count", "1", "--preset", "tiny")
+    deadline = time.monotonic() + 60
+    while "leased by someone-else, deferring" not in farm.log("w1"):
+        assert time.monotonic() < deadline, farm.log("w1")
+        time.sleep(0.5)
+    assert farm.status(3)["done"] == 0 and not farm.keys("bl30k/3/")
+    state.release("video:d00000", "someone-else")
+    farm.wait_for(3, done=1, timeout=120)
+    assert_complete(farm, 3, "d00000", 3)
+
+
+def _claim(url: str, queue) -> None:
+    from worker.gpu import claim_gpu
+
+    claimed = claim_gpu(FarmState(connect(url)), ["0", "1"], ttl_s=2.0)
+    queue.put(claimed[0] if claimed else None)
+    time.sleep(60)  # hold the lease (heartbeat running) until killed
+
+
+def test_gpu_leases_are_exclusive_and_expire(redis_service):
+    port, password = redis_service
+    url = f"redis://:{password}@127.0.0.1:{port}/5"
+    connect(url).flushdb()
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(url, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        got = sorted((queue.get(timeout=60) for _ in procs), key=str)
+        assert got[:2] == ["0", "1"] and got[2] is None  # two GPUs, three claimants
+        holders = [p for p in procs]
+        time.sleep(3)  # well past the 2 s TTL: heartbeats keep both leases alive
+        from worker.gpu import claim_gpu
+
+        assert claim_gpu(FarmState(connect(url)), ["0", "1"], ttl_s=2.0) is None
+        for p in holders:
+            os.kill(p.pid, signal.SIGKILL)  # dead workers stop heartbeating
+        time.sleep(2.5)
+        claimed = claim_gpu(FarmState(connect(url)), ["0", "1"], ttl_s=2.0)
+        assert claimed is not None and claimed[0] == "0"
+        claimed[1].release()
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
+def test_clear_errors_when_services_are_unreachable(farm):
+    from scheduler.local import free_port
+
+    dead = free_port()
+    proc = farm.cli("status", env={"FARM_REDIS_URL": f"redis://127.0.0.1:{dead}/0"}, check=False)
+    assert proc.returncode == 2
+    assert f"cannot reach Redis at 127.0.0.1:{dead}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = farm.cli("enqueue", "--segment", "0", "--count", "1", "--preset", "tiny",
+                    env={"FARM_S3_ENDPOINT": f"http://127.0.0.1:{dead}"}, check=False)
+    assert proc.returncode == 2
+    assert "cannot reach" in proc.stderr and "Traceback" not in proc.stderr

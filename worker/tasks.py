@@ -1,0 +1,152 @@
+"""The render task: one Celery task per video, idempotent and exactly-once in storage.
+
+Flow: skip if cancelled or already done (marker) -> take the video's Redis lease (a redelivered
+copy never renders beside a live one) -> render in a fresh Blender process -> upload frames, spec,
+manifest -> completion marker last -> state ``done``. Permanent errors fail at once with their
+reason; storage and broker errors retry with exponential backoff and jitter; crashes and lost
+workers are counted per video and fail it after ``FARM_MAX_DELIVERIES``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from farm.config import segment_base
+from farm.spec import SpecError, VideoSpec
+from farm.state import BrokerUnavailable, FarmState, Lease, connect
+from farm.storage import StorageError, is_done, join, upload_video
+from worker.celery_app import TASK_NAME, app, settings
+from worker.runner import PermanentRenderError, RenderCrash, RenderOutcome, render_spec
+
+log = logging.getLogger(__name__)
+TRANSIENT = (StorageError, BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
+
+
+def _rendered_marker(staging: Path) -> Path:
+    return staging / "rendered.json"
+
+
+def _reuse_staging(staging: Path, spec: VideoSpec) -> RenderOutcome | None:
+    """A finished render left by a delivery whose upload failed (same spec): upload it again."""
+    try:
+        saved = json.loads(_rendered_marker(staging).read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("input_digest") != spec.digest():
+        return None
+    return RenderOutcome(VideoSpec.from_dict(saved["spec"]), saved["manifest"], staging)
+
+
+def _render(spec: VideoSpec, timeout: float | None) -> RenderOutcome:
+    staging = settings.scratch / f"{spec.id}.staging"
+    outcome = _reuse_staging(staging, spec)
+    if outcome:
+        log.info("%s: reusing the finished render in %s", spec.id, staging)
+        return outcome
+    models, textures = settings.asset_roots()
+    outcome = render_spec(spec, models, textures, settings.scratch, timeout=timeout)
+    _rendered_marker(staging).write_text(json.dumps({
+        "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
+        "manifest": outcome.manifest}))
+    return outcome
+
+
+@app.task(bind=True, name=TASK_NAME, autoretry_for=TRANSIENT,
+          retry_backoff=int(os.environ.get("FARM_RETRY_BACKOFF", "5")),
+          retry_backoff_max=settings.retry_backoff_max, retry_jitter=True,
+          max_retries=settings.max_retries)
+def render_video(self, video: str, segment: int, spec: dict) -> dict:
+    state = FarmState(connect(settings.redis_url_with_password))
+    storage, prefix = settings.storage()
+    base = join(prefix, segment_base(segment))
+    if state.state(segment, video) == "cancelled":
+        return {"video": video, "status": "cancelled"}
+    if is_done(storage, base, video):
+        state.set_state(segment, video, "done")
+        return {"video": video, "status": "already done"}
+
+    lease = Lease(state, f"video:{video}", f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}",
+                  settings.lease_ttl)
+    if not lease.acquire():
+        # A live worker renders this video (we are a redelivered copy): check back later.
+        log.info("%s: leased by %s, deferring", video, state.holder(f"video:{video}"))
+        self.apply_async(kwargs=self.request.kwargs, countdown=settings.lease_ttl,
+                         task_id=self.request.id, priority=self.request.delivery_info.get(
+                             "priority"), soft_time_limit=self.request.timelimit[1],
+                         time_limit=self.request.timelimit[0])
+        return {"video": video, "status": "deferred"}
+    try:
+        return _run(self, state, storage, base, video, segment, spec, lease)
+    finally:
+        lease.release()
+
+
+def _fail(state: FarmState, segment: int, video: str, reason: str) -> None:
+    log.error("%s: failed: %s", video, reason)
+    state.set_state(segment, video, "failed", last_error=reason, failed_at=time.time())
+    state.clear(video, "running")
+
+
+def _run(task, state: FarmState, storage, base: str, video: str, segment: int, spec_dict: dict,
+         lease: Lease) -> dict:
+    info = state.video(video)
+    if info.get("running"):
+        # The previous holder of the lease started and never finished: its worker was lost.
+        lost = state.incr(video, "lost_deliveries")
+        log.warning("%s: previous delivery was lost (%d so far)", video, lost)
+        if lost >= settings.max_deliveries:
+            _fail(state, segment, video, f"worker lost {lost} times while rendering this video "
+                  f"(killed, out of memory or hard time limit); last holder {info['running']}")
+            return {"video": video, "status": "failed"}
+    state.set_state(segment, video, "running", running=lease.token, worker=socket.gethostname(),
+                    started_at=time.time(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    try:
+        spec = VideoSpec.from_dict(spec_dict)
+        if spec.id != video or spec.segment != segment:
+            raise SpecError("id", f"task for {video} (segment {segment}) carries spec {spec.id}")
+        soft = task.request.timelimit[1] if task.request.timelimit else None
+        outcome = _render(spec, timeout=soft - 30 if soft else None)
+        if lease.lost:
+            raise RenderCrash(f"{video}: lease lost during the render; another worker owns it")
+        upload = upload_video(storage, base, outcome.staging, video, outcome.spec.to_yaml(),
+                              outcome.manifest)
+    except (SpecError, PermanentRenderError) as exc:
+        _fail(state, segment, video, str(exc))
+        raise PermanentRenderError(str(exc)) from None
+    except TRANSIENT as exc:
+        final = task.request.retries >= task.max_retries
+        if final:
+            _fail(state, segment, video, f"gave up after {task.request.retries} retries: {exc}")
+        else:
+            state.set_state(segment, video, "retrying", last_error=str(exc))
+            state.clear(video, "running")
+        raise
+    except (RenderCrash, SoftTimeLimitExceeded) as exc:
+        crashes = state.incr(video, "crashes")
+        reason = str(exc) or "soft time limit exceeded"
+        state.clear(video, "running")
+        if crashes >= settings.max_deliveries:
+            _fail(state, segment, video, f"render crashed {crashes} times: {reason}")
+            raise PermanentRenderError(reason) from None
+        state.set_state(segment, video, "retrying", last_error=reason)
+        raise task.retry(exc=exc, countdown=5 * crashes) from None
+    shutil.rmtree(outcome.staging, ignore_errors=True)
+    timings = outcome.manifest["timings"]
+    state.set_state(segment, video, "done", frames=outcome.spec.frames,
+                    render_s=timings["render_total_s"], wall_s=timings["wall_s"],
+                    upload_s=upload["upload_s"], finished_at=time.time(),
+                    device=outcome.manifest["device"], attempt=outcome.spec.attempt)
+    state.clear(video, "running")
+    return {"video": video, "status": "done", "frames": outcome.spec.frames,
+            "device": outcome.manifest["device"], "render_s": timings["render_total_s"],
+            "upload_s": upload["upload_s"]}
