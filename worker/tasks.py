@@ -71,9 +71,13 @@ def render_video(self, video: str, segment: int, spec: dict) -> dict:
     base = join(prefix, segment_base(segment))
     if state.state(segment, video) == "cancelled":
         return {"video": video, "status": "cancelled"}
-    if is_done(storage, base, video):
-        state.set_state(segment, video, "done")
-        return {"video": video, "status": "already done"}
+    try:
+        if is_done(storage, base, video):
+            state.set_state(segment, video, "done")
+            return {"video": video, "status": "already done"}
+    except StorageError as exc:
+        # Keep the GPU busy while storage is away: render now, the upload retries until it is back.
+        log.warning("%s: cannot check the completion marker (%s); rendering anyway", video, exc)
 
     lease = Lease(state, f"video:{video}", f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}",
                   settings.lease_ttl)
