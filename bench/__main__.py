@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from farm.assets import AssetLibrary
-from farm.synth_assets import default_pack
 from farm.presets import load_preset
 from farm.sampling import generate_spec
 from farm.specgen import generate_many
+from farm.synth_assets import default_pack
 
 
 def bench_specs(args: argparse.Namespace) -> list[dict]:

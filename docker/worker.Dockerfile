@@ -40,7 +40,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         python3.11 python3.11-venv \
         libx11-6 libxext6 libxrender1 libxxf86vm1 libxfixes3 libxi6 libxkbcommon0 \
-        libsm6 libice6 libxt6 libgl1 libegl1 libglvnd0 libgomp1 \
+        libsm6 libice6 libxt6 libgl1 libegl1 libglvnd0 \
  && apt-get purge -y --auto-remove gnupg gpg-agent software-properties-common \
  && rm -rf /var/lib/apt/lists/*
 

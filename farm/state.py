@@ -11,6 +11,7 @@ Keys (all under ``farm:``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -62,6 +63,7 @@ class FarmState:
         """Record videos (id -> spec dict) as ``state``; resets their delivery counters."""
         pipe = self.r.pipeline(transaction=False)
         pipe.sadd(f"{PREFIX}segments", segment)
+        pipe.setnx(f"{PREFIX}seg:{segment}:started", time.time())
         for video, spec in specs.items():
             pipe.hset(f"{PREFIX}seg:{segment}:state", video, state)
             pipe.hset(f"{PREFIX}seg:{segment}:specs", video, pack_spec(spec))
@@ -114,6 +116,10 @@ class FarmState:
     def videos_in(self, segment: int, state: str) -> list[str]:
         return sorted(v for v, s in self.states(segment).items() if s == state)
 
+    def started(self, segment: int) -> float | None:
+        value = self.r.get(f"{PREFIX}seg:{segment}:started")
+        return float(value) if value else None
+
     def recent(self, window_s: float, segment: int | None = None) -> tuple[int, int]:
         """(videos, frames) finished in the last ``window_s`` seconds."""
         now = time.time()
@@ -165,11 +171,11 @@ class Lease:
         failures = 0
         while not self._stop.wait(self.ttl_s / 3):
             try:
-                if not self.state.renew(self.key, self.token, self.ttl_s):
-                    # expired (e.g. Redis restarted without our key): take it back if free
-                    if not self.state.acquire(self.key, self.token, self.ttl_s):
-                        self.lost = True
-                        return
+                # expired (e.g. Redis restarted without our key): take it back if free
+                if not self.state.renew(self.key, self.token, self.ttl_s) and \
+                        not self.state.acquire(self.key, self.token, self.ttl_s):
+                    self.lost = True
+                    return
                 failures = 0
             except redis.RedisError:
                 failures += 1  # Redis briefly away: keep trying until the TTL would have passed
@@ -180,7 +186,5 @@ class Lease:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        try:
+        with contextlib.suppress(redis.RedisError):  # else it expires by itself
             self.state.release(self.key, self.token)
-        except redis.RedisError:
-            pass  # it expires by itself

@@ -7,6 +7,7 @@ and ``<out>/textures/skybox/<class>/*.jpg``. Everything derives from one seed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -230,9 +231,7 @@ def default_pack() -> tuple[Path, Path]:
         (tmp / ".complete").touch()
         if not (pack / ".complete").exists():  # another process may have won the race
             shutil.rmtree(pack, ignore_errors=True)
-            try:
+            with contextlib.suppress(OSError):
                 tmp.rename(pack)
-            except OSError:
-                pass
         shutil.rmtree(tmp, ignore_errors=True)
     return pack / "models", pack / "textures"

@@ -127,6 +127,9 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
 def segment_status(ctx: Context, segment: int, window: float) -> dict:
     counts = ctx.state.counts(segment)
     total = sum(counts.values())
+    started = ctx.state.started(segment)
+    if started:  # a segment younger than the window: rate over its age
+        window = max(1.0, min(window, time.time() - started))
     videos, frames = ctx.state.recent(window, segment)
     remaining = sum(counts.get(s, 0) for s in ("queued", "running", "retrying"))
     per_hour = videos * 3600 / window
@@ -232,30 +235,53 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
     return {"videos": videos}
 
 
+def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
+    """Problems per finished video: every frame's JPEG and mask, spec and manifest present."""
+    keys = storage.list(base)
+    found: dict[tuple[str, str], int] = {}
+    for key in keys:
+        parts = key[len(base):].strip("/").split("/")
+        if len(parts) == 3 and parts[0] in ("JPEGImages", "Annotations"):
+            found[(parts[0], parts[1])] = found.get((parts[0], parts[1]), 0) + 1
+    present = set(keys)
+    problems = {}
+    for video in sorted(videos):
+        marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
+        frames = marker.get("frames")
+        for folder in ("JPEGImages", "Annotations"):
+            if found.get((folder, video), 0) != frames:
+                problems[video] = (f"{folder} holds {found.get((folder, video), 0)} frames, "
+                                   f"marker says {frames}")
+        for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
+            if key not in present:
+                problems[video] = f"missing {key}"
+    return problems
+
+
 def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     storage, _ = ctx.storage
     base = ctx.base(args.segment)
     expected = set(ctx.state.states(args.segment))
     done = ctx.done_videos(args.segment)
     missing = sorted(expected - done)
+    problems = check_videos(storage, base, done)
+    for video, problem in problems.items():
+        print(f"{video}: {problem}")
     if missing:
         print(f"segment {args.segment} is incomplete: {len(missing)} of {len(expected)} videos "
               f"missing: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
-        if not args.force:
-            return 1
-    videos = sorted(done)
+    if (missing or problems) and not args.force:
+        return 1
+    videos = sorted(done - set(problems))
 
     def manifest(video: str) -> tuple[str, dict]:
-        body = storage.get_bytes(join(base, "manifests", f"{video}.json"))
-        if body is None:
-            raise StorageError(f"{video} has a completion marker but no manifest")
-        return video, json.loads(body)
+        return video, json.loads(storage.get_bytes(join(base, "manifests", f"{video}.json")))
 
     with ThreadPoolExecutor(16) as pool:
         manifests = dict(pool.map(manifest, videos))
     storage.put_bytes(join(base, "meta.json"), json.dumps(youtube_vos_meta(manifests)).encode())
-    print(f"segment {args.segment}: {len(videos)} videos complete; wrote "
-          f"{storage.describe()}/{join(base, 'meta.json')}")
+    print(f"segment {args.segment}: {len(videos)} videos complete, every frame present; wrote "
+          f"{join(base, 'meta.json')} in {storage.describe()}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,45 +39,47 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.
     raise RuntimeError(f"{what} did not open port {port} within {timeout:.0f} s")
 
 
+def spawn(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` with stdout and stderr appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+
+
 def start_redis(folder: Path, port: int, password: str) -> subprocess.Popen:
     """redis-server with AOF persistence and a password, data in ``folder``."""
     exe = shutil.which("redis-server")
     if not exe:
         raise RuntimeError("redis-server not found: apt-get install redis-server")
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
+    proc = spawn(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
          "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-         "--requirepass", password, "--protected-mode", "yes"],
-        stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT)
+         "--requirepass", password, "--protected-mode", "yes"], folder / "redis.log")
     wait_port(port, proc, "redis-server")
     return proc
 
 
 def start_s3(port: int, log: Path) -> subprocess.Popen:
     """moto's S3 server (real HTTP S3 API on loopback)."""
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    beside = Path(sys.executable).with_name("moto_server")  # this environment's moto first
+    exe = str(beside) if beside.exists() else shutil.which("moto_server") or "moto_server"
+    proc = spawn([exe, "-H", "127.0.0.1", "-p", str(port)], log)
     wait_port(port, proc, "moto_server")
     return proc
 
 
 def start_worker(env: dict, name: str, log: Path, concurrency: int = 1) -> subprocess.Popen:
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "render",
          "-c", str(concurrency), "-E", "--loglevel=INFO", "-n", f"{name}@%h",
-         "--without-gossip", "--without-mingle"],
-        env=env, cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-        start_new_session=True)
+         "--without-gossip", "--without-mingle"], log, env=env, cwd=ROOT)
 
 
 def start_flower(env: dict, port: int, auth: str, folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
          f"--port={port}", "--address=127.0.0.1", f"--basic-auth={auth}", "--persistent=True",
-         f"--db={folder / 'flower.db'}"],
-        env=env, cwd=ROOT, stdout=open(folder / "flower.log", "ab"), stderr=subprocess.STDOUT)
+         f"--db={folder / 'flower.db'}"], folder / "flower.log", env=env, cwd=ROOT)
     wait_port(port, proc, "flower", timeout=60)
     return proc
 
@@ -116,6 +119,7 @@ def run_local_farm(args) -> int:
     password = secrets.token_urlsafe(18)
     flower_auth = f"farm:{secrets.token_urlsafe(12)}"
     procs: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
     try:
         procs.append(start_redis(folder / "redis", args.redis_port, password))
         procs.append(start_s3(args.s3_port, folder / "s3.log"))

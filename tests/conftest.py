@@ -81,7 +81,6 @@ _bucket_counter = iter(range(10**6))
 def farm(redis_service, s3_service, pack, tmp_path):
     """A clean farm per test: empty Redis, a new bucket, workers stopped at the end."""
     import redis
-
     from services import Farm
 
     port, password = redis_service

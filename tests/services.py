@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -29,7 +30,8 @@ class Farm:
         self.env = {**os.environ, **farm_env(redis_port, password, s3_port, bucket,
                                              folder / "scratch"),
                     "FARM_MODELS": str(models), "FARM_TEXTURES": str(textures),
-                    "FARM_GPUS": "none", "FARM_RETRY_BACKOFF": "1", "FARM_RETRY_BACKOFF_MAX": "4", "FARM_LEASE_TTL": "6",
+                    "FARM_GPUS": "none", "FARM_RETRY_BACKOFF": "1",
+                    "FARM_RETRY_BACKOFF_MAX": "4", "FARM_LEASE_TTL": "6",
                     "FARM_SEED": "2021", "PYTHONUNBUFFERED": "1"}
         self.workers: list[subprocess.Popen] = []
         self.s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
@@ -111,10 +113,8 @@ class FaultProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self._sock.close()

