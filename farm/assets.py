@@ -13,6 +13,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tga", ".tif", ".tiff", ".exr", ".hdr"}
@@ -169,6 +170,7 @@ class AssetLibrary:
                 return m
         raise AssetError(f"model {model_id!r} is not in the library at {self.models_root}")
 
+    @cached_property
     def fingerprint(self) -> str:
         """Hash of the asset lists: specs are reproducible only against the same lists."""
         h = hashlib.sha256()

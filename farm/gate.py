@@ -13,12 +13,18 @@ from farm.presets import QualityGate
 from farm.spec import VideoSpec, eval_poly
 
 NEAR = 0.1
+MAX_CHECKED_FRAMES = 64  # the visibility fraction is estimated on at most this many frames
 OCCLUDER_SHRINK = 0.5  # a nearer object's sphere counts as solid only within half its radius
 
 
 def object_discs(spec: VideoSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Projected bounding discs per (object, frame): column, row, radius in pixels, depth."""
+    """Projected bounding discs per (object, checked frame): column, row, radius px, depth.
+
+    Checked frames are frame 0 and evenly spaced frames up to MAX_CHECKED_FRAMES.
+    """
     t = spec.frame_times()
+    if len(t) > MAX_CHECKED_FRAMES:
+        t = t[np.linspace(0, len(t) - 1, MAX_CHECKED_FRAMES).round().astype(int)]
     width, height = spec.resolution
     cam_loc = eval_poly(spec.camera.location_poly, t)
     rot = look_at_rotation(cam_loc, eval_poly(spec.camera.look_at_poly, t))
@@ -45,17 +51,19 @@ def geometric_gate(spec: VideoSpec, gate: QualityGate) -> str | None:
     col, row, rad, depth = object_discs(spec)
     area = _visible_area(col, row, rad, depth, width, height)
     min_px = gate.min_pixels(width, height)
+    # occluded[k, m]: object m is nearer than k in frame 0 and its inner disc covers k's disc
+    c, r, d, rad0 = col[:, 0], row[:, 0], depth[:, 0], rad[:, 0]
+    gap = np.hypot(c[:, None] - c[None, :], r[:, None] - r[None, :]) + rad0[:, None]
+    occluded = (gap <= OCCLUDER_SHRINK * rad0[None, :]) & (d[None, :] > NEAR) & \
+        (d[None, :] < d[:, None])
+    in_view = (area > 0).mean(axis=1)
     for k in range(len(spec.objects)):
         if area[k, 0] < min_px:
             return f"object {k + 1} is out of view in frame 0"
-        for m in range(len(spec.objects)):
-            inner = OCCLUDER_SHRINK * rad[m, 0]
-            covered = np.hypot(col[k, 0] - col[m, 0], row[k, 0] - row[m, 0]) + rad[k, 0] <= inner
-            if m != k and NEAR < depth[m, 0] < depth[k, 0] and covered:
-                return f"object {k + 1} is hidden behind object {m + 1} in frame 0"
-        in_view = float(np.mean(area[k] > 0))
-        if in_view < gate.min_visible_frames_fraction:
-            return f"object {k + 1} is in view in only {in_view:.0%} of frames"
+        if occluded[k].any():
+            return f"object {k + 1} is hidden behind object {int(np.argmax(occluded[k])) + 1} in frame 0"
+        if in_view[k] < gate.min_visible_frames_fraction:
+            return f"object {k + 1} is in view in only {in_view[k]:.0%} of frames"
     return None
 
 

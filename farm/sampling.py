@@ -84,58 +84,73 @@ def permuted_pick(items: list, seed: int, segment: int, stream: str, position: i
     return items[int(_permutation(seed, segment, STREAMS[stream], epoch, n)[offset])]
 
 
-def _uniform(rng: np.random.Generator, bounds: tuple[float, float], size=None):
-    return rng.random(size) * (bounds[1] - bounds[0]) + bounds[0]
+class Draws:
+    """Random numbers pre-drawn in two numpy calls and consumed in order as Python floats.
+
+    Sampling a path takes a few dozen scalars; drawing them one numpy call at a time costs more
+    than the arithmetic. Sizes are upper bounds of what one path can consume.
+    """
+
+    def __init__(self, rng: np.random.Generator, uniforms: int, normals: int) -> None:
+        self._u = rng.random(uniforms).tolist()
+        self._n = rng.standard_normal(normals).tolist()
+
+    def u(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        return lo + self._u.pop() * (hi - lo)
+
+    def n(self, scale: float) -> float:
+        return self._n.pop() * scale
 
 
-def _frustum_point(rng: np.random.Generator, p: SamplingParams) -> np.ndarray:
+Vec = list[float]
+
+
+def _frustum_point(d: Draws, p: SamplingParams) -> Vec:
     """A point in the object box, widening with depth like the view frustum."""
-    y = _uniform(rng, p.obj_into)
+    y = d.u(*p.obj_into)
     widen = (y - p.cam_into[0]) / (p.obj_into[0] - p.cam_into[0])
-    x = _uniform(rng, (p.obj_base[0] * widen, p.obj_base[1] * widen))
-    z = _uniform(rng, (p.obj_base[0] * widen, p.obj_base[1] * widen))
-    return np.array([x, y, z])
+    x = d.u(p.obj_base[0] * widen, p.obj_base[1] * widen)
+    z = d.u(p.obj_base[0] * widen, p.obj_base[1] * widen)
+    return [x, y, z]
 
 
-def _block_point(rng: np.random.Generator, base: tuple, into: tuple) -> np.ndarray:
-    x, y, z = _uniform(rng, base), _uniform(rng, into), _uniform(rng, base)
-    return np.array([x, y, z])
+def _block_point(d: Draws, base: tuple[float, float], into: tuple[float, float]) -> Vec:
+    x = d.u(*base)
+    y = d.u(*into)
+    return [x, y, d.u(*base)]
 
 
-def _step_towards(current: np.ndarray, target: np.ndarray, max_delta: np.ndarray) -> np.ndarray:
+def _step_towards(current: Vec, target: Vec, max_delta: Vec) -> Vec:
     """Move towards ``target``, each axis limited by ``|max_delta|``.
 
     The original clamped only positive moves (a one-sided bug); we clamp both directions as its
     documented intent says.
     """
-    limit = np.abs(max_delta)
-    return current + np.clip(target - current, -limit, limit)
+    return [c + max(-abs(m), min(abs(m), t - c))
+            for c, t, m in zip(current, target, max_delta, strict=True)]
 
 
-Step = Callable[[np.random.Generator, np.ndarray], np.ndarray]
+Step = Callable[[Draws, Vec], Vec]
 
 
-def _walk(rng: np.random.Generator, starts: list[np.ndarray], steps: list[Step],
-          p: SamplingParams) -> list[np.ndarray]:
+def _walk(d: Draws, starts: list[Vec], steps: list[Step], p: SamplingParams) -> list[np.ndarray]:
     """Control points for several channels that move or stay static together.
 
     The first segment is static with ``enter_static_prob``; after each move the path enters a
     static span with ``enter_static_prob``; a static span continues with ``continue_static_prob``.
     """
-    points = [np.zeros((DEGREE + 1, 3)) for _ in starts]
-    for pts, start in zip(points, starts, strict=True):
-        pts[0] = start
-    static = rng.random() < p.enter_static_prob
-    for i in range(1, DEGREE + 1):
+    points = [[start] for start in starts]
+    static = d.u() < p.enter_static_prob
+    for _ in range(DEGREE):
         if static:
             for pts in points:
-                pts[i] = pts[i - 1]
-            static = rng.random() < p.continue_static_prob
+                pts.append(pts[-1])
+            static = d.u() < p.continue_static_prob
         else:
             for pts, step in zip(points, steps, strict=True):
-                pts[i] = step(rng, pts[i - 1])
-            static = rng.random() < p.enter_static_prob
-    return points
+                pts.append(step(d, pts[-1]))
+            static = d.u() < p.enter_static_prob
+    return [np.array(pts) for pts in points]
 
 
 def _poly(points: np.ndarray) -> list[list[float]]:
@@ -143,31 +158,36 @@ def _poly(points: np.ndarray) -> list[list[float]]:
 
 
 def sample_camera(rng: np.random.Generator, p: SamplingParams) -> CameraSpec:
-    fov = float(_uniform(rng, p.fov))
+    d = Draws(rng, 40, 24)
+    fov = d.u(*p.fov)
     tsl = p.cam_tsl_per_frame * p.n_frames / DEGREE
     shift = p.look_at_shift_per_frame * p.n_frames / DEGREE
+
+    def move(base, into, scale):
+        return lambda d, cur: _step_towards(cur, _block_point(d, base, into),
+                                            [d.n(scale) for _ in range(3)])
+
     loc, look = _walk(
-        rng,
-        [_block_point(rng, p.cam_base, p.cam_into), _block_point(rng, p.look_at_base, p.look_at_into)],
-        [lambda r, cur: _step_towards(cur, _block_point(r, p.cam_base, p.cam_into),
-                                      r.normal(0, tsl, 3)),
-         lambda r, cur: _step_towards(cur, _block_point(r, p.look_at_base, p.look_at_into),
-                                      r.normal(0, shift, 3))],
+        d,
+        [_block_point(d, p.cam_base, p.cam_into), _block_point(d, p.look_at_base, p.look_at_into)],
+        [move(p.cam_base, p.cam_into, tsl), move(p.look_at_base, p.look_at_into, shift)],
         p,
     )
     return CameraSpec(fov=fov, location_poly=_poly(loc), look_at_poly=_poly(look))
 
 
 def sample_object_path(rng: np.random.Generator, p: SamplingParams) -> tuple[list, list, list]:
+    d = Draws(rng, 48, 24)
     tsl = p.obj_tsl_per_frame * p.n_frames / DEGREE
     rot = p.obj_rot_per_frame * p.n_frames / DEGREE
     lo, hi = (c ** (1 / DEGREE) for c in p.scale_change)
     loc, angles, scale = _walk(
-        rng,
-        [_frustum_point(rng, p), rng.random(3) * 2 * np.pi, _uniform(rng, p.obj_scale, 3)],
-        [lambda r, cur: _step_towards(cur, _frustum_point(r, p), r.normal(0, tsl, 3)),
-         lambda r, cur: cur + r.normal(0, rot, 3),
-         lambda r, cur: cur * _uniform(r, (lo, hi), 3)],
+        d,
+        [_frustum_point(d, p), [d.u(0, 2 * np.pi) for _ in range(3)],
+         [d.u(*p.obj_scale) for _ in range(3)]],
+        [lambda d, cur: _step_towards(cur, _frustum_point(d, p), [d.n(tsl) for _ in range(3)]),
+         lambda d, cur: [c + d.n(rot) for c in cur],
+         lambda d, cur: [c * d.u(lo, hi) for c in cur]],
         p,
     )
     return _poly(loc), _poly(angles), _poly(scale)
@@ -229,14 +249,14 @@ def sample_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, see
                                                                     p.num_lights[1] + 1)))]
     background = BackgroundSpec(
         image=permuted_pick(lib.skyboxes, seed, segment, "skyboxes", index),
-        strength=float(_uniform(rng, p.sky_strength)),
+        strength=float(rng.random() * (p.sky_strength[1] - p.sky_strength[0]) + p.sky_strength[0]),
     )
     return VideoSpec(
         id=video_id(segment, index), segment=segment, index=index, seed=seed,
         frames=preset.frames, resolution=list(preset.resolution), camera=camera, objects=objects,
         lights=lights, background=background, render=preset.render, source="generated",
         preset=preset.name, attempt=attempt,
-        generation={"assets": lib.fingerprint(), "deintersection": deintersection},
+        generation={"assets": lib.fingerprint, "deintersection": deintersection},
     )
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -124,15 +124,17 @@ class VideoSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python data (numpy scalars and arrays converted)."""
-        return json.loads(json.dumps(asdict(self), default=_plain))
+        return json.loads(self.to_json())
+
+    def to_json(self) -> str:
+        return json.dumps(self, default=_plain, separators=(",", ":"))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=100)
 
     def digest(self) -> str:
-        """Stable content hash (sha256 of canonical JSON)."""
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()
+        """Stable content hash: sha256 of the canonical JSON (fields in declaration order)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def frame_times(self) -> np.ndarray:
         return np.linspace(0.0, 1.0, self.frames) if self.frames > 1 else np.zeros(1)
@@ -143,6 +145,8 @@ class VideoSpec:
 
 
 def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return value.__dict__
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     raise TypeError(f"cannot store {type(value).__name__} in a spec")

@@ -46,8 +46,8 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
-def pack_spec(spec_dict: dict) -> str:
-    return zlib.compress(json.dumps(spec_dict, separators=(",", ":")).encode()).hex()
+def pack_spec(spec_json: str) -> str:
+    return zlib.compress(spec_json.encode(), 1).hex()
 
 
 def unpack_spec(blob: str) -> dict:
@@ -59,14 +59,15 @@ class FarmState:
     r: redis.Redis
 
     # --- per-video state ---------------------------------------------------------------------
-    def register(self, segment: int, specs: dict[str, dict], state: str = "queued") -> None:
-        """Record videos (id -> spec dict) as ``state``; resets their delivery counters."""
+    def register(self, segment: int, specs: list, state: str = "queued") -> None:
+        """Record VideoSpecs as ``state`` with their spec; resets their delivery counters."""
         pipe = self.r.pipeline(transaction=False)
         pipe.sadd(f"{PREFIX}segments", segment)
         pipe.setnx(f"{PREFIX}seg:{segment}:started", time.time())
-        for video, spec in specs.items():
+        for spec in specs:
+            video = spec.id
             pipe.hset(f"{PREFIX}seg:{segment}:state", video, state)
-            pipe.hset(f"{PREFIX}seg:{segment}:specs", video, pack_spec(spec))
+            pipe.hset(f"{PREFIX}seg:{segment}:specs", video, pack_spec(spec.to_json()))
             pipe.hset(f"{PREFIX}video:{video}", mapping={"segment": segment, "deliveries": 0,
                                                           "queued_at": time.time()})
             pipe.hdel(f"{PREFIX}video:{video}", "last_error")
@@ -102,9 +103,6 @@ class FarmState:
     def spec(self, segment: int, video: str) -> dict | None:
         blob = self.r.hget(f"{PREFIX}seg:{segment}:specs", video)
         return unpack_spec(blob) if blob else None
-
-    def specs(self, segment: int) -> dict[str, dict]:
-        return {v: unpack_spec(b) for v, b in self.r.hgetall(f"{PREFIX}seg:{segment}:specs").items()}
 
     def segments(self) -> list[int]:
         return sorted(int(s) for s in self.r.smembers(f"{PREFIX}segments"))

@@ -54,23 +54,31 @@ class Context:
         return {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.endswith(".json")}
 
 
+def task_kwargs(spec: VideoSpec) -> dict:
+    """A generated spec travels as its recipe (workers regenerate it and check the digest);
+    any other spec travels whole."""
+    if spec.source == "generated":
+        return {"video": spec.id, "segment": spec.segment, "index": spec.index, "seed": spec.seed,
+                "preset": spec.preset, "digest": spec.digest()}
+    return {"video": spec.id, "segment": spec.segment, "spec": spec.to_dict()}
+
+
 def send(ctx: Context, specs: list[VideoSpec], priority: int | None) -> None:
-    """Register specs in Redis and publish one task per video, in batches."""
+    """Register specs in Redis and publish one task per video."""
     from worker.celery_app import TASK_NAME, app, task_id
 
-    by_segment: dict[int, dict[str, dict]] = {}
+    by_segment: dict[int, list[VideoSpec]] = {}
     for spec in specs:
-        by_segment.setdefault(spec.segment, {})[spec.id] = spec.to_dict()
+        by_segment.setdefault(spec.segment, []).append(spec)
     for segment, group in by_segment.items():
         ctx.state.register(segment, group)
-    with app.producer_or_acquire() as producer:
+    # kombu's publish batch sends the LPUSHes through one Redis pipeline per batch
+    with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH):
         for spec in specs:
             soft, hard = load_preset(spec.preset).time_limits(spec.frames)
             app.send_task(
-                TASK_NAME, kwargs={"video": spec.id, "segment": spec.segment,
-                                   "spec": spec.to_dict()},
-                task_id=task_id(spec.id), producer=producer, priority=priority,
-                soft_time_limit=soft, time_limit=hard,
+                TASK_NAME, kwargs=task_kwargs(spec), task_id=task_id(spec.id), producer=producer,
+                priority=priority, soft_time_limit=soft, time_limit=hard, ignore_result=True,
                 argsrepr="()", kwargsrepr=f"{{'video': '{spec.id}', 'segment': {spec.segment}}}",
             )
 

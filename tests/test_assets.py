@@ -44,7 +44,7 @@ def test_index_is_cached_and_refreshed(pack, tmp_path):
     shutil.rmtree(root / "models" / lib.models[0].id)  # changes the synset folder's mtime
     fresh = AssetLibrary.open(root / "models", root / "textures", cache_dir=cache)
     assert len(fresh.models) == len(lib.models) - 1
-    assert fresh.fingerprint() != lib.fingerprint()
+    assert fresh.fingerprint != lib.fingerprint
 
 
 def test_clear_errors_for_missing_roots(pack, tmp_path):

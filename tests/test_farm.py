@@ -126,25 +126,38 @@ def test_permanent_error_fails_then_retry_failed_completes(farm, pack, tmp_path)
     lib = AssetLibrary.open(pack.models, pack.textures)
     spec = generate_spec(lib, preset, 2, 0, 2021)
     victim = spec.objects[0].model
+    assert victim not in [o.model for o in generate_spec(lib, preset, 2, 1, 2021).objects]
+    # the worker's copy of the library lists the same models, but the victim's mesh is broken
     worker_models = tmp_path / "worker-models"
     shutil.copytree(pack.models, worker_models)
-    shutil.rmtree(worker_models / victim)
-    others = [generate_spec(lib, preset, 2, 1, 2021)]
-    assert all(victim not in [o.model for o in s.objects] for s in others)
+    obj = worker_models / victim / "models" / "model_normalized.obj"
+    obj.write_text("this is not a mesh\n")
 
     farm.start_worker("w1", FARM_MODELS=str(worker_models))
     farm.cli("enqueue", "--segment", "2", "--count", "2", "--preset", "tiny")
     farm.wait_for(2, done=1, failed=1)
     failed = json.loads(farm.cli("failed", "--segment", "2", "--json").stdout)
     assert [f["video"] for f in failed] == ["c00000"]
-    assert victim in failed[0]["error"] and "not found" in failed[0]["error"]
+    assert victim in failed[0]["error"] and "no faces" in failed[0]["error"]
+    assert failed[0]["crashes"] == 0  # failed at once, not retried
     text = farm.cli("failed").stdout
     assert "c00000" in text and victim in text
 
-    shutil.copytree(pack.models / victim, worker_models / victim)
+    shutil.copy(pack.models / victim / "models" / "model_normalized.obj", obj)
     assert "re-enqueued 1 failed videos" in farm.cli("retry", "--failed").stdout
     farm.wait_for(2, done=2, failed=0)
     assert_complete(farm, 2, "c00000", 3)
+
+
+def test_worker_with_a_different_asset_library_refuses_the_spec(farm, pack, tmp_path):
+    worker_models = tmp_path / "worker-models"
+    shutil.copytree(pack.models, worker_models)
+    shutil.rmtree(worker_models / "02691156" / "model000")  # the model lists now differ
+    farm.start_worker("w1", FARM_MODELS=str(worker_models))
+    farm.cli("enqueue", "--segment", "4", "--count", "1", "--preset", "tiny")
+    farm.wait_for(4, failed=1)
+    failed = json.loads(farm.cli("failed", "--json").stdout)
+    assert "differs from the scheduler's" in failed[0]["error"]
 
 
 def test_a_leased_video_is_not_rendered_twice(farm):

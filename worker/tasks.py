@@ -21,7 +21,10 @@ from pathlib import Path
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
+from farm.assets import AssetError, AssetLibrary
 from farm.config import segment_base
+from farm.presets import load_preset
+from farm.sampling import generate_spec
 from farm.spec import SpecError, VideoSpec
 from farm.state import BrokerUnavailable, FarmState, Lease, connect
 from farm.storage import StorageError, is_done, join, upload_video
@@ -65,7 +68,10 @@ def _render(spec: VideoSpec, timeout: float | None) -> RenderOutcome:
           retry_backoff=int(os.environ.get("FARM_RETRY_BACKOFF", "5")),
           retry_backoff_max=settings.retry_backoff_max, retry_jitter=True,
           max_retries=settings.max_retries)
-def render_video(self, video: str, segment: int, spec: dict) -> dict:
+def render_video(self, video: str, segment: int, spec: dict | None = None, index: int | None = None,
+                 seed: int | None = None, preset: str | None = None, digest: str | None = None
+                 ) -> dict:
+    """Render one video. ``spec`` is the whole spec, or (index, seed, preset, digest) its recipe."""
     state = FarmState(connect(settings.redis_url_with_password))
     storage, prefix = settings.storage()
     base = join(prefix, segment_base(segment))
@@ -90,7 +96,8 @@ def render_video(self, video: str, segment: int, spec: dict) -> dict:
                          time_limit=self.request.timelimit[0])
         return {"video": video, "status": "deferred"}
     try:
-        return _run(self, state, storage, base, video, segment, spec, lease)
+        recipe = {"index": index, "seed": seed, "preset": preset, "digest": digest}
+        return _run(self, state, storage, base, video, segment, spec, recipe, lease)
     finally:
         lease.release()
 
@@ -101,8 +108,24 @@ def _fail(state: FarmState, segment: int, video: str, reason: str) -> None:
     state.clear(video, "running")
 
 
-def _run(task, state: FarmState, storage, base: str, video: str, segment: int, spec_dict: dict,
-         lease: Lease) -> dict:
+_libraries: dict[tuple, AssetLibrary] = {}
+
+
+def regenerate(segment: int, recipe: dict) -> VideoSpec:
+    """Rebuild a generated spec from its recipe; its digest must equal the scheduler's."""
+    roots = settings.asset_roots()
+    if roots not in _libraries:
+        _libraries[roots] = AssetLibrary.open(*roots)
+    spec = generate_spec(_libraries[roots], load_preset(recipe["preset"]), segment,
+                         recipe["index"], recipe["seed"])
+    if spec.digest() != recipe["digest"]:
+        raise SpecError("spec", f"{spec.id} regenerated on this worker differs from the "
+                        "scheduler's (different asset library, denylist or code version)")
+    return spec
+
+
+def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
+         spec_dict: dict | None, recipe: dict, lease: Lease) -> dict:
     info = state.video(video)
     if info.get("running"):
         # The previous holder of the lease started and never finished: its worker was lost.
@@ -115,7 +138,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int, s
     state.set_state(segment, video, "running", running=lease.token, worker=socket.gethostname(),
                     started_at=time.time(), gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     try:
-        spec = VideoSpec.from_dict(spec_dict)
+        spec = VideoSpec.from_dict(spec_dict) if spec_dict else regenerate(segment, recipe)
         if spec.id != video or spec.segment != segment:
             raise SpecError("id", f"task for {video} (segment {segment}) carries spec {spec.id}")
         soft = task.request.timelimit[1] if task.request.timelimit else None
@@ -124,7 +147,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int, s
             raise RenderCrash(f"{video}: lease lost during the render; another worker owns it")
         upload = upload_video(storage, base, outcome.staging, video, outcome.spec.to_yaml(),
                               outcome.manifest)
-    except (SpecError, PermanentRenderError) as exc:
+    except (SpecError, AssetError, PermanentRenderError) as exc:
         _fail(state, segment, video, str(exc))
         raise PermanentRenderError(str(exc)) from None
     except TRANSIENT as exc:
