@@ -179,6 +179,17 @@ class AssetLibrary:
         return h.hexdigest()[:16]
 
 
+def read_denylist(path: str | Path | None) -> set[str]:
+    """Model ids / image paths, one per line; ``#`` starts a comment."""
+    if not path:
+        return set()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise AssetError(f"cannot read denylist {path}: {exc.strerror}") from None
+    return {line.split("#", 1)[0].strip() for line in text.splitlines()} - {""}
+
+
 def check_spec_assets(spec, models_root: Path, textures_root: Path) -> None:
     """Raise AssetError naming the first model or image of ``spec`` that is missing."""
     for i, obj in enumerate(spec.objects):

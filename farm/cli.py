@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from farm.assets import AssetError, AssetLibrary
+from farm.assets import AssetError, AssetLibrary, read_denylist
 from farm.presets import Preset, apply_preset, load_preset
 from farm.spec import SpecError, VideoSpec, load_spec, save_spec
 from farm.storage import LocalStorage, StorageError, upload_video
@@ -28,16 +28,6 @@ def asset_roots(args: argparse.Namespace) -> tuple[Path, Path]:
     return default_pack()
 
 
-def read_denylist(path: str | None) -> set[str]:
-    if not path:
-        return set()
-    try:
-        return {ln.strip() for ln in Path(path).read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")}
-    except OSError as exc:
-        raise AssetError(f"cannot read denylist {path}: {exc.strerror}") from None
-
-
 def open_library(args: argparse.Namespace) -> AssetLibrary:
     models, textures = asset_roots(args)
     return AssetLibrary.open(models, textures, denylist=read_denylist(args.denylist))
@@ -50,6 +40,23 @@ def cmd_assets_synth(args: argparse.Namespace) -> int:
     lib = AssetLibrary.open(models, textures)
     print(f"wrote {len(lib.models)} models to {models}, {len(lib.textures)} textures and "
           f"{len(lib.skyboxes)} backgrounds to {textures}")
+    return 0
+
+
+def cmd_assets_check(args: argparse.Namespace) -> int:
+    from farm.asset_check import check_library, write_denylist
+
+    lib = AssetLibrary.open(*asset_roots(args))
+    total = len(lib.models) + len(lib.textures) + len(lib.skyboxes)
+    t0 = time.perf_counter()
+    with tqdm(total=total, unit="asset", disable=args.quiet) as bar:
+        problems = check_library(lib, args.workers, progress=bar.update)
+    for p in problems:
+        print(f"{p.item}: {p.reason}")
+    out = Path(args.out)
+    write_denylist(problems, out)
+    print(f"checked {total} assets in {time.perf_counter() - t0:.1f} s: {len(problems)} "
+          f"problems; denylist written to {out} (use --denylist {out} or FARM_DENYLIST={out})")
     return 0
 
 
@@ -97,7 +104,7 @@ def cmd_import_original(args: argparse.Namespace) -> int:
 
 
 def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path,
-                 quiet: bool = False) -> list[dict]:
+                 quiet: bool = False, denylist: set[str] | None = None) -> list[dict]:
     """Render specs one after another into ``out`` (BL30K layout); returns their manifests."""
     from worker.runner import render_spec
 
@@ -113,7 +120,8 @@ def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path
             def progress(done: int, _total: int, base: int = base) -> None:
                 bar.update(base + done - bar.n)
 
-            outcome = render_spec(spec, models, textures, scratch, progress=progress)
+            outcome = render_spec(spec, models, textures, scratch, progress=progress,
+                                  denylist=denylist)
             upload_video(storage, "", outcome.staging, outcome.spec.id, outcome.spec.to_yaml(),
                          outcome.manifest)
             shutil.rmtree(outcome.staging, ignore_errors=True)
@@ -137,7 +145,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.preset:
         preset = load_preset(args.preset)
         specs = [apply_preset(s, preset) for s in specs]
-    manifests = render_specs(specs, models, textures, Path(args.out), args.quiet)
+    manifests = render_specs(specs, models, textures, Path(args.out), args.quiet,
+                             read_denylist(args.denylist))
     print(f"rendered {_summary(manifests)} into {args.out}")
     return 0
 
@@ -152,7 +161,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     specs = [generate_spec(lib, preset, args.segment, i, args.seed) for i in range(args.count)]
     print(f"rendering {len(specs)} {preset.name} videos ({preset.resolution[0]}x"
           f"{preset.resolution[1]}, {preset.frames} frames, {preset.render.samples} samples)...")
-    manifests = render_specs(specs, lib.models_root, lib.textures_root, out, args.quiet)
+    manifests = render_specs(specs, lib.models_root, lib.textures_root, out, args.quiet,
+                             read_denylist(args.denylist))
     print(f"done: {_summary(manifests)}")
     print(f"output: {out}/JPEGImages/<video>/*.jpg and {out}/Annotations/<video>/*.png "
           f"(videos: {', '.join(m['video'] for m in manifests)})")
@@ -175,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_assets_synth)
+
+    check = assets.add_parser("check", help="scan meshes and images, write a denylist")
+    check.add_argument("--out", default="denylist.txt")
+    check.add_argument("--workers", type=int, default=None)
+    check.add_argument("--models")
+    check.add_argument("--textures")
+    check.set_defaults(func=cmd_assets_check)
 
     specs = sub.add_parser("specs", help="generate video specs (YAML, one per video)")
     specs.add_argument("--segment", type=int, required=True)

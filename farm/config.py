@@ -53,6 +53,7 @@ class Settings:
     max_retries: int  # transient-error retries (storage, broker) per delivery
     retry_backoff_max: int  # seconds
     lease_ttl: int  # seconds a video/GPU lease lives without a heartbeat
+    denylist: Path | None = None  # assets spec generation skips (python -m farm assets check)
 
     @property
     def redis_url_with_password(self) -> str:
@@ -86,6 +87,12 @@ class Settings:
 
         return default_pack()
 
+    def library(self):
+        """The asset library with the denylist applied (scheduler and workers must agree)."""
+        from farm.assets import AssetLibrary, read_denylist
+
+        return AssetLibrary.open(*self.asset_roots(), denylist=read_denylist(self.denylist))
+
 
 def load_settings() -> Settings:
     env = os.environ.get
@@ -104,6 +111,7 @@ def load_settings() -> Settings:
         max_retries=_int("FARM_MAX_RETRIES", 8),
         retry_backoff_max=_int("FARM_RETRY_BACKOFF_MAX", 600),
         lease_ttl=_int("FARM_LEASE_TTL", 90),
+        denylist=Path(env("FARM_DENYLIST")) if env("FARM_DENYLIST") else None,
     )
 
 

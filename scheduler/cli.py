@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
-from farm.assets import AssetError, AssetLibrary
+from farm.assets import AssetError, read_denylist
 from farm.config import ConfigError, Settings, load_settings, segment_base
 from farm.presets import load_preset
 from farm.spec import SpecError, VideoSpec
@@ -104,7 +104,7 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
     from farm.specgen import generate_many
 
     preset = load_preset(args.preset)
-    lib = AssetLibrary.open(*ctx.settings.asset_roots())
+    lib = ctx.settings.library()
     seed = args.seed if args.seed is not None else ctx.settings.seed
     t0 = time.perf_counter()
     done = ctx.done_videos(args.segment)
@@ -113,7 +113,8 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
     indices = list(range(args.start, args.start + args.count))
     skipped_done = skipped_active = sent = 0
     with tqdm(total=len(indices), unit="video", disable=args.quiet) as bar:
-        for chunk in generate_many(lib, preset, args.segment, indices, seed, chunk=BATCH):
+        for chunk in generate_many(lib, preset, args.segment, indices, seed, chunk=BATCH,
+                                   denylist=read_denylist(ctx.settings.denylist)):
             batch = []
             for spec in chunk:
                 if spec.id in done:
@@ -213,6 +214,43 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
             specs.append(VideoSpec.from_dict(spec))
     send(ctx, specs, args.priority)
     print(f"re-enqueued {len(specs)} failed videos")
+    return 0
+
+
+def broker_task_ids(r) -> set[str]:
+    """Task ids of every message Redis holds: queued (all priority lists) or unacknowledged."""
+    ids = set()
+    for key in r.scan_iter("render*"):
+        if r.type(key) == "list":
+            for raw in r.lrange(key, 0, -1):
+                ids.add(json.loads(raw)["headers"]["id"])
+    for raw in r.hvals("unacked"):
+        ids.add(json.loads(raw)[0]["headers"]["id"])
+    return ids
+
+
+def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
+    """Re-send videos that are pending but have no message in Redis and no live lease.
+
+    A message can be lost when the broker restarts at the wrong moment (popped, not yet recorded
+    as unacknowledged). Re-sending is safe: a finished video is a no-op and the lease keeps a
+    duplicate from rendering beside a live copy.
+    """
+    from worker.celery_app import task_id
+
+    segments = [args.segment] if args.segment is not None else ctx.state.segments()
+    present = broker_task_ids(ctx.state.r)
+    lost = []
+    for segment in segments:
+        for video, st in ctx.state.states(segment).items():
+            if st in ("queued", "retrying", "running") and task_id(video) not in present \
+                    and ctx.state.holder(f"video:{video}") is None:
+                spec = ctx.state.spec(segment, video)
+                if spec:
+                    lost.append(VideoSpec.from_dict(spec))
+    send(ctx, lost, None)
+    print(f"re-sent {len(lost)} videos without a message in the broker"
+          + (f": {' '.join(s.id for s in lost)}" if lost else ""))
     return 0
 
 
@@ -331,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--priority", type=int, choices=range(10), default=None)
     retry.set_defaults(func=cmd_retry)
 
+    rec = sub.add_parser("reconcile", help="re-send pending videos whose message was lost")
+    rec.add_argument("--segment", type=int)
+    rec.set_defaults(func=cmd_reconcile)
+
     cancel = sub.add_parser("cancel", help="cancel a segment's queued videos")
     cancel.add_argument("--segment", type=int, required=True)
     cancel.add_argument("--video", nargs="*", help="only these videos")
@@ -340,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--segment", type=int, required=True)
     fin.add_argument("--force", action="store_true", help="write meta.json even if incomplete")
     fin.set_defaults(func=cmd_finalize)
+
+    chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
+                           add_help=False)
+    chaos.add_argument("rest", nargs=argparse.REMAINDER)
 
     local = sub.add_parser("local-up", help="run redis, S3, workers and flower as local processes")
     local.add_argument("--workers", type=int, default=2)
@@ -352,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chaos"]:  # its own options, parsed by scheduler.chaos
+        from scheduler.chaos import main as chaos_main
+
+        return chaos_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "local-up":

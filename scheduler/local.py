@@ -68,11 +68,18 @@ def start_s3(port: int, log: Path) -> subprocess.Popen:
     return proc
 
 
-def start_worker(env: dict, name: str, log: Path, concurrency: int = 1) -> subprocess.Popen:
+def start_worker(env: dict, name: str, log: Path, concurrency: int = 1,
+                 own_session: bool = False) -> subprocess.Popen:
+    """A Celery worker with its own scratch folder (``FARM_SCRATCH/<name>``).
+
+    ``own_session`` puts it in its own process group, so it can be killed with its renders.
+    """
+    env = {**env, "FARM_SCRATCH": str(Path(env.get("FARM_SCRATCH", "/tmp/farm-scratch")) / name)}
     return spawn(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "render",
          "-c", str(concurrency), "-E", "--loglevel=INFO", "-n", f"{name}@%h",
-         "--without-gossip", "--without-mingle"], log, env=env, cwd=ROOT)
+         "--without-gossip", "--without-mingle"], log, env=env, cwd=ROOT,
+        start_new_session=own_session)
 
 
 def start_flower(env: dict, port: int, auth: str, folder: Path) -> subprocess.Popen:

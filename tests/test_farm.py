@@ -101,7 +101,7 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
 
 
 def test_transient_storage_error_then_success(farm):
-    from services import FaultProxy
+    from scheduler.faults import FaultProxy
 
     proxy = FaultProxy(int(farm.s3_endpoint.rsplit(":", 1)[1]))
     try:

@@ -7,11 +7,15 @@ renders one video at a time on one GPU; rendering itself runs in a child Blender
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery, signals
 
 from farm.config import load_settings
 from farm.presets import available, load_preset
+from worker import compat
+
+compat.apply()
 
 log = logging.getLogger(__name__)
 settings = load_settings()
@@ -27,7 +31,7 @@ def task_id(video: str) -> str:
 MAX_HARD_LIMIT = max(load_preset(name).time_limits()[1] for name in available())
 # A Redis message that is not acknowledged within the visibility timeout is delivered again, even
 # while its first delivery is still rendering (celery#5935). It must outlast the longest task.
-VISIBILITY_TIMEOUT = 2 * MAX_HARD_LIMIT
+VISIBILITY_TIMEOUT = int(os.environ.get("FARM_VISIBILITY_TIMEOUT") or 2 * MAX_HARD_LIMIT)
 
 app = Celery("bl30k", include=["worker.tasks"])
 app.conf.update(

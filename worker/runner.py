@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +43,61 @@ class RenderCrash(RenderError):
     pass
 
 
+class ScratchFull(RenderError):
+    """The worker's scratch disk is full: the worker's problem, not the video's."""
+
+
+def max_rss_mb() -> float | None:
+    """FARM_RENDER_MAX_RSS_MB: resident-memory cap of one render process (unset: none)."""
+    value = os.environ.get("FARM_RENDER_MAX_RSS_MB")
+    return float(value) if value else None
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Watchdog:
+    """Kills a render process that runs past its time limit or holds too much memory.
+
+    A poison asset (an absurd mesh or texture) then fails as a crash with a reason instead of
+    taking the machine's memory; the worker itself is unaffected.
+    """
+
+    def __init__(self, proc: subprocess.Popen, timeout: float | None, max_rss: float | None,
+                 interval: float = 0.5) -> None:
+        self.proc, self.timeout, self.max_rss, self.interval = proc, timeout, max_rss, interval
+        self.reason: str | None = None
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.interval):
+            rss = _rss_mb(self.proc.pid)
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            if self.timeout and time.monotonic() - started > self.timeout:
+                self.reason = f"exceeded the {self.timeout:.0f} s time limit"
+            elif self.max_rss and rss > self.max_rss:
+                self.reason = f"resident memory {rss:.0f} MB over the {self.max_rss:.0f} MB limit"
+            if self.reason:
+                self.proc.kill()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
 class RenderOutcome:
     spec: VideoSpec
@@ -65,12 +121,11 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
            "--staging", str(staging), "--result", str(result_file),
            "--gate", "resample" if resample else "record"]
     tail: deque[str] = deque(maxlen=30)
-    deadline = time.monotonic() + timeout if timeout else None
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w") as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            env=child_env,
-            cwd=Path(__file__).resolve().parent.parent) as proc:
+            env=child_env, cwd=Path(__file__).resolve().parent.parent) as proc:
+        watchdog = Watchdog(proc, timeout, max_rss_mb())
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -79,23 +134,27 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
                 progress(int(done), int(total))
             elif line.strip():
                 tail.append(line.rstrip())
-            if deadline and time.monotonic() > deadline:
-                proc.kill()
-                raise RenderCrash(f"render of {spec.id} exceeded {timeout:.0f} s and was killed")
         code = proc.wait()
+        watchdog.stop()
+    if watchdog.reason:
+        raise RenderCrash(f"{spec.id}: Blender process killed: {watchdog.reason} "
+                          f"(models: {', '.join(o.model for o in spec.objects)})")
     try:
         result = json.loads(result_file.read_text())
     except (OSError, ValueError):
         result = {}
     if code == EXIT_OK and result.get("status") == "ok":
-        return result["render"]
+        return {**result["render"], "peak_rss_mb": round(watchdog.peak_rss_mb)}
     if code == EXIT_GATE:
         return {"rejected": result.get("reason", "quality gate")}
     message = result.get("message") or "\n".join(tail)
     if code == EXIT_PERMANENT:
         raise PermanentRenderError(f"{spec.id}: {message}")
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
-    raise RenderCrash(f"{spec.id}: Blender process died ({how}): {message} (log: {log_file})")
+    if "No space left on device" in message:
+        raise ScratchFull(f"{spec.id}: scratch disk full: {message}")
+    raise RenderCrash(f"{spec.id}: Blender process died ({how}): {message} (models: "
+                      f"{', '.join(o.model for o in spec.objects)}; log: {log_file})")
 
 
 def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | Path,

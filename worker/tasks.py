@@ -9,6 +9,7 @@ workers are counted per video and fail it after ``FARM_MAX_DELIVERIES``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from farm.assets import AssetError, AssetLibrary
+from farm.assets import AssetError, AssetLibrary, read_denylist
 from farm.config import segment_base
 from farm.presets import load_preset
 from farm.sampling import generate_spec
@@ -29,9 +30,17 @@ from farm.spec import SpecError, VideoSpec
 from farm.state import BrokerUnavailable, FarmState, Lease, connect
 from farm.storage import StorageError, is_done, join, upload_video
 from worker.celery_app import TASK_NAME, app, settings
-from worker.runner import PermanentRenderError, RenderCrash, RenderOutcome, render_spec
+from worker.runner import (
+    PermanentRenderError,
+    RenderCrash,
+    RenderOutcome,
+    ScratchFull,
+    render_spec,
+)
 
 log = logging.getLogger(__name__)
+SCRATCH_MARGIN = 64 * 2**20
+SCRATCH_FULL_PAUSE_S = float(os.environ.get("FARM_SCRATCH_FULL_PAUSE", "10"))
 TRANSIENT = (StorageError, BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
 
 
@@ -57,10 +66,16 @@ def _render(spec: VideoSpec, timeout: float | None) -> RenderOutcome:
         log.info("%s: reusing the finished render in %s", spec.id, staging)
         return outcome
     models, textures = settings.asset_roots()
-    outcome = render_spec(spec, models, textures, settings.scratch, timeout=timeout)
-    _rendered_marker(staging).write_text(json.dumps({
-        "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
-        "manifest": outcome.manifest}))
+    try:
+        outcome = render_spec(spec, models, textures, settings.scratch, timeout=timeout,
+                              denylist=read_denylist(settings.denylist))
+        _rendered_marker(staging).write_text(json.dumps({
+            "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
+            "manifest": outcome.manifest}))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ScratchFull(f"{spec.id}: scratch disk full: {exc}") from None
+        raise
     return outcome
 
 
@@ -90,10 +105,7 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
     if not lease.acquire():
         # A live worker renders this video (we are a redelivered copy): check back later.
         log.info("%s: leased by %s, deferring", video, state.holder(f"video:{video}"))
-        self.apply_async(kwargs=self.request.kwargs, countdown=settings.lease_ttl,
-                         task_id=self.request.id, priority=self.request.delivery_info.get(
-                             "priority"), soft_time_limit=self.request.timelimit[1],
-                         time_limit=self.request.timelimit[0])
+        _requeue(self, countdown=settings.lease_ttl)
         return {"video": video, "status": "deferred"}
     try:
         recipe = {"index": index, "seed": seed, "preset": preset, "digest": digest}
@@ -102,21 +114,40 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
         lease.release()
 
 
+def _requeue(task, countdown: float) -> None:
+    """Publish this task again for later, without counting it as a retry of the video."""
+    request = task.request
+    task.apply_async(kwargs=request.kwargs, countdown=countdown, task_id=request.id,
+                     priority=(request.delivery_info or {}).get("priority"),
+                     soft_time_limit=request.timelimit[1], time_limit=request.timelimit[0])
+
+
+def _check_scratch(spec: VideoSpec) -> None:
+    """Refuse to start a render that cannot fit on the scratch disk."""
+    settings.scratch.mkdir(parents=True, exist_ok=True)
+    width, height = spec.resolution
+    need = spec.frames * width * height * 1.2 + SCRATCH_MARGIN
+    free = shutil.disk_usage(settings.scratch).free
+    if free < need:
+        raise ScratchFull(f"{spec.id}: scratch {settings.scratch} has {free / 2**20:.0f} MB free, "
+                          f"the render needs about {need / 2**20:.0f} MB")
+
+
 def _fail(state: FarmState, segment: int, video: str, reason: str) -> None:
     log.error("%s: failed: %s", video, reason)
     state.set_state(segment, video, "failed", last_error=reason, failed_at=time.time())
     state.clear(video, "running")
 
 
-_libraries: dict[tuple, AssetLibrary] = {}
+_libraries: dict[tuple, AssetLibrary] = {}  # per worker process: the index is loaded once
 
 
 def regenerate(segment: int, recipe: dict) -> VideoSpec:
     """Rebuild a generated spec from its recipe; its digest must equal the scheduler's."""
-    roots = settings.asset_roots()
-    if roots not in _libraries:
-        _libraries[roots] = AssetLibrary.open(*roots)
-    spec = generate_spec(_libraries[roots], load_preset(recipe["preset"]), segment,
+    key = (*settings.asset_roots(), settings.denylist)
+    if key not in _libraries:
+        _libraries[key] = settings.library()
+    spec = generate_spec(_libraries[key], load_preset(recipe["preset"]), segment,
                          recipe["index"], recipe["seed"])
     if spec.digest() != recipe["digest"]:
         raise SpecError("spec", f"{spec.id} regenerated on this worker differs from the "
@@ -142,6 +173,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         if spec.id != video or spec.segment != segment:
             raise SpecError("id", f"task for {video} (segment {segment}) carries spec {spec.id}")
         soft = task.request.timelimit[1] if task.request.timelimit else None
+        _check_scratch(spec)
         outcome = _render(spec, timeout=soft - 30 if soft else None)
         if lease.lost:
             raise RenderCrash(f"{video}: lease lost during the render; another worker owns it")
@@ -158,6 +190,15 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
             state.set_state(segment, video, "retrying", last_error=str(exc))
             state.clear(video, "running")
         raise
+    except ScratchFull as exc:
+        # The worker's disk, not the video: hand the video back for another worker and pause.
+        log.error("%s; handing the video back", exc)
+        state.set_state(segment, video, "retrying", last_error=str(exc))
+        state.clear(video, "running")
+        shutil.rmtree(settings.scratch / f"{video}.staging", ignore_errors=True)
+        _requeue(task, countdown=5)
+        time.sleep(SCRATCH_FULL_PAUSE_S)
+        return {"video": video, "status": "handed back: scratch full"}
     except (RenderCrash, SoftTimeLimitExceeded) as exc:
         crashes = state.incr(video, "crashes")
         reason = str(exc) or "soft time limit exceeded"
@@ -167,6 +208,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
             raise PermanentRenderError(reason) from None
         state.set_state(segment, video, "retrying", last_error=reason)
         raise task.retry(exc=exc, countdown=5 * crashes) from None
+    state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1
     shutil.rmtree(outcome.staging, ignore_errors=True)
     timings = outcome.manifest["timings"]
     state.set_state(segment, video, "done", frames=outcome.spec.frames,

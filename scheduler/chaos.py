@@ -1,0 +1,280 @@
+"""Chaos run: a local farm renders a segment while faults are injected, then the end state is
+checked, not assumed.
+
+Faults: ``kill -9`` of whole workers in the middle of a render (restarted like a container
+would be), a Redis restart (AOF persistence), the S3 server unreachable for a while, and a worker
+whose scratch disk is full (a tiny tmpfs; skipped where mounting is not permitted). Checks: every
+video present exactly once with all frames, spec, manifest and marker; no marker without its
+frames; no video rendered by two live processes at once; the queue drained.
+
+``python -m scheduler chaos --videos 24 --workers 3``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farm.state import FarmState, connect
+from farm.storage import S3Storage
+from scheduler.faults import FaultProxy
+from scheduler.local import ROOT, farm_env, free_port, start_redis, start_s3, start_worker, stop
+
+SEGMENT = 7
+BUCKET = "chaos"
+
+
+@dataclass
+class Report:
+    videos: int
+    faults: Counter = field(default_factory=Counter)
+    skipped: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    incomplete: dict[str, str] = field(default_factory=dict)
+    duplicates: list[str] = field(default_factory=list)
+    concurrent: set[str] = field(default_factory=set)
+    queue_left: int = 0
+    worker_restarts: int = 0  # workers that died on their own (not killed by us) and restarted
+    resent: int = 0  # videos re-sent by reconcile after the broker lost their message
+    failed: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.incomplete or self.duplicates or self.concurrent
+                    or self.queue_left)
+
+    def summary(self) -> str:
+        faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
+        return (f"faults: {faults or 'none'}; videos={self.videos} lost={len(self.lost)} "
+                f"duplicates={len(self.duplicates)} concurrent={len(self.concurrent)} "
+                f"incomplete={len(self.incomplete)} failed={len(self.failed)} "
+                f"queue_left={self.queue_left} worker_restarts={self.worker_restarts} "
+                f"resent={self.resent} wall={self.wall_s:.0f}s")
+
+
+class RenderMonitor(threading.Thread):
+    """Samples /proc: two live render processes of one video at once is a violation."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.violations: set[str] = set()
+        self.seen: Counter = Counter()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.1):
+            live = Counter()
+            for proc in Path("/proc").iterdir():
+                try:
+                    args = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if b"worker.render_main" in args and b"--spec" in args:
+                    spec = Path(args[args.index(b"--spec") + 1].decode())
+                    live[spec.parent.name.removesuffix(".staging")] += 1
+            self.seen.update(live.keys())
+            self.violations.update(v for v, n in live.items() if n > 1)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def _rendering_worker(workers: dict[str, subprocess.Popen]) -> str | None:
+    """Name of a worker whose process group currently runs a render."""
+    for name, proc in workers.items():
+        if proc.poll() is not None:
+            continue
+        for child in Path("/proc").iterdir():
+            try:
+                if b"worker.render_main" in (child / "cmdline").read_bytes() and \
+                        os.getpgid(int(child.name)) == proc.pid:
+                    return name
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def _mount_tiny_tmpfs(path: Path) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                            capture_output=True)
+    return result.returncode == 0
+
+
+def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = "tiny",
+              s3_outage_s: float = 8.0, timeout_s: float = 900.0, folder: Path | None = None,
+              log=print) -> Report:
+    """Run the farm under faults and return the checked end state."""
+    folder = Path(folder or tempfile.mkdtemp(prefix="farm-chaos-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    report = Report(videos)
+    started = time.monotonic()
+    redis_port, s3_port = free_port(), free_port()
+    password = "chaos-" + os.urandom(6).hex()
+    services: list[subprocess.Popen] = []
+    pool: dict[str, subprocess.Popen] = {}
+    monitor = RenderMonitor()
+    proxy = None
+    full_scratch = folder / "full-scratch"
+    try:
+        services.append(start_redis(folder / "redis", redis_port, password))
+        services.append(start_s3(s3_port, folder / "s3.log"))
+        proxy = FaultProxy(s3_port)
+        proxy.down = False
+        env = {**os.environ, **farm_env(redis_port, password, proxy.port, BUCKET,
+                                         folder / "scratch"),
+               "FARM_GPUS": "none", "FARM_LEASE_TTL": "5", "FARM_VISIBILITY_TIMEOUT": "20",
+               "FARM_RETRY_BACKOFF": "1", "FARM_RETRY_BACKOFF_MAX": "4",
+               "FARM_MAX_DELIVERIES": str(kills + 2), "FARM_SCRATCH_FULL_PAUSE": "3"}
+        state = FarmState(connect(f"redis://:{password}@127.0.0.1:{redis_port}/0"))
+
+        def scheduler(*args: str) -> str:
+            return subprocess.run([sys.executable, "-m", "scheduler", "-q", *args], env=env,
+                                  cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+        def start(name: str, **extra: str) -> None:
+            pool[name] = start_worker({**env, **extra}, name, folder / f"{name}.log",
+                                      own_session=True)
+
+        scheduler("init-storage")
+        for i in range(workers):
+            start(f"w{i + 1}")
+        if _mount_tiny_tmpfs(full_scratch):
+            start("full", FARM_SCRATCH=str(full_scratch))
+            report.faults["full_scratch_worker"] += 1
+        else:
+            report.skipped.append("full scratch disk (mounting a tmpfs is not permitted here)")
+        monitor.start()
+        scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(videos), "--preset", preset)
+        log(f"chaos: {videos} videos, {workers} workers, state in {folder}")
+
+        def done() -> int:
+            try:
+                return state.counts(SEGMENT).get("done", 0)
+            except Exception:  # noqa: BLE001 - Redis may be restarting
+                return -1
+
+        # the fault schedule, driven by progress so every fault lands mid-run
+        killed = 0
+        while killed < kills and time.monotonic() - started < timeout_s / 2:
+            victim = _rendering_worker({k: v for k, v in pool.items() if k != "full"})
+            if victim:
+                os.killpg(pool[victim].pid, signal.SIGKILL)
+                pool[victim].wait()
+                report.faults["worker_kill9"] += 1
+                killed += 1
+                log(f"chaos: kill -9 {victim} mid-render ({done()} done)")
+                time.sleep(1.0)
+                start(victim)  # like a container restart
+                time.sleep(2.0)
+            time.sleep(0.1)
+
+        log(f"chaos: restarting Redis ({done()} done)")
+        services[0].terminate()
+        services[0].wait(timeout=30)
+        time.sleep(1.0)
+        services[0] = start_redis(folder / "redis", redis_port, password)
+        report.faults["redis_restart"] += 1
+        time.sleep(2.0)
+
+        log(f"chaos: S3 unreachable for {s3_outage_s:.0f} s ({done()} done)")
+        proxy.down = True
+        time.sleep(s3_outage_s)
+        proxy.down = False
+        report.faults["s3_outage"] += 1
+
+        # Like an operator with `docker compose` restart policies and a periodic reconcile:
+        # restart workers that died, re-send videos whose message the broker lost.
+        deadline = started + timeout_s
+        last_reconcile = time.monotonic()
+        while time.monotonic() < deadline:
+            counts = state.counts(SEGMENT)
+            if counts.get("done", 0) + counts.get("failed", 0) >= videos:
+                break
+            for name, proc in list(pool.items()):
+                if proc.poll() is not None:
+                    log(f"chaos: {name} exited with {proc.returncode}; restarting it")
+                    report.worker_restarts += 1
+                    start(name, **({"FARM_SCRATCH": str(full_scratch)} if name == "full" else {}))
+            if time.monotonic() - last_reconcile > 15:
+                out = scheduler("reconcile", "--segment", str(SEGMENT)).strip()
+                resent = int(out.split()[1])
+                report.resent += resent
+                if resent:
+                    log(f"chaos: {out}")
+                last_reconcile = time.monotonic()
+            time.sleep(1.0)
+        time.sleep(2.0)  # let acknowledgements land
+        monitor.stop()
+        _check(report, state, S3Storage(BUCKET, "bl30k", endpoint_url=f"http://127.0.0.1:{s3_port}",
+                                        access_key="x", secret_key="x"), monitor)
+    finally:
+        if monitor.is_alive():
+            monitor.stop()
+        for proc in pool.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        stop(services)
+        if proxy:
+            proxy.close()
+        subprocess.run(["umount", str(full_scratch)], capture_output=True)
+    report.wall_s = time.monotonic() - started
+    return report
+
+
+def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor) -> None:
+    from farm.sampling import video_id
+    from scheduler.cli import check_videos
+
+    base = str(SEGMENT)
+    expected = {video_id(SEGMENT, i) for i in range(report.videos)}
+    keys = storage.list(base)
+    markers = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if "/done/" in f"/{k}"}
+    report.lost = sorted(expected - markers)
+    report.incomplete = check_videos(storage, base, markers)
+    report.failed = {v: state.video(v).get("last_error", "") for v in
+                     state.videos_in(SEGMENT, "failed")}
+    uploads = {v: int(state.video(v).get("uploads", 0)) for v in expected}
+    report.duplicates = sorted(v for v, n in uploads.items() if n > 1)
+    report.concurrent = monitor.violations
+    queues = [k for k in state.r.keys("render*") if state.r.type(k) == "list"]
+    report.queue_left = sum(state.r.llen(q) for q in queues) + state.r.hlen("unacked")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m scheduler chaos", description=__doc__)
+    ap.add_argument("--videos", type=int, default=24)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--kills", type=int, default=3)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--s3-outage", type=float, default=10.0)
+    ap.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
+    ap.add_argument("--json", type=Path, help="write the report here")
+    args = ap.parse_args(argv)
+    report = run_chaos(args.videos, args.workers, args.kills, args.preset, args.s3_outage,
+                       folder=args.dir)
+    for note in report.skipped:
+        print(f"skipped: {note}")
+    for video, problem in report.incomplete.items():
+        print(f"incomplete: {video}: {problem}")
+    for video, error in report.failed.items():
+        print(f"failed: {video}: {error}")
+    print(report.summary())
+    if args.json:
+        args.json.write_text(json.dumps({**report.__dict__, "faults": dict(report.faults),
+                                         "concurrent": sorted(report.concurrent)}, indent=1))
+    return 0 if report.ok else 1
