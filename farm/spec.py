@@ -171,11 +171,21 @@ def load_spec(path: str | Path) -> VideoSpec:
     return parse_spec_text(path.read_bytes(), origin=str(path))
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases: a spec never needs them, and alias bombs
+    ("billion laughs") would make validation walk an exponentially large document."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases are not allowed in a spec")
+        return super().compose_node(parent, index)
+
+
 def parse_spec_text(text: str | bytes, origin: str = "spec") -> VideoSpec:
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError("spec", f"{origin} is larger than {MAX_SPEC_BYTES} bytes")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader without aliases
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError("spec", f"{origin} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except RecursionError:

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from farm.assets import AssetError, read_denylist
 from farm.config import ConfigError, Settings, load_settings, segment_base
 from farm.presets import load_preset
-from farm.spec import SpecError, VideoSpec
+from farm.spec import SpecError, VideoSpec, load_spec
 from farm.state import BrokerUnavailable, FarmState, connect
 from farm.storage import StorageError, join
 
@@ -54,16 +55,16 @@ class Context:
         return {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.endswith(".json")}
 
 
-def task_kwargs(spec: VideoSpec) -> dict:
+def task_kwargs(spec: VideoSpec, whole: bool = False) -> dict:
     """A generated spec travels as its recipe (workers regenerate it and check the digest);
-    any other spec travels whole."""
-    if spec.source == "generated":
+    any other spec (imported, or read from a file a user may have edited) travels whole."""
+    if spec.source == "generated" and not whole:
         return {"video": spec.id, "segment": spec.segment, "index": spec.index, "seed": spec.seed,
                 "preset": spec.preset, "digest": spec.digest()}
     return {"video": spec.id, "segment": spec.segment, "spec": spec.to_dict()}
 
 
-def send(ctx: Context, specs: list[VideoSpec], priority: int | None) -> None:
+def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool = False) -> None:
     """Register specs in Redis and publish one task per video."""
     from worker.celery_app import TASK_NAME, app, task_id
 
@@ -77,7 +78,7 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None) -> None:
         for spec in specs:
             soft, hard = load_preset(spec.preset).time_limits(spec.frames)
             app.send_task(
-                TASK_NAME, kwargs=task_kwargs(spec), task_id=task_id(spec.id), producer=producer,
+                TASK_NAME, kwargs=task_kwargs(spec, whole), task_id=task_id(spec.id), producer=producer,
                 priority=priority, soft_time_limit=soft, time_limit=hard, ignore_result=True,
                 argsrepr="()", kwargsrepr=f"{{'video': '{spec.id}', 'segment': {spec.segment}}}",
             )
@@ -100,34 +101,59 @@ def cmd_init_storage(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def load_spec_files(paths: list[str]) -> list[VideoSpec]:
+    """Spec YAML files (or folders of them), validated; errors name the file."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
+    specs = []
+    for f in files:
+        try:
+            specs.append(load_spec(f))
+        except SpecError as exc:
+            raise SpecError(str(f), str(exc)) from None
+    return specs
+
+
 def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
     from farm.specgen import generate_many
 
-    preset = load_preset(args.preset)
-    lib = ctx.settings.library()
-    seed = args.seed if args.seed is not None else ctx.settings.seed
     t0 = time.perf_counter()
-    done = ctx.done_videos(args.segment)
-    states = ctx.state.states(args.segment)
+    if args.specs:
+        chunks = [load_spec_files(args.specs)]
+        total = len(chunks[0])
+    else:
+        if args.segment is None or args.count is None:
+            raise ConfigError("enqueue needs --segment and --count (or --specs FILE...)")
+        preset = load_preset(args.preset)
+        seed = args.seed if args.seed is not None else ctx.settings.seed
+        indices = list(range(args.start, args.start + args.count))
+        chunks = generate_many(ctx.settings.library(), preset, args.segment, indices, seed,
+                               chunk=BATCH, denylist=read_denylist(ctx.settings.denylist))
+        total = len(indices)
+    done: dict[int, set[str]] = {}
+    states: dict[int, dict[str, str]] = {}
     active = {"queued", "running", "retrying"}
-    indices = list(range(args.start, args.start + args.count))
     skipped_done = skipped_active = sent = 0
-    with tqdm(total=len(indices), unit="video", disable=args.quiet) as bar:
-        for chunk in generate_many(lib, preset, args.segment, indices, seed, chunk=BATCH,
-                                   denylist=read_denylist(ctx.settings.denylist)):
+    with tqdm(total=total, unit="video", disable=args.quiet) as bar:
+        for chunk in chunks:
             batch = []
             for spec in chunk:
-                if spec.id in done:
+                if spec.segment not in done:
+                    done[spec.segment] = ctx.done_videos(spec.segment)
+                    states[spec.segment] = ctx.state.states(spec.segment)
+                if spec.id in done[spec.segment]:
                     skipped_done += 1
-                elif states.get(spec.id) in active and not args.force:
+                elif states[spec.segment].get(spec.id) in active and not args.force:
                     skipped_active += 1
                 else:
                     batch.append(spec)
-            send(ctx, batch, args.priority)
+            send(ctx, batch, args.priority, whole=bool(args.specs))
             sent += len(batch)
             bar.update(len(chunk))
     dt = time.perf_counter() - t0
-    print(f"segment {args.segment}: enqueued {sent} videos in {dt:.2f} s "
+    segments = ", ".join(map(str, sorted(done))) or "-"
+    print(f"segment {segments}: enqueued {sent} videos in {dt:.2f} s "
           f"({sent / max(dt, 1e-9):.0f}/s); skipped {skipped_done} already done, "
           f"{skipped_active} already queued or running")
     return 0
@@ -340,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_init_storage)
 
     enq = sub.add_parser("enqueue", help="generate, validate and enqueue a segment's videos")
-    enq.add_argument("--segment", type=int, required=True)
-    enq.add_argument("--count", type=int, required=True)
+    enq.add_argument("--segment", type=int)
+    enq.add_argument("--count", type=int)
+    enq.add_argument("--specs", nargs="+", help="enqueue these spec files/folders instead")
     enq.add_argument("--start", type=int, default=0)
     enq.add_argument("--preset", default="bl30k")
     enq.add_argument("--seed", type=int, default=None, help="master seed (default FARM_SEED)")

@@ -147,11 +147,15 @@ def run_local_farm(args) -> int:
         print(f"in another shell: source {env_file} && python -m scheduler enqueue --segment 0 "
               "--count 4 --preset preview && python -m scheduler status --watch")
         print(f"logs in {folder}; Ctrl-C stops everything")
-        while all(p.poll() is None for p in procs):
+        workers = {f"worker{i + 1}": procs[2 + i] for i in range(args.workers)}
+        while all(p.poll() is None for p in procs if p not in workers.values()):
+            for name, proc in workers.items():  # restart policy, like compose's
+                if proc.poll() is not None:
+                    print(f"{name} exited ({proc.returncode}); restarting", file=sys.stderr)
+                    procs[procs.index(proc)] = workers[name] = start_worker(
+                        env, name, folder / f"{name}.log")
             time.sleep(1)
-        dead = [p.args[0] if isinstance(p.args, list) else p.args for p in procs
-                if p.poll() is not None]
-        print(f"a process exited ({', '.join(map(str, dead))}); stopping", file=sys.stderr)
+        print("redis, the S3 server or flower exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
