@@ -112,6 +112,7 @@ def test_mask_agrees_with_projected_geometry(sphere_pack, pack, tiny, tmp_path):
         background=BackgroundSpec(image="skybox/wood/0.jpg", strength=0.5),
         render=tiny.render, source="imported", preset="tiny")
     outcome = render_spec(spec, sphere_pack, pack.textures, tmp_path)
+    assert "render device: CPU" in (outcome.staging / "render.log").read_text()  # choice logged
     ids = np.asarray(Image.open(outcome.staging / "Annotations/spheres/00000.png"))
     rot = look_at_rotation(np.array(cam_loc), np.array(look))
     f = focal_pixels(0.75, 160, 120)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from dataclasses import asdict
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", required=True, type=Path)
     ap.add_argument("--gate", choices=("resample", "record"), default="record")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def finish(code: int, payload: dict) -> int:
         args.result.write_text(json.dumps(payload))
