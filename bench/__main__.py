@@ -125,6 +125,12 @@ def bench_farm(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_quality_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.quality import bench_quality
+
+    return bench_quality(args.scenes, args.width, args.height, args.reference_samples)
+
+
 def print_table(rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
@@ -146,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--videos", type=int, default=2, help="different scenes per preset")
     render.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
     render.set_defaults(func=bench_render)
+    quality = sub.add_parser("quality", help="PSNR/SSIM of settings vs a high-sample reference")
+    quality.add_argument("--scenes", type=int, default=3)
+    quality.add_argument("--width", type=int, default=384)
+    quality.add_argument("--height", type=int, default=256)
+    quality.add_argument("--reference-samples", type=int, default=2048)
+    quality.set_defaults(func=bench_quality_cmd)
     farm = sub.add_parser("farm", help="enqueue rate and task-path overhead (local services)")
     farm.add_argument("--enqueue", type=int, default=5000, help="videos to enqueue for the rate")
     farm.add_argument("--videos", type=int, default=2, help="videos through the task path")
