@@ -4,7 +4,8 @@ Keys (all under ``farm:``):
 - ``segments``: set of segment numbers ever enqueued;
 - ``seg:<S>:state``: hash video -> queued | running | retrying | done | failed | cancelled;
 - ``seg:<S>:specs``: hash video -> zlib-compressed spec JSON (for retry and finalize);
-- ``video:<id>``: hash with deliveries, renders, last_error, worker, device, timings;
+- ``video:<id>``: hash with lost_deliveries, crashes, uploads, last_error, worker, device,
+  timings;
 - ``completions``: sorted set video -> finish time (rates over a window);
 - ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
 """
@@ -60,7 +61,7 @@ class FarmState:
 
     # --- per-video state ---------------------------------------------------------------------
     def register(self, segment: int, specs: list, state: str = "queued") -> None:
-        """Record VideoSpecs as ``state`` with their spec; resets their delivery counters."""
+        """Record VideoSpecs as ``state`` with their spec and clear their last error."""
         pipe = self.r.pipeline(transaction=False)
         pipe.sadd(f"{PREFIX}segments", segment)
         pipe.setnx(f"{PREFIX}seg:{segment}:started", time.time())
@@ -68,7 +69,7 @@ class FarmState:
             video = spec.id
             pipe.hset(f"{PREFIX}seg:{segment}:state", video, state)
             pipe.hset(f"{PREFIX}seg:{segment}:specs", video, pack_spec(spec.to_json()))
-            pipe.hset(f"{PREFIX}video:{video}", mapping={"segment": segment, "deliveries": 0,
+            pipe.hset(f"{PREFIX}video:{video}", mapping={"segment": segment,
                                                           "queued_at": time.time()})
             pipe.hdel(f"{PREFIX}video:{video}", "last_error")
         pipe.execute()
@@ -87,9 +88,6 @@ class FarmState:
 
     def states(self, segment: int) -> dict[str, str]:
         return self.r.hgetall(f"{PREFIX}seg:{segment}:state")
-
-    def add_delivery(self, video: str) -> int:
-        return int(self.r.hincrby(f"{PREFIX}video:{video}", "deliveries", 1))
 
     def incr(self, video: str, name: str) -> int:
         return int(self.r.hincrby(f"{PREFIX}video:{video}", name, 1))

@@ -29,7 +29,7 @@ class Storage(Protocol):
     def get_bytes(self, key: str) -> bytes | None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
-    def delete_prefix(self, prefix: str) -> None: ...
+    def create(self) -> str: ...
     def describe(self) -> str: ...
 
 
@@ -85,8 +85,9 @@ class LocalStorage:
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                       if p.is_file() and not p.name.endswith(".tmp"))
 
-    def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.root / prefix, ignore_errors=True)
+    def create(self) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return f"using {self.describe()}"
 
     def describe(self) -> str:
         return f"local directory {self.root}"
@@ -121,7 +122,7 @@ class S3Storage:
             return fn(*args, **kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
                 raise FileNotFoundError(what) from None
             raise StorageError(f"S3 {what} failed on s3://{self.bucket} ({code}): {exc}") from None
         except BotoCoreError as exc:
@@ -166,12 +167,15 @@ class S3Storage:
         self._call(f"list {prefix}", pages)
         return sorted(keys)
 
-    def delete_prefix(self, prefix: str) -> None:
-        keys = [self._key(k) for k in self.list(prefix)]
-        for i in range(0, len(keys), 1000):
-            chunk = [{"Key": k} for k in keys[i:i + 1000]]
-            self._call(f"delete {prefix}", self.client.delete_objects, Bucket=self.bucket,
-                       Delete={"Objects": chunk, "Quiet": True})
+    def create(self) -> str:
+        """Create the bucket unless it exists (idempotent: compose's init runs it every start)."""
+        try:
+            self._call(f"head bucket {self.bucket}", self.client.head_bucket, Bucket=self.bucket)
+            return f"bucket {self.bucket} exists"
+        except FileNotFoundError:
+            self._call(f"create bucket {self.bucket}", self.client.create_bucket,
+                       Bucket=self.bucket)
+            return f"created bucket {self.bucket}"
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS'}"

@@ -20,7 +20,7 @@ from farm.assets import AssetError, read_denylist
 from farm.config import ConfigError, Settings, load_settings, segment_base
 from farm.presets import load_preset
 from farm.spec import SpecError, VideoSpec, load_spec
-from farm.state import BrokerUnavailable, FarmState, connect
+from farm.state import STATES, BrokerUnavailable, FarmState, connect
 from farm.storage import StorageError, join
 
 BATCH = 500
@@ -86,18 +86,7 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
 
 def cmd_init_storage(ctx: Context, args: argparse.Namespace) -> int:
     storage, _ = ctx.storage
-    if hasattr(storage, "client"):
-        from botocore.exceptions import ClientError
-
-        try:
-            storage.client.head_bucket(Bucket=storage.bucket)
-            print(f"bucket {storage.bucket} exists")
-        except ClientError:
-            storage._call("create bucket", storage.client.create_bucket, Bucket=storage.bucket)
-            print(f"created bucket {storage.bucket}")
-    else:
-        storage.root.mkdir(parents=True, exist_ok=True)
-        print(f"using {storage.describe()}")
+    print(storage.create())
     return 0
 
 
@@ -170,8 +159,7 @@ def segment_status(ctx: Context, segment: int, window: float) -> dict:
     per_hour = videos * 3600 / window
     return {
         "segment": segment, "total": total,
-        **{s: counts.get(s, 0) for s in ("queued", "running", "retrying", "done", "failed",
-                                          "cancelled")},
+        **{s: counts.get(s, 0) for s in STATES},
         "percent_done": round(100 * counts.get("done", 0) / total, 1) if total else 0.0,
         "videos_per_hour": round(per_hour, 1), "frames_per_s": round(frames / window, 2),
         "eta_s": round(remaining / per_hour * 3600) if per_hour > 0 and remaining else None,

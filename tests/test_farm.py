@@ -214,6 +214,13 @@ def test_gpu_leases_are_exclusive_and_expire(redis_service):
             p.join()
 
 
+def test_init_storage_is_idempotent(farm):
+    assert farm.cli("init-storage").stdout.strip() == f"bucket {farm.bucket} exists"
+    env = {"FARM_STORAGE_URL": "s3://fresh-bucket/x"}
+    assert farm.cli("init-storage", env=env).stdout.strip() == "created bucket fresh-bucket"
+    assert farm.cli("init-storage", env=env).stdout.strip() == "bucket fresh-bucket exists"
+
+
 def test_clear_errors_when_services_are_unreachable(farm):
     from scheduler.local import free_port
 
