@@ -33,10 +33,15 @@ def _image(path: Path, max_size: int) -> bpy.types.Image:
         raise AssetError(f"cannot read image {path}: {exc}") from None
     if img.size[0] == 0 or img.size[1] == 0:
         raise AssetError(f"cannot read image {path}: no pixels")
-    if max_size and max(img.size) > max_size:
+    _cap_size(img, max_size)
+    return img
+
+
+def _cap_size(img: bpy.types.Image, max_size: int) -> None:
+    """Scale ``img`` down so its longer side is at most ``max_size`` (0: no cap)."""
+    if max_size and img.size[0] and max(img.size) > max_size:
         factor = max_size / max(img.size)
         img.scale(max(1, int(img.size[0] * factor)), max(1, int(img.size[1] * factor)))
-    return img
 
 
 def _textured_material(name: str, image: bpy.types.Image, emission: float | None = None):
@@ -118,9 +123,7 @@ def add_object(spec: ObjectSpec, pass_index: int, models_root: Path, textures_ro
         _replace_texture(parts, image, spec.uv_projection, f"texture_{pass_index}")
     elif max_texture_size:
         for img in bpy.data.images:
-            if img.size[0] and max(img.size) > max_texture_size:
-                factor = max_texture_size / max(img.size)
-                img.scale(max(1, int(img.size[0] * factor)), max(1, int(img.size[1] * factor)))
+            _cap_size(img, max_texture_size)
     root = bpy.data.objects.new(f"obj_{pass_index:02d}", None)
     bpy.context.scene.collection.objects.link(root)
     for obj in parts:
