@@ -29,5 +29,14 @@ lint: setup
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q
 
+# The AWS CLI the upload benchmark compares against, in its own venv (it pins its own botocore).
+.venv-aws/bin/aws:
+	$(PY) -m venv .venv-aws
+	.venv-aws/bin/pip install -q awscli
+
+# Every benchmark (under 15 minutes on a 2-core CPU); tables on stdout, rows in bench-results.json.
+bench: setup system-deps .venv-aws/bin/aws
+	$(BIN)/python -m bench --json bench-results.json all
+
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) .venv-aws demo-out .pytest_cache bench-results.json

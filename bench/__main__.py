@@ -1,6 +1,7 @@
-"""Benchmarks that print numbers: ``python -m bench specs|render [...]``.
+"""Benchmarks that print numbers: ``python -m bench all|specs|render|ablation|farm|quality``.
 
-Results are printed as a table and written as JSON (``--json FILE``).
+Results are printed as tables and written as JSON (``--json FILE``). ``all`` runs every part at
+sizes that finish in under 15 minutes on a 2-core CPU; see BENCHMARKS.md for the figures.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
+from bench.quality import SHORTLIST
 from farm.assets import AssetLibrary
 from farm.presets import load_preset
-from farm.sampling import generate_spec
 from farm.specgen import generate_many
 from farm.synth_assets import default_pack
 
@@ -36,138 +36,123 @@ def bench_specs(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def bench_render(args: argparse.Namespace) -> list[dict]:
-    from worker.runner import render_spec
+def bench_render_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.render import bench_render, devices
 
-    models, textures = default_pack()
-    lib = AssetLibrary.open(models, textures)
-    rows = []
-    for name in args.presets.split(","):
-        preset = load_preset(name)
-        for index in range(args.videos):
-            spec = generate_spec(lib, preset, 0, index, 2021)
-            spec = replace(spec, frames=min(spec.frames, args.frames),
-                           render=replace(spec.render, device=args.device))
-            with tempfile.TemporaryDirectory() as tmp:
-                out = render_spec(spec, models, textures, tmp)
-            t = out.manifest["timings"]
-            rows.append({"bench": "render", "preset": name, "video": spec.id,
-                         "resolution": "x".join(map(str, spec.resolution)),
-                         "samples": spec.render.samples, "denoise": spec.render.denoise,
-                         "frames": spec.frames, "device": out.manifest["device"],
-                         "s_per_frame": round(t["render_total_s"] / spec.frames, 3),
-                         "scene_build_s": t["scene_build_s"], "wall_s": t["wall_s"]})
-    return rows
+    return bench_render(args.presets.split(","), args.frames, args.videos, devices(args.devices))
+
+
+def bench_ablation_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.render import bench_ablation
+
+    return bench_ablation(args.preset, args.frames, args.repeats)
 
 
 def bench_farm(args: argparse.Namespace) -> list[dict]:
-    """Enqueue rate, and the task path (queue + render + upload + marker) against a bare render."""
-    import subprocess
+    from bench.farm import bench_enqueue, bench_task_path, bench_upload, local_services
 
-    from farm.state import FarmState, connect
-    from scheduler.local import farm_env, free_port, start_redis, start_s3, start_worker, stop
-    from worker.runner import render_spec
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        redis_port, s3_port = free_port(), free_port()
-        procs = [start_redis(folder / "redis", redis_port, "bench"),
-                 start_s3(s3_port, folder / "s3.log")]
-        env = {**os.environ, **farm_env(redis_port, "bench", s3_port, "bench", folder / "scratch"),
-               "FARM_GPUS": "none"}
-        state = FarmState(connect(f"redis://:bench@127.0.0.1:{redis_port}/0"))
-
-        def scheduler(*cmd: str) -> str:
-            return subprocess.run([sys.executable, "-m", "scheduler", "-q", *cmd], env=env,
-                                  check=True, capture_output=True, text=True).stdout
-        try:
-            scheduler("init-storage")
-            out = scheduler("enqueue", "--segment", "9", "--count", str(args.enqueue),
-                            "--preset", "bl30k")
-            seconds = float(out.split(" in ")[1].split(" s ")[0])
-            rows.append({"bench": "enqueue", "videos": args.enqueue, "seconds": seconds,
-                         "videos_per_s": round(args.enqueue / seconds)})
-            state.r.flushall()
-
-            preset = load_preset(args.preset)
-            lib = AssetLibrary.open(*default_pack())
-            specs = [generate_spec(lib, preset, 0, i, 2021) for i in range(args.videos)]
-            bare = []
-            for spec in specs:
-                t0 = time.perf_counter()
-                render_spec(spec, lib.models_root, lib.textures_root, folder / "bare")
-                bare.append(time.perf_counter() - t0)
-            procs.append(start_worker(env, "bench", folder / "worker.log"))
-            time.sleep(5)  # worker start-up is not per-video cost
-            t0 = time.time()
-            scheduler("enqueue", "--segment", "0", "--count", str(args.videos), "--preset",
-                      args.preset)
-            while state.counts(0).get("done", 0) < args.videos:
-                if state.counts(0).get("failed"):
-                    raise RuntimeError(f"a video failed: {state.video('a00000')}")
-                time.sleep(0.2)
-            total = time.time() - t0
-            for spec, bare_s in zip(specs, bare, strict=True):
-                info = state.video(spec.id)
-                task_s = float(info["finished_at"]) - float(info["started_at"])
-                rows.append({"bench": "task path", "video": spec.id, "preset": args.preset,
-                             "bare_render_s": round(bare_s, 2), "task_s": round(task_s, 2),
-                             "upload_s": float(info["upload_s"]),
-                             "overhead_s": round(task_s - bare_s, 2),
-                             "ratio": round(task_s / bare_s, 3)})
-            rows.append({"bench": "task path", "video": "all (enqueue->done)",
-                         "preset": args.preset, "bare_render_s": round(sum(bare), 2),
-                         "task_s": round(total, 2), "overhead_s": round(total - sum(bare), 2),
-                         "ratio": round(total / sum(bare), 3)})
-        finally:
-            stop(procs)
-    return rows
+    with tempfile.TemporaryDirectory() as tmp, local_services(Path(tmp)) as svc:
+        rows = bench_enqueue(svc, args.enqueue)
+        task_rows, staging = bench_task_path(svc, args.preset, args.frames, args.videos)
+        return rows + task_rows + bench_upload(svc, staging)
 
 
 def bench_quality_cmd(args: argparse.Namespace) -> list[dict]:
-    from bench.quality import bench_quality
+    from bench.quality import bench_quality, choose
 
-    return bench_quality(args.scenes, args.width, args.height, args.reference_samples)
+    names = args.settings.split(";") if args.settings else None
+    rows = bench_quality(args.scenes, args.width, args.height, args.reference_samples, names,
+                         device=args.device)
+    picks = choose(rows)
+    return rows + [{"bench": "choice", "setting": f"{role}: {name}"} for role, name in picks.items()]
 
 
-def print_table(rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
-    print("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in rows:
-        print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
+def bench_all(args: argparse.Namespace) -> list[dict]:
+    """Everything, sized to finish in under 15 minutes on a 2-core CPU."""
+    steps = [
+        ("specs", lambda: bench_specs(argparse.Namespace(count=2000))),
+        ("render", lambda: bench_render_cmd(argparse.Namespace(
+            presets="preview,seed,bl30k,fast", frames=3, videos=1, devices=args.devices))),
+        ("ablation", lambda: bench_ablation_cmd(argparse.Namespace(
+            preset="preview", frames=6, repeats=2))),
+        ("farm", lambda: bench_farm(argparse.Namespace(
+            enqueue=5000, preset="bl30k", frames=3, videos=1))),
+        ("quality", lambda: bench_quality_cmd(argparse.Namespace(
+            scenes=3, width=384, height=256, reference_samples=2048, settings=";".join(SHORTLIST),
+            device="AUTO"))),
+    ]
+    rows = []
+    for name, step in steps:
+        t0 = time.perf_counter()
+        part = step()
+        print(f"\n## {name} ({time.perf_counter() - t0:.0f} s)")
+        print_table(part, args.markdown)
+        rows += part
+    return rows
+
+
+def print_table(rows: list[dict], markdown: bool = False) -> None:
+    """One table per kind of row (the ``bench`` key), columns in first-seen order."""
+    for kind in dict.fromkeys(r.get("bench") for r in rows):
+        group = [{k: v for k, v in r.items() if k != "bench"} for r in rows if r.get("bench") == kind]
+        keys = list(dict.fromkeys(k for r in group for k in r))
+        print(f"\n{kind}:")
+        if markdown:  # as pasted into BENCHMARKS.md
+            print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+            for r in group:
+                print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+            continue
+        widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in group)) for k in keys}
+        print("  ".join(k.ljust(widths[k]) for k in keys))
+        for r in group:
+            print("  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--markdown", action="store_true", help="print tables as Markdown")
     sub = ap.add_subparsers(dest="bench", required=True)
     specs = sub.add_parser("specs", help="spec generation rate")
     specs.add_argument("--count", type=int, default=5000)
     specs.set_defaults(func=bench_specs)
-    render = sub.add_parser("render", help="seconds per frame per preset")
+    render = sub.add_parser("render", help="seconds per frame per preset and device")
     render.add_argument("--presets", default="preview,bl30k")
     render.add_argument("--frames", type=int, default=3, help="frames per video (reduced)")
     render.add_argument("--videos", type=int, default=2, help="different scenes per preset")
-    render.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
-    render.set_defaults(func=bench_render)
+    render.add_argument("--devices", default="auto",
+                        help="comma list of CPU,CUDA,OPTIX; auto: CPU plus the GPU backends found")
+    render.set_defaults(func=bench_render_cmd)
+    ablation = sub.add_parser("ablation", help="render loop without the mask pass / persistent data")
+    ablation.add_argument("--preset", default="preview")
+    ablation.add_argument("--frames", type=int, default=6)
+    ablation.add_argument("--repeats", type=int, default=2)
+    ablation.set_defaults(func=bench_ablation_cmd)
     quality = sub.add_parser("quality", help="PSNR/SSIM of settings vs a high-sample reference")
     quality.add_argument("--scenes", type=int, default=3)
     quality.add_argument("--width", type=int, default=384)
     quality.add_argument("--height", type=int, default=256)
     quality.add_argument("--reference-samples", type=int, default=2048)
+    quality.add_argument("--settings", help="only these candidates (names joined by ';')")
+    quality.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
     quality.set_defaults(func=bench_quality_cmd)
-    farm = sub.add_parser("farm", help="enqueue rate and task-path overhead (local services)")
+    farm = sub.add_parser("farm", help="enqueue rate, task-path overhead, upload vs AWS CLI")
     farm.add_argument("--enqueue", type=int, default=5000, help="videos to enqueue for the rate")
-    farm.add_argument("--videos", type=int, default=2, help="videos through the task path")
-    farm.add_argument("--preset", default="preview")
+    farm.add_argument("--preset", default="bl30k")
+    farm.add_argument("--frames", type=int, default=3, help="frames per video (reduced)")
+    farm.add_argument("--videos", type=int, default=1, help="videos through the task path")
     farm.set_defaults(func=bench_farm)
+    every = sub.add_parser("all", help="all of the above at sizes that fit 15 minutes")
+    every.add_argument("--devices", default="auto")
+    every.set_defaults(func=bench_all)
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
     rows = args.func(args)
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
+    machine = platform.processor() or platform.machine()
+    print(f"\n# {time.perf_counter() - t0:.0f} s on {platform.node()} {machine}, "
           f"{os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print_table(rows)
+    if args.bench != "all":
+        print_table(rows, args.markdown)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

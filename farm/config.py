@@ -54,6 +54,7 @@ class Settings:
     retry_backoff_max: int  # seconds
     lease_ttl: int  # seconds a video/GPU lease lives without a heartbeat
     denylist: Path | None = None  # assets spec generation skips (python -m farm assets check)
+    stream_upload: bool = True  # upload each frame while the rest of the video renders
 
     @property
     def redis_url_with_password(self) -> str:
@@ -112,6 +113,7 @@ def load_settings() -> Settings:
         retry_backoff_max=_int("FARM_RETRY_BACKOFF_MAX", 600),
         lease_ttl=_int("FARM_LEASE_TTL", 90),
         denylist=Path(env("FARM_DENYLIST")) if env("FARM_DENYLIST") else None,
+        stream_upload=_int("FARM_STREAM_UPLOAD", 1) != 0,
     )
 
 

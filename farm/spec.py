@@ -30,6 +30,7 @@ MAX_ABS_COORD = 1e4
 MAX_SPEC_BYTES = 1 << 20
 VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DENOISE_PREFILTERS = ("NONE", "FAST", "ACCURATE")
+DENOISE_QUALITIES = ("HIGH", "BALANCED", "FAST")
 DEVICES = ("AUTO", "CPU", "GPU", "CUDA", "OPTIX")
 
 
@@ -53,6 +54,7 @@ class RenderSettings:
     adaptive_min_samples: int = 0
     denoise: bool = True
     denoise_prefilter: str = "ACCURATE"
+    denoise_quality: str = "HIGH"  # OIDN quality: HIGH, BALANCED or FAST
     jpeg_quality: int = 98
     view_transform: str = "Standard"
     max_bounces: int = 12
@@ -289,6 +291,7 @@ def _parse_render(data: Any) -> RenderSettings:
         denoise=d["denoise"],
         denoise_prefilter=_choice(d["denoise_prefilter"], "render.denoise_prefilter",
                                   DENOISE_PREFILTERS),
+        denoise_quality=_choice(d["denoise_quality"], "render.denoise_quality", DENOISE_QUALITIES),
         jpeg_quality=_integer(d["jpeg_quality"], "render.jpeg_quality", 1, 100),
         view_transform=_choice(d["view_transform"], "render.view_transform",
                                ("Standard", "AgX", "Filmic")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -116,10 +117,13 @@ class S3Storage:
         return join(self.prefix, key)
 
     def _call(self, what: str, fn, *args, **kwargs):
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
+        except S3UploadFailedError as exc:  # upload_file wraps ClientError (e.g. 503 SlowDown)
+            raise StorageError(f"S3 {what} failed on s3://{self.bucket}: {exc}") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
@@ -195,21 +199,86 @@ def is_done(storage: Storage, base: str, video: str) -> bool:
     return storage.exists(video_keys(base, video)["marker"])
 
 
+Signature = tuple[int, int]  # (mtime_ns, size) of a staged file when its upload started
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class FrameStreamer:
+    """Uploads each frame while the rest of the video renders, so the upload overlaps the render.
+
+    Best effort: a failed or superseded upload is simply sent again by ``upload_video``, which
+    skips only files whose content (mtime and size) is unchanged since they were streamed. A
+    resampled attempt rewrites the staged frames, so those are re-sent too.
+    """
+
+    def __init__(self, storage: Storage, base: str, staging: Path, video: str,
+                 threads: int = 4) -> None:
+        self.storage, self.keys, self.video = storage, video_keys(base, video), video
+        self.staging = staging
+        self.sent: dict[Path, Signature] = {}
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stream")
+
+    def frame_done(self, done: int, _total: int = 0) -> None:
+        """Progress callback: frame ``done - 1`` is written (JPEG and mask)."""
+        name = f"{done - 1:05d}"
+        for key, path in _frame_files(self.staging, self.video, self.keys, [name]):
+            self._pool.submit(self._put, key, path)
+
+    def _put(self, key: str, path: Path) -> None:
+        sig = _signature(path)
+        try:
+            self.storage.put_file(key, path)
+        except (StorageError, OSError):
+            with self._lock:
+                self.failures += 1
+            return
+        with self._lock:
+            self.sent[path] = sig
+
+    def close(self) -> dict[Path, Signature]:
+        """Wait for uploads in flight; returns what was sent (for ``upload_video``)."""
+        self._pool.shutdown(wait=True)
+        return dict(self.sent)
+
+
+def _frame_files(staging: Path, video: str, keys: dict[str, str],
+                 names: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(key, path) of the staged JPEGs and masks: all, or the frames named (``00007``)."""
+    images, masks = staging / "JPEGImages" / video, staging / "Annotations" / video
+    if names is None:
+        jpgs, pngs = sorted(images.glob("*.jpg")), sorted(masks.glob("*.png"))
+    else:
+        jpgs = [images / f"{n}.jpg" for n in names]
+        pngs = [masks / f"{n}.png" for n in names]
+    return ([(join(keys["images"], p.name), p) for p in jpgs]
+            + [(join(keys["masks"], p.name), p) for p in pngs])
+
+
 def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_yaml: str,
-                 manifest: dict, threads: int = UPLOAD_THREADS) -> dict:
+                 manifest: dict, threads: int = UPLOAD_THREADS,
+                 streamed: dict[Path, Signature] | None = None) -> dict:
     """Upload frames concurrently, then spec and manifest, then the completion marker.
 
-    Re-uploading overwrites the same keys, so a retried upload is idempotent. Returns timing and
-    byte counts.
+    Frames in ``streamed`` (a FrameStreamer's uploads) whose staged file is unchanged are not
+    sent again. Re-uploading overwrites the same keys, so a retried upload is idempotent. Returns
+    timing and byte counts.
     """
     keys = video_keys(base, video)
     t0 = time.perf_counter()
-    files = [(join(keys["images"], p.name), p) for p in sorted((staging / "JPEGImages" / video)
-                                                                 .glob("*.jpg"))]
-    files += [(join(keys["masks"], p.name), p) for p in sorted((staging / "Annotations" / video)
-                                                                 .glob("*.png"))]
+    files = _frame_files(staging, video, keys)
+    streamed = streamed or {}
+    todo = [(k, p) for k, p in files if p not in streamed or streamed[p] != _signature(p)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda kp: storage.put_file(*kp), files))
+        list(pool.map(lambda kp: storage.put_file(*kp), todo))
     storage.put_bytes(keys["spec"], spec_yaml.encode())
     body = json.dumps(manifest, indent=1).encode()
     storage.put_bytes(keys["manifest"], body)
@@ -218,5 +287,5 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     marker = {"video": video, "frames": frames, "spec_digest": manifest.get("spec_digest"),
               "finished_at": time.time()}
     storage.put_bytes(keys["marker"], json.dumps(marker).encode())
-    return {"files": len(files) + 3, "bytes": nbytes,
+    return {"files": len(files) + 3, "bytes": nbytes, "streamed": len(files) - len(todo),
             "upload_s": round(time.perf_counter() - t0, 4)}

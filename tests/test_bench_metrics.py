@@ -19,3 +19,30 @@ def test_psnr_and_ssim_behave():
     assert ssim(img, noisier) < ssim(img, noisy) < 1.0
     # PSNR of a known constant error: 255 / 1 -> 48.13 dB
     assert psnr(np.zeros((4, 4, 3)), np.ones((4, 4, 3))) == pytest.approx(48.13, abs=0.01)
+
+
+def test_choose_applies_the_issue_rules():
+    from bench.quality import choose
+
+    def row(name, speedup, worst, ssim_min):
+        return {"bench": "quality", "setting": name, "speedup": speedup, "dpsnr_worst": worst,
+                "ssim_min": ssim_min}
+
+    rows = [row("seed", 1.0, 0.0, 0.996), row("a", 1.3, 0.3, 0.995), row("b", 1.9, 0.6, 0.995),
+            row("c", 4.5, 2.5, 0.991), row("d", 5.0, 3.0, 0.985), {"bench": "other"}]
+    # b is faster but drops 0.6 dB on one scene; d is fastest but below SSIM 0.99
+    assert choose(rows) == {"default": "a", "fast": "c"}
+    assert choose(rows[:1]) == {"default": "seed", "fast": None}
+
+
+def test_presets_are_the_settings_the_quality_study_measured():
+    """bl30k, fast and seed render exactly what BENCHMARKS.md's quality tables measured."""
+    from dataclasses import replace
+
+    from bench.quality import CANDIDATES, DEFAULT, FAST, SEED
+    from farm.presets import load_preset
+    from farm.spec import RenderSettings
+
+    for preset, name in (("bl30k", DEFAULT), ("fast", FAST), ("seed", SEED)):
+        measured = RenderSettings(**CANDIDATES[name])
+        assert replace(load_preset(preset).render, jpeg_quality=measured.jpeg_quality) == measured

@@ -41,6 +41,8 @@ def test_yaml_round_trip_is_exact(library, bl30k):
         (lambda d: d["render"].update(samples=10**6), "render.samples", "outside"),
         (lambda d: d["render"].update(denoise_prefilter="BEST"), "render.denoise_prefilter",
          "not one of"),
+        (lambda d: d["render"].update(denoise_quality="ULTRA"), "render.denoise_quality",
+         "not one of"),
         (lambda d: d.update(objects=[]), "objects", "1..16"),
         (lambda d: d["lights"][0].update(color=[1, 1]), "lights[0].color", "list of 3"),
         (lambda d: d.update(version=99), "version", "unsupported"),

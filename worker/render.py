@@ -6,6 +6,7 @@ a scratch directory in the same render as the RGB; we re-save it as a DAVIS pale
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -22,6 +23,17 @@ from worker.device import select_device
 from worker.scene import build_scene
 
 
+def ablations() -> set[str]:
+    """FARM_BENCH_ABLATE, for benchmarks only: ``no-mask`` renders RGB alone (no index pass, no
+    masks written), ``no-persistent`` re-syncs the whole scene every frame."""
+    raw = os.environ.get("FARM_BENCH_ABLATE", "")
+    found = {a.strip() for a in raw.split(",") if a.strip()}
+    unknown = found - {"no-mask", "no-persistent"}
+    if unknown:
+        raise ValueError(f"FARM_BENCH_ABLATE: unknown {sorted(unknown)}")
+    return found
+
+
 class GateRejected(Exception):
     """The rendered masks failed the quality gate; the spec should be resampled."""
 
@@ -31,7 +43,7 @@ def configure_render(scene: bpy.types.Scene, spec: VideoSpec) -> str:
     scene.render.engine = "CYCLES"
     scene.render.resolution_x, scene.render.resolution_y = spec.resolution
     scene.render.resolution_percentage = 100
-    scene.render.use_persistent_data = True
+    scene.render.use_persistent_data = "no-persistent" not in ablations()
     scene.render.image_settings.file_format = "JPEG"
     scene.render.image_settings.quality = r.jpeg_quality
     scene.render.image_settings.color_mode = "RGB"
@@ -45,10 +57,15 @@ def configure_render(scene: bpy.types.Scene, spec: VideoSpec) -> str:
     if r.denoise:
         c.denoiser = "OPENIMAGEDENOISE"
         c.denoising_prefilter = r.denoise_prefilter
+        c.denoising_quality = r.denoise_quality
     c.max_bounces = r.max_bounces
     c.seed = spec.index  # fixed noise pattern per video: re-renders are reproducible
-    scene.view_layers[0].use_pass_object_index = True
-    return select_device(scene, r.device)
+    scene.view_layers[0].use_pass_object_index = "no-mask" not in ablations()
+    device = select_device(scene, r.device)
+    # OIDN runs on the CPU unless told otherwise (bpy 5.0 default False): on a GPU worker it
+    # would take seconds per frame of CPU time next to a render of a fraction of that.
+    c.denoising_use_gpu = device != "CPU"
+    return device
 
 
 def add_index_output(scene: bpy.types.Scene, mask_dir: Path) -> bpy.types.Node:
@@ -104,28 +121,29 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     ann_dir.mkdir(parents=True, exist_ok=True)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     mask_dir = Path(tempfile.mkdtemp(prefix="farm-index-", dir=shm))
-    node = add_index_output(scene, mask_dir)
+    node = None if "no-mask" in ablations() else add_index_output(scene, mask_dir)
     k = len(spec.objects)
     frames, render_s, encode_s = [], [], []
     try:
         for i in range(spec.frames):
             scene.frame_set(i)
             scene.render.filepath = str(jpg_dir / f"{i:05d}.jpg")
-            node.file_name = f"index_{i:05d}_"
+            if node is not None:
+                node.file_name = f"index_{i:05d}_"
             t1 = time.perf_counter()
             bpy.ops.render.render(write_still=True)
             t2 = time.perf_counter()
-            ids = _read_index(mask_dir)
-            if ids.max(initial=0) > k:
-                raise RuntimeError(f"frame {i}: mask holds id {ids.max()} but the spec has {k} "
-                                   "objects")
-            save_mask(ids, ann_dir / f"{i:05d}.png")
-            frames.append(object_stats(ids, k))
             render_s.append(t2 - t1)
-            encode_s.append(time.perf_counter() - t2)
-            if gate_check and i in (0, spec.frames - 1):
-                counts = np.array([[o["pixels"] for o in f] for f in frames])
-                reason = gate_check(counts)
+            if node is not None:  # None only in the RGB-alone benchmark ablation
+                ids = _read_index(mask_dir)
+                if ids.max(initial=0) > k:
+                    raise RuntimeError(f"frame {i}: mask holds id {ids.max()} but the spec has "
+                                       f"{k} objects")
+                save_mask(ids, ann_dir / f"{i:05d}.png")
+                frames.append(object_stats(ids, k))
+                encode_s.append(time.perf_counter() - t2)
+            if gate_check and frames and i in (0, spec.frames - 1):
+                reason = gate_check(np.array([[o["pixels"] for o in f] for f in frames]))
                 if reason:
                     raise GateRejected(reason)
             if on_frame:

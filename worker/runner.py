@@ -160,8 +160,12 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
 def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | Path,
                 scratch: str | Path, progress: Progress | None = None,
                 timeout: float | None = None, env: dict | None = None,
-                denylist: set[str] | None = None) -> RenderOutcome:
-    """Render ``spec`` (resampling generated specs that fail the mask gate) into scratch."""
+                denylist: set[str] | None = None, resample: bool = True) -> RenderOutcome:
+    """Render ``spec`` into scratch, resampling a generated spec that fails the mask gate.
+
+    ``resample=False`` only records the gate's verdict (benchmarks: a resampled spec would be
+    the preset's full video, not the cut-down spec given).
+    """
     models_root, textures_root = Path(models_root).resolve(), Path(textures_root).resolve()
     staging = Path(scratch) / f"{spec.id}.staging"
     try:
@@ -176,9 +180,9 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
         except AssetError as exc:
             raise PermanentRenderError(f"{spec.id}: {exc}") from None
         # The last allowed attempt (and any imported spec) is rendered with the gate only recorded.
-        resample = (spec.source == "generated" and preset is not None
-                    and spec.attempt + 1 < preset.quality_gate.max_attempts)
-        render = _run_child(spec, models_root, textures_root, staging, resample, timeout,
+        again = (resample and spec.source == "generated" and preset is not None
+                 and spec.attempt + 1 < preset.quality_gate.max_attempts)
+        render = _run_child(spec, models_root, textures_root, staging, again, timeout,
                             progress, env)
         if "rejected" not in render:
             break

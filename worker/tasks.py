@@ -28,10 +28,11 @@ from farm.presets import load_preset
 from farm.sampling import generate_spec
 from farm.spec import SpecError, VideoSpec
 from farm.state import BrokerUnavailable, FarmState, Lease, connect
-from farm.storage import StorageError, is_done, join, upload_video
+from farm.storage import FrameStreamer, StorageError, is_done, join, upload_video
 from worker.celery_app import TASK_NAME, app, settings
 from worker.runner import (
     PermanentRenderError,
+    Progress,
     RenderCrash,
     RenderOutcome,
     ScratchFull,
@@ -59,7 +60,7 @@ def _reuse_staging(staging: Path, spec: VideoSpec) -> RenderOutcome | None:
     return RenderOutcome(VideoSpec.from_dict(saved["spec"]), saved["manifest"], staging)
 
 
-def _render(spec: VideoSpec, timeout: float | None) -> RenderOutcome:
+def _render(spec: VideoSpec, timeout: float | None, progress: Progress | None) -> RenderOutcome:
     staging = settings.scratch / f"{spec.id}.staging"
     outcome = _reuse_staging(staging, spec)
     if outcome:
@@ -67,8 +68,8 @@ def _render(spec: VideoSpec, timeout: float | None) -> RenderOutcome:
         return outcome
     models, textures = settings.asset_roots()
     try:
-        outcome = render_spec(spec, models, textures, settings.scratch, timeout=timeout,
-                              denylist=read_denylist(settings.denylist))
+        outcome = render_spec(spec, models, textures, settings.scratch, progress=progress,
+                              timeout=timeout, denylist=read_denylist(settings.denylist))
         _rendered_marker(staging).write_text(json.dumps({
             "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
             "manifest": outcome.manifest}))
@@ -174,11 +175,17 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
             raise SpecError("id", f"task for {video} (segment {segment}) carries spec {spec.id}")
         soft = task.request.timelimit[1] if task.request.timelimit else None
         _check_scratch(spec)
-        outcome = _render(spec, timeout=soft - 30 if soft else None)
+        streamer = (FrameStreamer(storage, base, settings.scratch / f"{video}.staging", video)
+                    if settings.stream_upload else None)
+        try:
+            outcome = _render(spec, soft - 30 if soft else None,
+                              streamer.frame_done if streamer else None)
+        finally:
+            streamed = streamer.close() if streamer else {}
         if lease.lost:
             raise RenderCrash(f"{video}: lease lost during the render; another worker owns it")
         upload = upload_video(storage, base, outcome.staging, video, outcome.spec.to_yaml(),
-                              outcome.manifest)
+                              outcome.manifest, streamed=streamed)
     except (SpecError, AssetError, PermanentRenderError) as exc:
         _fail(state, segment, video, str(exc))
         raise PermanentRenderError(str(exc)) from None
@@ -213,7 +220,8 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
     timings = outcome.manifest["timings"]
     state.set_state(segment, video, "done", frames=outcome.spec.frames,
                     render_s=timings["render_total_s"], wall_s=timings["wall_s"],
-                    upload_s=upload["upload_s"], finished_at=time.time(),
+                    upload_s=upload["upload_s"], streamed=upload["streamed"],
+                    finished_at=time.time(),
                     device=outcome.manifest["device"], attempt=outcome.spec.attempt)
     state.clear(video, "running")
     return {"video": video, "status": "done", "frames": outcome.spec.frames,

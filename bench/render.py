@@ -1,0 +1,102 @@
+"""Render benchmarks: seconds per frame per preset and device, and ablations of the render loop.
+
+Every render runs in a fresh Blender process exactly as on a worker (``worker.runner``). The
+first frame also pays the scene sync (BVH build, texture upload), so steady-state s/frame is the
+mean of the later frames, as 159 of a video's 160 frames are.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from farm.assets import AssetLibrary
+from farm.presets import load_preset
+from farm.sampling import generate_spec
+from farm.spec import VideoSpec
+from farm.synth_assets import default_pack
+from worker.gpu import discover_gpus
+
+ABLATIONS = {"full (RGB + one-pass mask)": "", "RGB alone (no index pass, no masks)": "no-mask",
+             "no persistent data (re-sync every frame)": "no-persistent"}
+
+
+def devices(requested: str) -> list[str]:
+    """``auto``: the CPU, plus CUDA and OptiX when nvidia-smi lists a GPU."""
+    if requested != "auto":
+        return requested.split(",")
+    return ["CPU", *(["CUDA", "OPTIX"] if discover_gpus("auto") else [])]
+
+
+def bench_spec(preset: str, index: int, frames: int, device: str = "AUTO") -> VideoSpec:
+    """A generated spec of ``preset`` (seed 2021, segment 0) cut to ``frames`` frames."""
+    spec = generate_spec(AssetLibrary.open(*default_pack()), load_preset(preset), 0, index, 2021)
+    return replace(spec, frames=min(spec.frames, frames),
+                   render=replace(spec.render, device=device))
+
+
+def timing_row(manifest: dict) -> dict:
+    t = manifest["timings"]
+    steady = t["render_s"][1:] or t["render_s"]
+    encode = t.get("encode_s") or [0.0]
+    return {"s_per_frame": round(statistics.mean(steady), 3),
+            "first_frame_s": round(t["render_s"][0], 3),
+            "encode_ms": round(1000 * statistics.mean(encode), 1),
+            "scene_build_s": t["scene_build_s"], "wall_s": t["wall_s"],
+            "peak_rss_mb": manifest.get("peak_rss_mb")}
+
+
+def render_once(spec: VideoSpec, env: dict | None = None) -> dict:
+    from worker.runner import render_spec
+
+    models, textures = default_pack()
+    with tempfile.TemporaryDirectory() as tmp:
+        return render_spec(spec, models, textures, tmp, env=env, resample=False).manifest
+
+
+def bench_render(presets: list[str], frames: int, videos: int, device_list: list[str]
+                 ) -> list[dict]:
+    rows = []
+    for device in device_list:
+        for name in presets:
+            for index in range(videos):
+                spec = bench_spec(name, index, frames, device)
+                manifest = render_once(spec)
+                rows.append({"bench": "render", "preset": name, "video": spec.id,
+                             "device": manifest["device"],
+                             "resolution": "x".join(map(str, spec.resolution)),
+                             "samples": spec.render.samples,
+                             "adaptive": spec.render.adaptive_threshold,
+                             "prefilter": spec.render.denoise_prefilter, "frames": spec.frames,
+                             **timing_row(manifest)})
+    return rows
+
+
+def bench_ablation(preset: str, frames: int, repeats: int, device: str = "AUTO") -> list[dict]:
+    """The render loop with and without the mask pass and persistent data, interleaved."""
+    spec = bench_spec(preset, 0, frames, device)
+    runs: dict[str, list[dict]] = {name: [] for name in ABLATIONS}
+    for _ in range(repeats):
+        for name, ablate in ABLATIONS.items():
+            runs[name].append(timing_row(render_once(spec, {"FARM_BENCH_ABLATE": ablate})))
+    base = statistics.median(r["s_per_frame"] for r in runs[next(iter(ABLATIONS))])
+    rows = []
+    for name, results in runs.items():
+        s = statistics.median(r["s_per_frame"] for r in results)
+        rows.append({"bench": "ablation", "variant": name, "preset": preset,
+                     "resolution": "x".join(map(str, spec.resolution)), "frames": frames,
+                     "repeats": repeats, "s_per_frame": round(s, 3),
+                     "vs_full": f"{100 * (s / base - 1):+.1f}%",
+                     "mask_encode_ms": statistics.median(r["encode_ms"] for r in results),
+                     "scene_build_s": statistics.median(r["scene_build_s"] for r in results)})
+    return rows
+
+
+def write_video(spec: VideoSpec, staging: Path) -> dict:
+    """Render ``spec`` into ``staging`` (kept) and return its manifest; for upload benchmarks."""
+    from worker.runner import render_spec
+
+    models, textures = default_pack()
+    return render_spec(spec, models, textures, staging, resample=False).manifest
