@@ -24,9 +24,9 @@ from farm.spec import RenderSettings, VideoSpec
 from farm.synth_assets import default_pack
 
 SEED = "seed: 64 spp + OIDN accurate"  # the original generator's settings (`seed` preset)
-DEFAULT = "adaptive 0.01 min 32 max 96 + FAST"  # the `bl30k` preset's settings
+DEFAULT = "adaptive 0.005 min 8 max 64 + accurate"  # the `bl30k` preset's settings
 FAST = "16 spp + FAST, OIDN fast"  # the `fast` preset's settings
-SHORTLIST = [SEED, DEFAULT, FAST, "64 spp + FAST"]  # `python -m bench all`
+SHORTLIST = [SEED, DEFAULT, FAST, "adaptive 0.01 min 32 max 96 + FAST"]  # `python -m bench all`
 CANDIDATES: dict[str, dict] = {
     SEED: {"samples": 64, "denoise_prefilter": "ACCURATE"},
     "adaptive 0.01 min 8 max 64 + accurate": {"adaptive_threshold": 0.01,

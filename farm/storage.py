@@ -234,6 +234,8 @@ class FrameStreamer:
             self._pool.submit(self._put, key, path)
 
     def _put(self, key: str, path: Path) -> None:
+        if self.failures:  # storage is failing: leave the rest to upload_video's retries
+            return
         sig = _signature(path)
         try:
             self.storage.put_file(key, path)

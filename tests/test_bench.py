@@ -45,7 +45,7 @@ def test_farm_bench_streams_uploads_and_compares_with_the_aws_cli(tmp_path):
     modes = {r["mode"]: r for r in by["task path"]}
     assert modes["upload after render"]["streamed"] == "0"
     assert modes["streaming upload"]["streamed"] == "4"  # 2 JPEGs + 2 masks sent during the render
-    assert all(r["bare_render_s"] > 0 and r["ratio_160_frames"] > 0 for r in modes.values())
+    assert all(r["render_s"] > 0 and r["separate_bare_render_s"] > 0 for r in modes.values())
     tools = [r["tool"] for r in by["upload"]]
     assert tools[0].startswith("worker uploader") and by["upload"][0]["files"] == 320
 

@@ -64,7 +64,7 @@ def test_streaming_to_unreachable_storage_loses_nothing(s3_service, tmp_path):
     for done in range(1, 4):
         streamer.frame_done(done, 3)
     streamed = streamer.close()
-    assert streamed == {} and streamer.failures == 6
+    assert streamed == {} and streamer.failures >= 1  # then it stops trying
     good = s3(s3_service)
     good.create()
     result = upload_video(good, "seg", staging, VIDEO, "spec: 1\n", {"video": VIDEO},
