@@ -79,11 +79,14 @@ def _wait_ready(log: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def _through_farm(svc: Services, spec_file: Path, video: str, segment: int) -> dict[str, str]:
+def _through_farm(svc: Services, spec_file: Path, video: str, segment: int,
+                  worker: subprocess.Popen) -> dict[str, str]:
     svc.scheduler("enqueue", "--specs", str(spec_file))
     while (state := svc.state.state(segment, video)) != "done":
         if state == "failed":
             raise RuntimeError(f"{video} failed: {svc.state.video(video).get('last_error')}")
+        if worker.poll() is not None:
+            raise RuntimeError(f"the benchmark worker exited (code {worker.returncode})")
         time.sleep(0.1)
     return svc.state.video(video)
 
@@ -107,7 +110,7 @@ def bench_task_path(svc: Services, preset: str, frames: int, videos: int) -> tup
                                     source="imported")
                 spec_file = svc.folder / f"{farm_spec.id}.yaml"
                 save_spec(farm_spec, spec_file)
-                info = _through_farm(svc, spec_file, farm_spec.id, segment)
+                info = _through_farm(svc, spec_file, farm_spec.id, segment, worker)
                 manifest = json.loads(svc.storage.get_bytes(
                     video_keys("bl30k/" + str(segment), farm_spec.id)["manifest"]) or b"{}")
                 rows.append(_overhead_row(mode, spec, info, manifest, bare_manifest))
