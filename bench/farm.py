@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.render import bench_spec, write_video
+from bench.render import bench_spec, render_bench
 from farm.sampling import video_id
 from farm.spec import save_spec
 from farm.state import FarmState, connect
@@ -29,7 +29,7 @@ from farm.storage import S3Storage, upload_video, video_keys
 from scheduler.local import farm_env, free_port, start_redis, start_s3, start_worker, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-BUCKET = "bench"
+BUCKET = PASSWORD = "bench"  # S3 bucket; Redis password of the throwaway server
 
 
 @dataclass
@@ -47,15 +47,15 @@ class Services:
 @contextmanager
 def local_services(folder: Path) -> Iterator[Services]:
     redis_port, s3_port = free_port(), free_port()
-    procs = [start_redis(folder / "redis", redis_port, BUCKET),
+    procs = [start_redis(folder / "redis", redis_port, PASSWORD),
              start_s3(s3_port, folder / "s3.log")]
     try:
-        env = {**os.environ, **farm_env(redis_port, BUCKET, s3_port, BUCKET, folder / "scratch"),
+        env = {**os.environ, **farm_env(redis_port, PASSWORD, s3_port, BUCKET, folder / "scratch"),
                "FARM_GPUS": os.environ.get("FARM_GPUS", "auto")}
         storage = S3Storage(BUCKET, endpoint_url=env["FARM_S3_ENDPOINT"],
                             access_key=env["AWS_ACCESS_KEY_ID"],
                             secret_key=env["AWS_SECRET_ACCESS_KEY"])
-        svc = Services(folder, env, FarmState(connect(f"redis://:{BUCKET}@127.0.0.1:{redis_port}/0")),
+        svc = Services(folder, env, FarmState(connect(f"redis://:{PASSWORD}@127.0.0.1:{redis_port}/0")),
                        storage)
         svc.scheduler("init-storage")
         yield svc
@@ -93,17 +93,16 @@ def _through_farm(svc: Services, spec_file: Path, video: str, segment: int,
 
 def bench_task_path(svc: Services, preset: str, frames: int, videos: int) -> tuple[list[dict], Path]:
     """Returns the rows and the staging folder of the first bare render (for the upload bench)."""
-    rows, bare, specs = [], [], [bench_spec(preset, i, frames) for i in range(videos)]
-    for spec in specs:
-        staging = svc.folder / "bare" / spec.id
-        bare.append(write_video(spec, staging))
+    specs = [bench_spec(preset, i, frames) for i in range(videos)]
+    bare = [render_bench(spec, svc.folder / "bare") for spec in specs]
+    rows = []
     for mode, stream in (("upload after render", "0"), ("streaming upload", "1")):
         segment = 1 + int(stream)
         log = svc.folder / f"worker-stream{stream}.log"
         worker = start_worker({**svc.env, "FARM_STREAM_UPLOAD": stream}, f"bench{stream}", log)
         try:
             _wait_ready(log, worker)
-            for spec, bare_manifest in zip(specs, bare, strict=True):
+            for spec, bare_render in zip(specs, bare, strict=True):
                 # The same scene under another segment's id, so each mode renders it afresh;
                 # "imported": a gate verdict is recorded, never resampled into a full video.
                 farm_spec = replace(spec, segment=segment, id=video_id(segment, spec.index),
@@ -113,10 +112,10 @@ def bench_task_path(svc: Services, preset: str, frames: int, videos: int) -> tup
                 info = _through_farm(svc, spec_file, farm_spec.id, segment, worker)
                 manifest = json.loads(svc.storage.get_bytes(
                     video_keys("bl30k/" + str(segment), farm_spec.id)["manifest"]) or b"{}")
-                rows.append(_overhead_row(mode, spec, info, manifest, bare_manifest))
+                rows.append(_overhead_row(mode, spec, info, manifest, bare_render.manifest))
         finally:
             stop([worker])
-    return rows, svc.folder / "bare" / specs[0].id / f"{specs[0].id}.staging"
+    return rows, bare[0].staging
 
 
 def _overhead_row(mode: str, spec, info: dict, manifest: dict, bare: dict) -> dict:

@@ -123,21 +123,18 @@ def bench_quality(scenes: int = 3, width: int = 384, height: int = 256,
     pays the scene sync, which a 160-frame video pays once). PSNR drops are per scene against the
     seed's settings on that scene; ``dpsnr_worst`` is the largest.
     """
-    from worker.runner import render_spec
+    from bench.render import render_bench
 
-    models, textures = default_pack()
-    lib = AssetLibrary.open(models, textures)
+    lib = AssetLibrary.open(*default_pack())
     base = load_preset("bl30k")
-    names = candidates or list(CANDIDATES)
-    if names[0] != SEED:
-        names.insert(0, SEED)
+    names = [SEED, *(n for n in candidates or CANDIDATES if n != SEED)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
 
         def render(spec: VideoSpec, frames: int, **overrides) -> tuple[np.ndarray, float]:
             spec = replace(spec, frames=frames,
                            render=RenderSettings(jpeg_quality=100, device=device, **overrides))
-            out = render_spec(spec, models, textures, f"{tmp}/{spec.id}", resample=False)
+            out = render_bench(spec, f"{tmp}/{spec.id}")
             image = np.asarray(Image.open(out.staging / "JPEGImages" / spec.id / "00000.jpg"))
             return image, out.manifest["timings"]["render_s"][-1]
 

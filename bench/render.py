@@ -18,6 +18,7 @@ from farm.sampling import generate_spec
 from farm.spec import VideoSpec
 from farm.synth_assets import default_pack
 from worker.gpu import discover_gpus
+from worker.runner import RenderOutcome, render_spec
 
 ABLATIONS = {"full (RGB + one-pass mask)": "", "RGB alone (no index pass, no masks)": "no-mask",
              "no persistent data (re-sync every frame)": "no-persistent"}
@@ -48,12 +49,16 @@ def timing_row(manifest: dict) -> dict:
             "peak_rss_mb": manifest.get("peak_rss_mb")}
 
 
-def render_once(spec: VideoSpec, env: dict | None = None) -> dict:
-    from worker.runner import render_spec
+def render_bench(spec: VideoSpec, scratch: str | Path, env: dict | None = None) -> RenderOutcome:
+    """Render ``spec`` with the procedural pack as a worker would, keeping the output in
+    ``scratch``; the gate is only recorded (a resample would be the preset's full video)."""
+    return render_spec(spec, *default_pack(), scratch, env=env, resample=False)
 
-    models, textures = default_pack()
+
+def render_once(spec: VideoSpec, env: dict | None = None) -> dict:
+    """The manifest of a render whose frames are thrown away."""
     with tempfile.TemporaryDirectory() as tmp:
-        return render_spec(spec, models, textures, tmp, env=env, resample=False).manifest
+        return render_bench(spec, tmp, env).manifest
 
 
 def bench_render(presets: list[str], frames: int, videos: int, device_list: list[str]
@@ -96,11 +101,3 @@ def bench_ablation(preset: str, frames: int, repeats: int, device: str = "AUTO")
                      "mask_encode_ms": statistics.median(r["encode_ms"] for r in results),
                      "scene_build_s": statistics.median(r["scene_build_s"] for r in results)})
     return rows
-
-
-def write_video(spec: VideoSpec, staging: Path) -> dict:
-    """Render ``spec`` into ``staging`` (kept) and return its manifest; for upload benchmarks."""
-    from worker.runner import render_spec
-
-    models, textures = default_pack()
-    return render_spec(spec, models, textures, staging, resample=False).manifest

@@ -23,7 +23,7 @@ from worker.device import select_device
 from worker.scene import build_scene
 
 
-def ablations() -> set[str]:
+def ablations() -> frozenset[str]:
     """FARM_BENCH_ABLATE, for benchmarks only: ``no-mask`` renders RGB alone (no index pass, no
     masks written), ``no-persistent`` re-syncs the whole scene every frame."""
     raw = os.environ.get("FARM_BENCH_ABLATE", "")
@@ -31,19 +31,20 @@ def ablations() -> set[str]:
     unknown = found - {"no-mask", "no-persistent"}
     if unknown:
         raise ValueError(f"FARM_BENCH_ABLATE: unknown {sorted(unknown)}")
-    return found
+    return frozenset(found)
 
 
 class GateRejected(Exception):
     """The rendered masks failed the quality gate; the spec should be resampled."""
 
 
-def configure_render(scene: bpy.types.Scene, spec: VideoSpec) -> str:
+def configure_render(scene: bpy.types.Scene, spec: VideoSpec,
+                     ablate: frozenset[str] = frozenset()) -> str:
     r, c = spec.render, scene.cycles
     scene.render.engine = "CYCLES"
     scene.render.resolution_x, scene.render.resolution_y = spec.resolution
     scene.render.resolution_percentage = 100
-    scene.render.use_persistent_data = "no-persistent" not in ablations()
+    scene.render.use_persistent_data = "no-persistent" not in ablate
     scene.render.image_settings.file_format = "JPEG"
     scene.render.image_settings.quality = r.jpeg_quality
     scene.render.image_settings.color_mode = "RGB"
@@ -60,7 +61,7 @@ def configure_render(scene: bpy.types.Scene, spec: VideoSpec) -> str:
         c.denoising_quality = r.denoise_quality
     c.max_bounces = r.max_bounces
     c.seed = spec.index  # fixed noise pattern per video: re-renders are reproducible
-    scene.view_layers[0].use_pass_object_index = "no-mask" not in ablations()
+    scene.view_layers[0].use_pass_object_index = "no-mask" not in ablate
     device = select_device(scene, r.device)
     # OIDN runs on the CPU unless told otherwise (bpy 5.0 default False): on a GPU worker it
     # would take seconds per frame of CPU time next to a render of a fraction of that.
@@ -113,7 +114,8 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     """
     t0 = time.perf_counter()
     scene = build_scene(spec, models_root, textures_root)
-    device = configure_render(scene, spec)
+    ablate = ablations()
+    device = configure_render(scene, spec, ablate)
     build_s = time.perf_counter() - t0
     jpg_dir = staging / "JPEGImages" / spec.id
     ann_dir = staging / "Annotations" / spec.id
@@ -121,7 +123,7 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     ann_dir.mkdir(parents=True, exist_ok=True)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     mask_dir = Path(tempfile.mkdtemp(prefix="farm-index-", dir=shm))
-    node = None if "no-mask" in ablations() else add_index_output(scene, mask_dir)
+    node = None if "no-mask" in ablate else add_index_output(scene, mask_dir)
     k = len(spec.objects)
     frames, render_s, encode_s = [], [], []
     try:

@@ -108,6 +108,11 @@ class RenderOutcome:
 Progress = Callable[[int, int], None]
 
 
+def staging_dir(scratch: str | Path, video: str) -> Path:
+    """Where a video's render is staged until uploaded: ``<scratch>/<video>.staging``."""
+    return Path(scratch) / f"{video}.staging"
+
+
 def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
                resample: bool, timeout: float | None, progress: Progress | None,
                env: dict | None) -> dict:
@@ -167,7 +172,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
     the preset's full video, not the cut-down spec given).
     """
     models_root, textures_root = Path(models_root).resolve(), Path(textures_root).resolve()
-    staging = Path(scratch) / f"{spec.id}.staging"
+    staging = staging_dir(scratch, spec.id)
     try:
         preset = load_preset(spec.preset)
     except SpecError:

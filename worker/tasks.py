@@ -37,6 +37,7 @@ from worker.runner import (
     RenderOutcome,
     ScratchFull,
     render_spec,
+    staging_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _reuse_staging(staging: Path, spec: VideoSpec) -> RenderOutcome | None:
 
 
 def _render(spec: VideoSpec, timeout: float | None, progress: Progress | None) -> RenderOutcome:
-    staging = settings.scratch / f"{spec.id}.staging"
+    staging = staging_dir(settings.scratch, spec.id)
     outcome = _reuse_staging(staging, spec)
     if outcome:
         log.info("%s: reusing the finished render in %s", spec.id, staging)
@@ -175,7 +176,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
             raise SpecError("id", f"task for {video} (segment {segment}) carries spec {spec.id}")
         soft = task.request.timelimit[1] if task.request.timelimit else None
         _check_scratch(spec)
-        streamer = (FrameStreamer(storage, base, settings.scratch / f"{video}.staging", video)
+        streamer = (FrameStreamer(storage, base, staging_dir(settings.scratch, video), video)
                     if settings.stream_upload else None)
         try:
             outcome = _render(spec, soft - 30 if soft else None,
@@ -202,7 +203,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         log.error("%s; handing the video back", exc)
         state.set_state(segment, video, "retrying", last_error=str(exc))
         state.clear(video, "running")
-        shutil.rmtree(settings.scratch / f"{video}.staging", ignore_errors=True)
+        shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
         _requeue(task, countdown=5)
         time.sleep(SCRATCH_FULL_PAUSE_S)
         return {"video": video, "status": "handed back: scratch full"}
