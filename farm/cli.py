@@ -81,6 +81,36 @@ def cmd_specs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Motion and scene figures of generated specs beside the original generator's."""
+    import json
+
+    from farm.distributions import compare, figures
+    from farm.sampling import generate_spec
+
+    lib, preset = open_library(args), load_preset(args.preset)
+    specs = (generate_spec(lib, preset, args.segment, i, args.seed)
+             for i in range(args.start, args.start + args.count))
+    rows = compare(figures(specs))
+    if args.json:
+        print(json.dumps([dict(zip(("figure", "ours", "original", "verdict"), r, strict=True))
+                          for r in rows], indent=1))
+        return 0
+    print(f"{args.count} {preset.name} specs (step clamp {preset.step_clamp}) vs 1000 configs "
+          "of the original generator")
+    for name, ours, original, verdict in rows:
+        print(f"{name:30} {_fmt(ours):42} {_fmt(original):42} {verdict}")
+    return 1 if any(verdict.startswith("OFF") for *_, verdict in rows) else 0
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return " ".join(f"{k}:{v:.3f}" for k, v in value.items())
+    return str(value)
+
+
 def cmd_import_original(args: argparse.Namespace) -> int:
     from farm.original import find_configs, import_file
 
@@ -203,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     specs.add_argument("--out", required=True)
     assets_opts(specs)
     specs.set_defaults(func=cmd_specs)
+
+    stats = sub.add_parser("stats", help="compare generated motion with the original generator's")
+    stats.add_argument("--segment", type=int, default=1)
+    stats.add_argument("--count", type=int, default=1000)
+    stats.add_argument("--start", type=int, default=0)
+    stats.add_argument("--preset", default="bl30k")
+    stats.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    stats.add_argument("--json", action="store_true", help="rows as JSON")
+    assets_opts(stats)
+    stats.set_defaults(func=cmd_stats)
 
     imp = sub.add_parser("import-original", help="convert original BL30K generator configs")
     imp.add_argument("paths", nargs="+")

@@ -34,6 +34,7 @@ class Preset:
     quality_gate: QualityGate
     seconds_per_frame: float = 20.0
     overhead_seconds: float = 120.0
+    step_clamp: str = "one-sided"  # motion: the original's one-sided step clamp, or "symmetric"
 
     def time_limits(self, frames: int | None = None) -> tuple[int, int]:
         """(soft, hard) Celery time limits in seconds for one video of this preset."""
@@ -46,9 +47,20 @@ def available() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-@lru_cache(maxsize=32)
-def load_preset(name_or_path: str) -> Preset:
-    """A preset by name (``configs/<name>.yaml``) or path; cached (presets are immutable)."""
+STEP_CLAMPS = ("one-sided", "symmetric")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """A preset file's data with its ``base:`` preset (by name, in the same folder) merged under."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -57,8 +69,32 @@ def load_preset(name_or_path: str) -> Preset:
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise SpecError("preset", f"{path} is not a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return path, data
+    if not isinstance(base, str) or base in seen:
+        raise SpecError("preset.base", f"{path}: base must name another preset, without cycles")
+    _, base_data = _read(str(path.parent / f"{base}.yaml"), (*seen, base))
+    base_data.pop("name", None)
+    return path, _merge(base_data, data)
+
+
+@lru_cache(maxsize=32)
+def load_preset(name_or_path: str) -> Preset:
+    """A preset by name (``configs/<name>.yaml``) or path; cached (presets are immutable).
+
+    A preset may start from another one (``base: <name>``) and override some of its keys.
+    """
+    path, data = _read(name_or_path)
     gate = data.get("quality_gate", {})
     limits = data.get("time_limit", {})
+    motion = data.get("motion", {})
+    if not isinstance(motion, dict) or set(motion) - {"step_clamp"}:
+        raise SpecError("preset.motion", "expected a mapping with step_clamp")
+    step_clamp = motion.get("step_clamp", "one-sided")
+    if step_clamp not in STEP_CLAMPS:
+        raise SpecError("preset.motion.step_clamp",
+                        f"{step_clamp!r} is not one of {', '.join(STEP_CLAMPS)}")
     gate_names = {f.name for f in fields(QualityGate)}
     if not isinstance(gate, dict) or set(gate) - gate_names:
         raise SpecError("preset.quality_gate", f"expected fields among {sorted(gate_names)}")
@@ -70,6 +106,7 @@ def load_preset(name_or_path: str) -> Preset:
         quality_gate=QualityGate(**gate),
         seconds_per_frame=float(limits.get("seconds_per_frame", 20)),
         overhead_seconds=float(limits.get("overhead_seconds", 120)),
+        step_clamp=step_clamp,
     )
 
 
