@@ -104,9 +104,10 @@ def bench_task_path(svc: Services, preset: str, frames: int, videos: int) -> tup
             _wait_ready(log, worker)
             for spec, bare_render in zip(specs, bare, strict=True):
                 # The same scene under another segment's id, so each mode renders it afresh;
-                # "imported": a gate verdict is recorded, never resampled into a full video.
+                # "imported" + kept: a gate verdict is recorded, never resampled into a full
+                # video nor failed.
                 farm_spec = replace(spec, segment=segment, id=video_id(segment, spec.index),
-                                    source="imported")
+                                    source="imported", keep_gate_failures=True)
                 spec_file = svc.folder / f"{farm_spec.id}.yaml"
                 save_spec(farm_spec, spec_file)
                 info = _through_farm(svc, spec_file, farm_spec.id, segment, worker)

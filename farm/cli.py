@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -124,6 +125,8 @@ def cmd_import_original(args: argparse.Namespace) -> int:
     for path in tqdm(files, unit="config", disable=args.quiet):
         try:
             spec = import_file(path, lib, preset)
+            if args.keep_gate_failures:
+                spec = replace(spec, keep_gate_failures=True)
         except SpecError as exc:
             errors += 1
             print(f"error: {exc}", file=sys.stderr)
@@ -134,13 +137,18 @@ def cmd_import_original(args: argparse.Namespace) -> int:
 
 
 def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path,
-                 quiet: bool = False, denylist: set[str] | None = None) -> list[dict]:
-    """Render specs one after another into ``out`` (BL30K layout); returns their manifests."""
-    from worker.runner import render_spec
+                 quiet: bool = False, denylist: set[str] | None = None
+                 ) -> tuple[list[dict], list[str]]:
+    """Render specs one after another into ``out`` (BL30K layout).
+
+    Returns the manifests of the videos written and the messages of those that failed the
+    quality gate (not written).
+    """
+    from worker.runner import GateFailed, render_spec
 
     storage = LocalStorage(out)
     scratch = out / ".scratch"
-    manifests = []
+    manifests, failed = [], []
     total = sum(s.frames for s in specs)
     with tqdm(total=total, unit="frame", disable=quiet) as bar:
         for spec in specs:
@@ -150,15 +158,19 @@ def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path
             def progress(done: int, _total: int, base: int = base) -> None:
                 bar.update(base + done - bar.n)
 
-            outcome = render_spec(spec, models, textures, scratch, progress=progress,
-                                  denylist=denylist)
+            try:
+                outcome = render_spec(spec, models, textures, scratch, progress=progress,
+                                      denylist=denylist)
+            except GateFailed as exc:
+                failed.append(str(exc))
+                continue
             upload_video(storage, "", outcome.staging, outcome.spec.id, outcome.spec.to_yaml(),
                          outcome.manifest)
             shutil.rmtree(outcome.staging, ignore_errors=True)
             manifests.append(outcome.manifest)
             bar.update(base + spec.frames - bar.n)
     shutil.rmtree(scratch, ignore_errors=True)
-    return manifests
+    return manifests, failed
 
 
 def _summary(manifests: list[dict]) -> str:
@@ -175,10 +187,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.preset:
         preset = load_preset(args.preset)
         specs = [apply_preset(s, preset) for s in specs]
-    manifests = render_specs(specs, models, textures, Path(args.out), args.quiet,
-                             read_denylist(args.denylist))
+    if args.keep_gate_failures:
+        specs = [replace(s, keep_gate_failures=True) for s in specs]
+    manifests, failed = render_specs(specs, models, textures, Path(args.out), args.quiet,
+                                     read_denylist(args.denylist))
     print(f"rendered {_summary(manifests)} into {args.out}")
-    return 0
+    return _report_gate_failures(failed)
+
+
+def _report_gate_failures(failed: list[str]) -> int:
+    """Exit code 4 when a video failed the quality gate (nothing of it was written)."""
+    for message in failed:
+        print(f"error: {message}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} video(s) failed the quality gate and were not written "
+              "(--keep-gate-failures keeps them, marked in their manifest)", file=sys.stderr)
+    return 4 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,12 +215,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     specs = [generate_spec(lib, preset, args.segment, i, args.seed) for i in range(args.count)]
     print(f"rendering {len(specs)} {preset.name} videos ({preset.resolution[0]}x"
           f"{preset.resolution[1]}, {preset.frames} frames, {preset.render.samples} samples)...")
-    manifests = render_specs(specs, lib.models_root, lib.textures_root, out, args.quiet,
-                             read_denylist(args.denylist))
+    manifests, failed = render_specs(specs, lib.models_root, lib.textures_root, out, args.quiet,
+                                     read_denylist(args.denylist))
     print(f"done: {_summary(manifests)}")
     print(f"output: {out}/JPEGImages/<video>/*.jpg and {out}/Annotations/<video>/*.png "
           f"(videos: {', '.join(m['video'] for m in manifests)})")
-    return 0
+    return _report_gate_failures(failed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,12 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--textures", required=True)
     imp.add_argument("--preset", default="bl30k", help="render settings to use")
     imp.add_argument("--out", required=True)
+    imp.add_argument("--keep-gate-failures", action="store_true",
+                     help="deliver these videos even if their masks fail the quality gate")
     imp.set_defaults(func=cmd_import_original)
 
     render = sub.add_parser("render", help="render spec files locally (no services)")
     render.add_argument("--spec", nargs="+", required=True)
     render.add_argument("--out", required=True)
     render.add_argument("--preset", help="override frames, resolution and render settings")
+    render.add_argument("--keep-gate-failures", action="store_true",
+                        help="write videos whose masks fail the quality gate (marked)")
     assets_opts(render)
     render.set_defaults(func=cmd_render)
 

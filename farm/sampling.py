@@ -270,24 +270,30 @@ def sample_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, see
 
 def generate_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, seed: int,
                   first_attempt: int = 0, p: SamplingParams = SamplingParams(),
-                  rejected: list[dict] | None = None) -> VideoSpec:
+                  rejected: list[dict] | None = None, last_attempt: int | None = None
+                  ) -> VideoSpec:
     """Sample attempts from ``first_attempt`` until one passes the geometric quality gate.
 
-    ``rejected`` carries earlier rejections (e.g. by the render-time mask check) into the record.
-    Attempts are numbered from 0 for the video; attempt ``max_attempts - 1`` is the last one and
-    is returned even when it fails, with ``gate.passed = false``.
+    A video's attempts are ``first_attempt .. last_attempt`` (default: ``max_attempts`` of the
+    preset's gate from ``first_attempt``; a retry of a failed video starts after the last one).
+    ``rejected`` and ``last_attempt`` carry an earlier rejection (e.g. by the render-time mask
+    check) and the attempt budget into a continuation. The last attempt is returned even when
+    it fails, with ``gate.passed = false``; the renderer then fails the video.
     """
     rejected = list(rejected or [])
     gate = preset.quality_gate
+    if last_attempt is None:
+        last_attempt = first_attempt + gate.max_attempts - 1
     attempt = first_attempt
     while True:
         spec = sample_spec(lib, preset, segment, index, seed, attempt, p)
         reason = geometric_gate(spec, gate)
-        if reason is None or attempt + 1 >= max(gate.max_attempts, first_attempt + 1):
+        if reason is None or attempt >= last_attempt:
             break
         rejected.append({"attempt": attempt, "check": "geometric", "reason": reason})
         attempt += 1
-    record = {"passed": reason is None, "rejected": rejected}
+    record = {"passed": reason is None, "rejected": rejected, "first_attempt": first_attempt,
+              "last_attempt": last_attempt}
     if reason is not None:
         record["reason"] = reason
     return replace(spec, generation={**spec.generation, "gate": record})

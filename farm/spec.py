@@ -122,6 +122,9 @@ class VideoSpec:
     preset: str = "bl30k"
     attempt: int = 0  # quality-gate sub-seed that produced this spec
     generation: dict[str, Any] = field(default_factory=dict)  # de-intersection/gate records
+    # Deliver this video even if its masks fail the quality gate (an explicit user choice for
+    # imported specs; the manifest and meta.json record it). Otherwise a gate failure fails it.
+    keep_gate_failures: bool = False
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -397,5 +400,12 @@ def _parse_spec(data: Any) -> VideoSpec:
         preset=d.get("preset", "bl30k"),
         attempt=_integer(d.get("attempt", 0), "attempt", 0, 1000),
         generation=generation,
+        keep_gate_failures=_flag(d.get("keep_gate_failures", False), "keep_gate_failures"),
         version=SPEC_VERSION,
     )
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(name, f"expected true or false, got {value!r}")
+    return value

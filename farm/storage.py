@@ -30,6 +30,7 @@ class Storage(Protocol):
     def get_bytes(self, key: str) -> bytes | None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def delete(self, keys: list[str]) -> None: ...
     def create(self) -> str: ...
     def describe(self) -> str: ...
 
@@ -85,6 +86,13 @@ class LocalStorage:
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                       if p.is_file() and not p.name.endswith(".tmp"))
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {key}: {exc.strerror or exc}") from None
 
     def create(self) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -171,6 +179,16 @@ class S3Storage:
         self._call(f"list {prefix}", pages)
         return sorted(keys)
 
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
+            result = self._call(f"delete {len(batch)} keys", self.client.delete_objects,
+                                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if result.get("Errors"):
+                error = result["Errors"][0]
+                raise StorageError(f"S3 delete failed on s3://{self.bucket} for {error['Key']}: "
+                                   f"{error.get('Code')} {error.get('Message')}")
+
     def create(self) -> str:
         """Create the bucket unless it exists (idempotent: compose's init runs it every start)."""
         try:
@@ -197,6 +215,17 @@ def video_keys(base: str, video: str) -> dict[str, str]:
 
 def is_done(storage: Storage, base: str, video: str) -> bool:
     return storage.exists(video_keys(base, video)["marker"])
+
+
+def remove_frames(storage: Storage, base: str, video: str) -> int:
+    """Delete a video's frames (e.g. streamed by an attempt that then failed); returns the count.
+
+    Loaders that list ``JPEGImages/`` and ``Annotations/`` folders must never see them.
+    """
+    keys = video_keys(base, video)
+    frames = storage.list(keys["images"] + "/") + storage.list(keys["masks"] + "/")
+    storage.delete(frames)
+    return len(frames)
 
 
 Signature = tuple[int, int]  # (mtime_ns, size) of a staged file when its upload started

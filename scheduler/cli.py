@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
@@ -32,6 +33,7 @@ class Context:
         self.settings = settings
         self._state: FarmState | None = None
         self._storage = None
+        self._library = None
 
     @property
     def state(self) -> FarmState:
@@ -44,6 +46,12 @@ class Context:
         if self._storage is None:
             self._storage = self.settings.storage()
         return self._storage
+
+    @property
+    def library(self):
+        if self._library is None:
+            self._library = self.settings.library()
+        return self._library
 
     def base(self, segment: int) -> str:
         return join(self.storage[1], segment_base(segment))
@@ -59,8 +67,10 @@ def task_kwargs(spec: VideoSpec, whole: bool = False) -> dict:
     """A generated spec travels as its recipe (workers regenerate it and check the digest);
     any other spec (imported, or read from a file a user may have edited) travels whole."""
     if spec.source == "generated" and not whole:
-        return {"video": spec.id, "segment": spec.segment, "index": spec.index, "seed": spec.seed,
-                "preset": spec.preset, "digest": spec.digest()}
+        recipe = {"video": spec.id, "segment": spec.segment, "index": spec.index,
+                  "seed": spec.seed, "preset": spec.preset, "digest": spec.digest()}
+        first_attempt = spec.generation.get("gate", {}).get("first_attempt", 0)
+        return {**recipe, "first_attempt": first_attempt} if first_attempt else recipe
     return {"video": spec.id, "segment": spec.segment, "spec": spec.to_dict()}
 
 
@@ -109,11 +119,16 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.specs:
-        chunks = [load_spec_files(args.specs)]
-        total = len(chunks[0])
+        specs = load_spec_files(args.specs)
+        if args.keep_gate_failures:
+            specs = [replace(s, keep_gate_failures=True) for s in specs]
+        chunks, total = [specs], len(specs)
     else:
         if args.segment is None or args.count is None:
             raise ConfigError("enqueue needs --segment and --count (or --specs FILE...)")
+        if args.keep_gate_failures:
+            raise ConfigError("--keep-gate-failures applies to --specs files: a generated video "
+                              "that fails the quality gate is resampled, then fails")
         preset = load_preset(args.preset)
         seed = args.seed if args.seed is not None else ctx.settings.seed
         indices = list(range(args.start, args.start + args.count))
@@ -216,18 +231,30 @@ def cmd_failed(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
+    """Re-enqueue failed videos; a generated video that failed the quality gate gets fresh
+    attempts (numbered after its last one), any other the same spec."""
+    from farm.sampling import generate_spec
+
     segments = [args.segment] if args.segment is not None else ctx.state.segments()
-    specs = []
+    specs, fresh = [], 0
     for segment in segments:
         for video in ctx.state.videos_in(segment, "failed"):
-            spec = ctx.state.spec(segment, video)
-            if spec is None:
+            stored = ctx.state.spec(segment, video)
+            if stored is None:
                 print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
                 continue
-            ctx.state.clear(video, "crashes", "lost_deliveries", "running")
-            specs.append(VideoSpec.from_dict(spec))
+            spec = VideoSpec.from_dict(stored)
+            info = ctx.state.video(video)
+            if info.get("gate_failed") and spec.source == "generated":
+                spec = generate_spec(ctx.library, load_preset(spec.preset), segment, spec.index,
+                                     spec.seed, first_attempt=int(info["next_attempt"]))
+                fresh += 1
+            ctx.state.clear(video, "crashes", "lost_deliveries", "running", "gate_failed",
+                            "next_attempt")
+            specs.append(spec)
     send(ctx, specs, args.priority)
-    print(f"re-enqueued {len(specs)} failed videos")
+    print(f"re-enqueued {len(specs)} failed videos"
+          + (f" ({fresh} with fresh quality-gate attempts)" if fresh else ""))
     return 0
 
 
@@ -339,7 +366,17 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
 
     with ThreadPoolExecutor(16) as pool:
         manifests = dict(pool.map(manifest, videos))
-    storage.put_bytes(join(base, "meta.json"), json.dumps(youtube_vos_meta(manifests)).encode())
+    failed_gate = {v: m for v, m in manifests.items() if m.get("gate", {}).get("passed") is False}
+    shipped = {v for v, m in failed_gate.items() if not m.get("keep_gate_failures")}
+    for video in sorted(shipped):
+        print(f"{video}: delivered although its masks failed the quality gate "
+              f"({failed_gate[video]['gate'].get('reason')}), without --keep-gate-failures")
+    if shipped and not args.force:
+        return 1
+    meta = youtube_vos_meta({v: m for v, m in manifests.items() if v not in shipped})
+    # Videos a user chose to keep although they failed the gate (imported, --keep-gate-failures).
+    meta["gate_failures_kept"] = sorted(set(failed_gate) - shipped)
+    storage.put_bytes(join(base, "meta.json"), json.dumps(meta).encode())
     print(f"segment {args.segment}: {len(videos)} videos complete, every frame present; wrote "
           f"{join(base, 'meta.json')} in {storage.describe()}")
     return 0
@@ -363,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--priority", type=int, choices=range(10), default=None,
                      help="0 (first) .. 9 (last); default 5")
     enq.add_argument("--force", action="store_true", help="re-send videos already queued")
+    enq.add_argument("--keep-gate-failures", action="store_true",
+                     help="with --specs: deliver videos whose masks fail the quality gate, marked "
+                          "in their manifest and meta.json")
     enq.set_defaults(func=cmd_enqueue)
 
     st = sub.add_parser("status", help="progress per segment")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -53,3 +54,28 @@ def test_render_command_with_preset(pack, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "JPEGImages" / "a00000").glob("*.jpg"))) == 3
     assert load_spec(out / "specs" / "a00000.yaml").preset == "tiny"
+
+
+def test_render_exits_non_zero_for_a_gate_failure_and_keeps_it_only_when_asked(pack, tmp_path):
+    from speck import speck_models
+
+    from farm.presets import load_preset
+    from farm.sampling import generate_spec
+    from farm.spec import save_spec
+
+    models = speck_models(tmp_path / "models", pack.models)
+    spec = generate_spec(AssetLibrary.open(models, pack.textures), load_preset("tiny"), 0, 1, 5)
+    save_spec(spec, tmp_path / "speck.yaml")
+    common = ["render", "--spec", str(tmp_path / "speck.yaml"), "--models", str(models),
+              "--textures", str(pack.textures)]
+    proc = run(*common, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 4
+    assert f"error: {spec.id}: failed the quality gate (3 attempts" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "JPEGImages" / spec.id).exists()
+
+    proc = run(*common, "--out", str(tmp_path / "kept"), "--keep-gate-failures")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "kept" / "manifests" / f"{spec.id}.json").read_text())
+    assert manifest["gate"]["passed"] is False and manifest["keep_gate_failures"] is True
+    assert len(list((tmp_path / "kept" / "JPEGImages" / spec.id).iterdir())) == 3

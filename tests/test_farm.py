@@ -149,6 +149,63 @@ def test_permanent_error_fails_then_retry_failed_completes(farm, pack, tmp_path)
     assert_complete(farm, 2, "c00000", 3)
 
 
+def test_gate_failure_ends_failed_without_frames_and_retry_samples_afresh(farm, pack, tmp_path):
+    from speck import speck_models
+
+    env = {"FARM_MODELS": str(speck_models(tmp_path / "speck", pack.models))}
+    base, video = "bl30k/5", "f00000"
+    stale = f"{base}/JPEGImages/{video}/00000.jpg"  # e.g. left by an earlier delivery
+    farm.s3.put_object(Bucket=farm.bucket, Key=stale, Body=b"stale")
+    farm.start_worker("w1", **env)
+    farm.cli("enqueue", "--segment", "5", "--count", "1", "--preset", "tiny", env=env)
+    farm.wait_for(5, failed=1, done=0)
+    assert video_keys(farm, 5, video) == []  # no frames where loaders look, no marker
+    failed = json.loads(farm.cli("failed", "--segment", "5", "--json").stdout)
+    assert "failed the quality gate (3 attempts; last: attempt 2" in failed[0]["error"]
+    assert "00000002/speck" in failed[0]["error"] and "pixels in frame 0" in failed[0]["error"]
+
+    out = farm.cli("retry", "--failed", "--segment", "5", env=env).stdout
+    assert "re-enqueued 1 failed videos (1 with fresh quality-gate attempts)" in out
+    deadline = time.monotonic() + 120
+    while not any("last: attempt 5" in f["error"]
+                  for f in json.loads(farm.cli("failed", "--json").stdout)):
+        assert time.monotonic() < deadline, farm.log("w1")[-3000:]
+        time.sleep(1)
+    assert farm.status(5)["failed"] == 1 and video_keys(farm, 5, video) == []
+
+
+def test_imported_gate_failure_ships_only_with_the_flag_and_meta_json_says_so(farm, pack,
+                                                                              tmp_path):
+    from dataclasses import replace
+
+    from speck import speck_models
+
+    from farm.spec import save_spec
+
+    models = speck_models(tmp_path / "speck", pack.models)
+    env = {"FARM_MODELS": str(models)}
+    lib = AssetLibrary.open(models, pack.textures)
+    for index in (0, 1):
+        spec = replace(generate_spec(lib, load_preset("tiny"), 6, index, 2021), source="imported")
+        save_spec(spec, tmp_path / "specs" / str(index) / f"{spec.id}.yaml")
+    proc = farm.cli("enqueue", "--segment", "6", "--count", "1", "--keep-gate-failures",
+                    env=env, check=False)
+    assert proc.returncode == 2 and "applies to --specs" in proc.stderr
+    farm.start_worker("w1", **env)
+    farm.cli("enqueue", "--specs", str(tmp_path / "specs" / "0"), env=env)
+    farm.cli("enqueue", "--specs", str(tmp_path / "specs" / "1"), "--keep-gate-failures", env=env)
+    farm.wait_for(6, failed=1, done=1)
+    failed = json.loads(farm.cli("failed", "--segment", "6", "--json").stdout)
+    assert [f["video"] for f in failed] == ["g00000"]
+    assert "imported spec" in failed[0]["error"]
+    assert_complete(farm, 6, "g00001", 3)
+    assert farm.cli("finalize", "--segment", "6", check=False).returncode == 1  # g00000 missing
+    farm.cli("finalize", "--segment", "6", "--force")
+    meta = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key="bl30k/6/meta.json")
+                      ["Body"].read())
+    assert set(meta["videos"]) == {"g00001"} and meta["gate_failures_kept"] == ["g00001"]
+
+
 def test_worker_with_a_different_asset_library_refuses_the_spec(farm, pack, tmp_path):
     worker_models = tmp_path / "worker-models"
     shutil.copytree(pack.models, worker_models)

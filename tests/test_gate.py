@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from speck import speck_models
 
 from farm.gate import geometric_gate, mask_gate
 from farm.presets import QualityGate
 from farm.sampling import generate_spec
-from farm.synth_assets import normalize, sphere, write_obj
-from worker.runner import render_spec
+from worker.runner import GateFailed, render_spec, staging_dir
 
 GATE = QualityGate(min_first_frame_pixels_fraction=0.001, min_visible_frames_fraction=0.5,
                    max_attempts=3)
@@ -67,29 +65,43 @@ def test_mask_gate():
     assert mask_gate(counts, GATE, 768, 512) == "object 2 is visible in only 33% of frames"
 
 
-@pytest.mark.render
-def test_render_time_gate_resamples_and_records_attempts(pack, tiny, tmp_path):
-    """A model whose bounding box claims to be large but whose mesh is tiny passes the geometric
-    check and fails the mask check: every attempt is rejected, each recorded, the last kept."""
+@pytest.fixture
+def speck_library(pack, tmp_path):
     from farm.assets import AssetLibrary
 
-    models = tmp_path / "models"
-    folder = models / "00000002" / "speck" / "models"
-    verts, uvs, tris = normalize(sphere(n=8))
-    write_obj(folder, (verts * 0.001, uvs, tris), None, np.array([1.0, 1.0, 1.0]))
-    (folder / "model_normalized.json").write_text(json.dumps({"min": [-0.5] * 3, "max": [0.5] * 3}))
-    shutil.copy(pack.models / "taxonomy.json", models / "taxonomy.json")
-    lib = AssetLibrary.open(models, pack.textures)
-    spec = generate_spec(lib, tiny, 0, 1, 5)
+    return AssetLibrary.open(speck_models(tmp_path / "models", pack.models), pack.textures)
+
+
+@pytest.mark.render
+def test_video_that_never_passes_the_gate_fails(speck_library, pack, tiny, tmp_path):
+    spec = generate_spec(speck_library, tiny, 0, 1, 5)
     assert spec.generation["gate"]["passed"]
-    outcome = render_spec(spec, models, pack.textures, tmp_path / "scratch")
+    with pytest.raises(GateFailed) as failure:
+        render_spec(spec, speck_library.models_root, pack.textures, tmp_path / "scratch")
+    message = str(failure.value)
+    assert f"{tiny.quality_gate.max_attempts} attempts" in message
+    assert "pixels in frame 0" in message and "00000002/speck" in message
+    assert not staging_dir(tmp_path / "scratch", spec.id).exists()  # no frames left behind
+
+
+@pytest.mark.render
+def test_kept_gate_failure_records_every_attempt(speck_library, pack, tiny, tmp_path):
+    spec = replace(generate_spec(speck_library, tiny, 0, 1, 5), keep_gate_failures=True)
+    outcome = render_spec(spec, speck_library.models_root, pack.textures, tmp_path / "scratch")
     manifest = outcome.manifest
     assert manifest["attempt"] == tiny.quality_gate.max_attempts - 1 == outcome.spec.attempt
     rejected = manifest["rejected_attempts"]
     assert [r["attempt"] for r in rejected] == list(range(tiny.quality_gate.max_attempts - 1))
     masks = [r for r in rejected if r["check"] == "mask"]
     assert masks and all("pixels in frame 0" in r["reason"] for r in masks)
-    assert manifest["gate"]["passed"] is False
+    assert manifest["gate"]["passed"] is False and manifest["keep_gate_failures"] is True
     # deterministic: the final spec is the generator's output for that attempt
     assert outcome.spec.objects == generate_spec(
-        lib, tiny, 0, 1, 5, first_attempt=outcome.spec.attempt).objects
+        speck_library, tiny, 0, 1, 5, first_attempt=outcome.spec.attempt).objects
+
+
+def test_attempt_budget_continues_after_a_failed_run(library, tiny):
+    spec = generate_spec(library, tiny, 0, 7, 5, first_attempt=3)
+    record = spec.generation["gate"]
+    assert spec.attempt >= 3 and record["first_attempt"] == 3
+    assert record["last_attempt"] == 3 + tiny.quality_gate.max_attempts - 1

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--textures", required=True, type=Path)
     ap.add_argument("--staging", required=True, type=Path)
     ap.add_argument("--result", required=True, type=Path)
-    ap.add_argument("--gate", choices=("resample", "record"), default="record")
+    ap.add_argument("--gate", choices=("enforce", "record"), default="record")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

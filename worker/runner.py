@@ -2,7 +2,8 @@
 
 ``render_spec`` is the whole local job for one spec: render in a child process
 (``worker.render_main``), resample a generated spec deterministically when its rendered masks fail
-the quality gate, and return the final spec, the manifest and the staging folder holding
+the quality gate (failing the video, ``GateFailed``, when no attempt passes), and return the final
+spec, the manifest and the staging folder holding
 ``JPEGImages/<video>`` and ``Annotations/<video>``.
 """
 
@@ -18,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from farm.assets import AssetError, AssetLibrary, check_spec_assets
@@ -41,6 +42,10 @@ class PermanentRenderError(RenderError):
 
 class RenderCrash(RenderError):
     pass
+
+
+class GateFailed(PermanentRenderError):
+    """Every attempt of the video failed the quality gate: it fails rather than ship broken."""
 
 
 class ScratchFull(RenderError):
@@ -114,7 +119,7 @@ def staging_dir(scratch: str | Path, video: str) -> Path:
 
 
 def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
-               resample: bool, timeout: float | None, progress: Progress | None,
+               enforce_gate: bool, timeout: float | None, progress: Progress | None,
                env: dict | None) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -124,7 +129,7 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
     cmd = [sys.executable, "-m", "worker.render_main", "--spec", str(spec_file),
            "--models", str(models_root), "--textures", str(textures_root),
            "--staging", str(staging), "--result", str(result_file),
-           "--gate", "resample" if resample else "record"]
+           "--gate", "enforce" if enforce_gate else "record"]
     tail: deque[str] = deque(maxlen=30)
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w") as log, subprocess.Popen(
@@ -162,14 +167,23 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
                       f"{', '.join(o.model for o in spec.objects)}; log: {log_file})")
 
 
+def _gate_message(spec: VideoSpec, reason: str, rejected: list[dict]) -> str:
+    models = ", ".join(o.model for o in spec.objects)
+    tried = f"{len(rejected)} attempts" if spec.source == "generated" else "imported spec"
+    return (f"{spec.id}: failed the quality gate ({tried}; last: attempt {spec.attempt}, "
+            f"{reason}; models {models})")
+
+
 def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | Path,
                 scratch: str | Path, progress: Progress | None = None,
                 timeout: float | None = None, env: dict | None = None,
                 denylist: set[str] | None = None, resample: bool = True) -> RenderOutcome:
     """Render ``spec`` into scratch, resampling a generated spec that fails the mask gate.
 
-    ``resample=False`` only records the gate's verdict (benchmarks: a resampled spec would be
-    the preset's full video, not the cut-down spec given).
+    A video whose last attempt (an imported spec: its only one) fails the gate raises
+    ``GateFailed``, unless the spec says ``keep_gate_failures``: then it is kept with the
+    verdict recorded. ``resample=False`` renders the spec as given and only records the verdict
+    (benchmarks: a resampled spec would be the preset's full video, not the cut-down spec given).
     """
     models_root, textures_root = Path(models_root).resolve(), Path(textures_root).resolve()
     staging = staging_dir(scratch, spec.id)
@@ -178,26 +192,39 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
     except SpecError:
         preset = None
     started = time.perf_counter()
-    rejected = list(spec.generation.get("gate", {}).get("rejected", []))
+    record = spec.generation.get("gate", {})
+    rejected = list(record.get("rejected", []))
+    keep = spec.keep_gate_failures or not resample
+    if record.get("passed") is False and not keep:
+        raise GateFailed(_gate_message(spec, record.get("reason", "geometric check"), rejected))
     while True:
         try:
             check_spec_assets(spec, models_root, textures_root)
         except AssetError as exc:
             raise PermanentRenderError(f"{spec.id}: {exc}") from None
-        # The last allowed attempt (and any imported spec) is rendered with the gate only recorded.
+        last_attempt = spec.generation.get("gate", {}).get(
+            "last_attempt", preset.quality_gate.max_attempts - 1 if preset else spec.attempt)
         again = (resample and spec.source == "generated" and preset is not None
-                 and spec.attempt + 1 < preset.quality_gate.max_attempts)
-        render = _run_child(spec, models_root, textures_root, staging, again, timeout,
-                            progress, env)
+                 and spec.attempt < last_attempt)
+        render = _run_child(spec, models_root, textures_root, staging, not keep or again,
+                            timeout, progress, env)
         if "rejected" not in render:
             break
         rejected.append({"attempt": spec.attempt, "check": "mask", "reason": render["rejected"]})
+        if not again:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise GateFailed(_gate_message(spec, render["rejected"], rejected))
         from farm.sampling import generate_spec
 
         lib = AssetLibrary.open(models_root, textures_root, denylist=denylist)
-        spec = generate_spec(lib, preset, spec.segment, spec.index, spec.seed,
-                             first_attempt=spec.attempt + 1, rejected=rejected)
+        spec = replace(generate_spec(lib, preset, spec.segment, spec.index, spec.seed,
+                                     first_attempt=spec.attempt + 1, rejected=rejected,
+                                     last_attempt=last_attempt),
+                       keep_gate_failures=spec.keep_gate_failures)
         rejected = list(spec.generation["gate"]["rejected"])
+        if not spec.generation["gate"]["passed"]:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise GateFailed(_gate_message(spec, spec.generation["gate"]["reason"], rejected))
     manifest = {
         "video": spec.id,
         "segment": spec.segment,
@@ -210,6 +237,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
                      "texture": o.texture} for k, o in enumerate(spec.objects, start=1)],
         "attempt": spec.attempt,
         "rejected_attempts": rejected,
+        "keep_gate_failures": spec.keep_gate_failures,
         "host": socket.gethostname(),
         "created_at": time.time(),
         **render,

@@ -28,9 +28,10 @@ from farm.presets import load_preset
 from farm.sampling import generate_spec
 from farm.spec import SpecError, VideoSpec
 from farm.state import BrokerUnavailable, FarmState, Lease, connect
-from farm.storage import FrameStreamer, StorageError, is_done, join, upload_video
+from farm.storage import FrameStreamer, StorageError, is_done, join, remove_frames, upload_video
 from worker.celery_app import TASK_NAME, app, settings
 from worker.runner import (
+    GateFailed,
     PermanentRenderError,
     Progress,
     RenderCrash,
@@ -86,9 +87,10 @@ def _render(spec: VideoSpec, timeout: float | None, progress: Progress | None) -
           retry_backoff_max=settings.retry_backoff_max, retry_jitter=True,
           max_retries=settings.max_retries)
 def render_video(self, video: str, segment: int, spec: dict | None = None, index: int | None = None,
-                 seed: int | None = None, preset: str | None = None, digest: str | None = None
-                 ) -> dict:
-    """Render one video. ``spec`` is the whole spec, or (index, seed, preset, digest) its recipe."""
+                 seed: int | None = None, preset: str | None = None, digest: str | None = None,
+                 first_attempt: int = 0) -> dict:
+    """Render one video. ``spec`` is the whole spec, or (index, seed, preset, digest and the
+    first gate attempt) its recipe."""
     state = FarmState(connect(settings.redis_url_with_password))
     storage, prefix = settings.storage()
     base = join(prefix, segment_base(segment))
@@ -110,7 +112,8 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
         _requeue(self, countdown=settings.lease_ttl)
         return {"video": video, "status": "deferred"}
     try:
-        recipe = {"index": index, "seed": seed, "preset": preset, "digest": digest}
+        recipe = {"index": index, "seed": seed, "preset": preset, "digest": digest,
+                  "first_attempt": first_attempt}
         return _run(self, state, storage, base, video, segment, spec, recipe, lease)
     finally:
         lease.release()
@@ -135,10 +138,19 @@ def _check_scratch(spec: VideoSpec) -> None:
                           f"the render needs about {need / 2**20:.0f} MB")
 
 
-def _fail(state: FarmState, segment: int, video: str, reason: str) -> None:
+def _fail(state: FarmState, segment: int, video: str, reason: str, **fields) -> None:
     log.error("%s: failed: %s", video, reason)
-    state.set_state(segment, video, "failed", last_error=reason, failed_at=time.time())
+    state.set_state(segment, video, "failed", last_error=reason, failed_at=time.time(), **fields)
     state.clear(video, "running")
+
+
+def _last_attempt(spec_dict: dict | None, recipe: dict) -> int:
+    """The last attempt a delivery could sample (a retry of a gate failure starts after it)."""
+    if spec_dict:
+        return int(spec_dict.get("generation", {}).get("gate", {}).get("last_attempt",
+                                                                       spec_dict.get("attempt", 0)))
+    preset = load_preset(recipe["preset"])
+    return recipe.get("first_attempt", 0) + preset.quality_gate.max_attempts - 1
 
 
 _libraries: dict[tuple, AssetLibrary] = {}  # per worker process: the index is loaded once
@@ -150,7 +162,7 @@ def regenerate(segment: int, recipe: dict) -> VideoSpec:
     if key not in _libraries:
         _libraries[key] = settings.library()
     spec = generate_spec(_libraries[key], load_preset(recipe["preset"]), segment,
-                         recipe["index"], recipe["seed"])
+                         recipe["index"], recipe["seed"], recipe.get("first_attempt", 0))
     if spec.digest() != recipe["digest"]:
         raise SpecError("spec", f"{spec.id} regenerated on this worker differs from the "
                         "scheduler's (different asset library, denylist or code version)")
@@ -187,6 +199,13 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
             raise RenderCrash(f"{video}: lease lost during the render; another worker owns it")
         upload = upload_video(storage, base, outcome.staging, video, outcome.spec.to_yaml(),
                               outcome.manifest, streamed=streamed)
+    except GateFailed as exc:
+        # No attempt passed: nothing may stay where loaders look, and a retry starts afresh.
+        remove_frames(storage, base, video)
+        shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
+        _fail(state, segment, video, str(exc), gate_failed=1,
+              next_attempt=_last_attempt(spec_dict, recipe) + 1)
+        raise PermanentRenderError(str(exc)) from None
     except (SpecError, AssetError, PermanentRenderError) as exc:
         _fail(state, segment, video, str(exc))
         raise PermanentRenderError(str(exc)) from None
