@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ class MeshReport(NamedTuple):
 
 def _obj_lines(f: BinaryIO) -> Iterator[tuple[int, list[bytes]]]:
     """(line number, whitespace-split tokens) of the non-blank lines of an OBJ file, read as bytes
-    (any encoding) and with backslash continuations joined, as Blender's importer reads them."""
+    (any encoding) and with backslash continuations joined (numbered by their first line), as
+    Blender's importer reads them."""
     pending: list[bytes] = []
     for number, raw in enumerate(f, 1):
         line = raw.rstrip(b"\r\n")
@@ -68,9 +70,9 @@ def _obj_lines(f: BinaryIO) -> Iterator[tuple[int, list[bytes]]]:
             pending.append(line[:-1])
             continue
         tokens = b" ".join([*pending, line]).split()
-        pending = []
         if tokens:
-            yield number, tokens
+            yield number - len(pending), tokens
+        pending = []
 
 
 def _vertex_error(tokens: list[bytes]) -> str | None:
@@ -169,18 +171,29 @@ def _material_files(folder: Path, named: list[str]) -> tuple[list[Path], list[st
     return files, warnings
 
 
+def _find_image(folder: Path, name: str) -> Path | None:
+    """Where Blender's importer finds a ``map_Kd`` image: the path as written (relative to the
+    .mtl's folder), then its base name (``/`` or ``\\`` separated) in that folder."""
+    for path in (folder / name, folder / re.split(r"[\\/]", name)[-1]):
+        if path.is_file():
+            return path
+    return None
+
+
 def _texture_error(mtl: Path) -> str | None:
-    """The first ``map_Kd`` image of ``mtl`` that is missing or unreadable."""
+    """The first ``map_Kd`` image of ``mtl`` that is missing (Cycles renders it magenta) or
+    unreadable."""
     try:
         lines = mtl.read_text(errors="replace").splitlines()
     except OSError as exc:
         return f"unreadable material file {mtl.name}: {exc.strerror}"
     for line in lines:
-        if line.strip().startswith("map_Kd"):
-            image = (mtl.parent / line.split(None, 1)[1].strip()).resolve()
-            problem = check_image(image) if image.is_file() else "missing"
+        if line.strip().startswith("map_Kd") and len(line.split(None, 1)) == 2:
+            name = line.split(None, 1)[1].strip()
+            image = _find_image(mtl.parent, name)
+            problem = check_image(image) if image else "missing"
             if problem:
-                return f"texture {image.name}: {problem}"
+                return f"texture {name}: {problem}"
     return None
 
 
@@ -226,7 +239,8 @@ def check_model(models_root: Path, model: ModelInfo, normalized: bool = False) -
     convention = None if report.error else _convention(model, normalized)
     if convention and convention.warning:
         problems.append(convention)
-    error = error or (convention.reason if convention else None)
+    elif convention:
+        error = error or convention.reason
     return ([Problem(model.id, error)] if error else []) + problems
 
 
