@@ -69,7 +69,8 @@ def test_mask_gate():
 
 @pytest.mark.render
 def test_render_time_gate_resamples_and_records_attempts(pack, tiny, tmp_path):
-    """A model whose bounding box claims to be large but whose mesh is tiny passes the geometric
+    """A model whose bounding box claims to be large but whose mesh is tiny (in a library that
+    declares its meshes normalised, so the renderer keeps them as they are) passes the geometric
     check and fails the mask check: every attempt is rejected, each recorded, the last kept."""
     from farm.assets import AssetLibrary
 
@@ -79,6 +80,7 @@ def test_render_time_gate_resamples_and_records_attempts(pack, tiny, tmp_path):
     write_obj(folder, (verts * 0.001, uvs, tris), None, np.array([1.0, 1.0, 1.0]))
     (folder / "model_normalized.json").write_text(json.dumps({"min": [-0.5] * 3, "max": [0.5] * 3}))
     shutil.copy(pack.models / "taxonomy.json", models / "taxonomy.json")
+    (models / "farm_library.yaml").write_text("normalized: true\n")
     lib = AssetLibrary.open(models, pack.textures)
     spec = generate_spec(lib, tiny, 0, 1, 5)
     assert spec.generation["gate"]["passed"]
