@@ -63,10 +63,15 @@ class Report:
 
 
 class RenderMonitor(threading.Thread):
-    """Samples /proc: two live render processes of one video at once is a violation."""
+    """Samples /proc: two live render processes of one video at once is a violation.
 
-    def __init__(self) -> None:
+    Only renders staged under ``root`` (this run's folder) count: another farm on the same
+    machine renders the same video ids.
+    """
+
+    def __init__(self, root: Path) -> None:
         super().__init__(daemon=True)
+        self.root = root.absolute()
         self.violations: set[str] = set()
         self.seen: Counter = Counter()
         self._halt = threading.Event()
@@ -81,7 +86,8 @@ class RenderMonitor(threading.Thread):
                     continue
                 if b"worker.render_main" in args and b"--spec" in args:
                     spec = Path(args[args.index(b"--spec") + 1].decode())
-                    live[spec.parent.name.removesuffix(".staging")] += 1
+                    if spec.is_relative_to(self.root):
+                        live[spec.parent.name.removesuffix(".staging")] += 1
             self.seen.update(live.keys())
             self.violations.update(v for v, n in live.items() if n > 1)
 
@@ -124,7 +130,7 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
     password = "chaos-" + os.urandom(6).hex()
     services: list[subprocess.Popen] = []
     pool: dict[str, subprocess.Popen] = {}
-    monitor = RenderMonitor()
+    monitor = RenderMonitor(folder)
     proxy = None
     full_scratch = folder / "full-scratch"
     try:

@@ -59,10 +59,12 @@ def max_rss_mb() -> float | None:
 
 
 def _rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM): a spike between two samples of the
+    watchdog still counts."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -101,6 +103,18 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def reap(self) -> int:
+        """Wait for the process and return its exit code; its lifetime peak memory (rusage)
+        is checked once more, so a spike shorter than the sampling interval still counts."""
+        self.stop()
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.peak_rss_mb = max(self.peak_rss_mb, usage.ru_maxrss / 1024)  # KiB on Linux
+        if not self.reason and self.max_rss and self.peak_rss_mb > self.max_rss:
+            self.reason = (f"resident memory {self.peak_rss_mb:.0f} MB over the "
+                           f"{self.max_rss:.0f} MB limit")
+        return self.proc.returncode
 
 
 @dataclass
@@ -144,8 +158,7 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
                 progress(int(done), int(total))
             elif line.strip():
                 tail.append(line.rstrip())
-        code = proc.wait()
-        watchdog.stop()
+        code = watchdog.reap()
     if watchdog.reason:
         raise RenderCrash(f"{spec.id}: Blender process killed: {watchdog.reason} "
                           f"(models: {', '.join(o.model for o in spec.objects)})")
