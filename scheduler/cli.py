@@ -382,6 +382,18 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
+    from scheduler.report import run
+
+    return run(ctx, args)
+
+
+def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
+    from scheduler.plan import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -437,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--segment", type=int, required=True)
     fin.add_argument("--force", action="store_true", help="write meta.json even if incomplete")
     fin.set_defaults(func=cmd_finalize)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page on a segment (+ --json)")
+    rep.add_argument("--segment", type=int, required=True)
+    rep.add_argument("--out", default="report.html", help="HTML file to write")
+    rep.add_argument("--json", help="also write the figures as JSON here")
+    rep.add_argument("--thumbnails", type=int, default=24, help="preview thumbnails on the page")
+    rep.set_defaults(func=cmd_report)
 
     chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
                            add_help=False)
