@@ -389,9 +389,14 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
+    from farm.calibration import CalibrationError
     from scheduler.plan import run
 
-    return run(args)
+    try:
+        return run(args)
+    except CalibrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,6 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", help="also write the figures as JSON here")
     rep.add_argument("--thumbnails", type=int, default=24, help="preview thumbnails on the page")
     rep.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="wall time, GPU-hours, bucket size and cost of N videos")
+    plan.add_argument("--videos", type=int, required=True)
+    plan.add_argument("--preset", default="bl30k")
+    plan.add_argument("--gpus", type=int, default=1, help="workers rendering at once (1 per GPU)")
+    plan.add_argument("--device", help="CPU, CUDA, OPTIX... (default: the fastest calibrated)")
+    plan.add_argument("--machine", help="only calibration entries whose machine contains this")
+    plan.add_argument("--frames", type=int, help="frames per video (default: the preset's)")
+    plan.add_argument("--price-per-gpu-hour", type=float)
+    plan.add_argument("--price-per-gb-month", type=float, help="bucket storage price")
+    plan.add_argument("--calibration", action="append",
+                      help="calibration file (bench calibrate) on top of the shipped figures")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
 
     chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
                            add_help=False)

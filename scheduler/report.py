@@ -451,7 +451,13 @@ def render_html(fig: dict, thumbs: dict[str, bytes]) -> str:
         for v, png in thumbs.items()) + "</div>")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Segment "
             f"{fig['segment']} report</title><style>{CSS}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
+            + "\n".join(parts) + f"<script>{ONLOAD}</script></body></html>")
+
+
+# Records on <body> how many images the browser decoded (tests read it from the DOM).
+ONLOAD = ("addEventListener('load',()=>{const i=[...document.images];"
+          "document.body.dataset.imagesDecoded=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
+          "document.body.dataset.images=i.length;});")
 
 
 def run(ctx, args) -> int:
