@@ -20,8 +20,9 @@ import json
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FILE = ROOT / "configs" / "calibration.json"
+from farm.presets import CONFIG_DIR
+
+DEFAULT_FILE = CONFIG_DIR / "calibration.json"  # beside the presets (FARM_CONFIGS in images)
 FIELDS = ("s_per_frame", "overhead_s", "bytes_per_frame", "bytes_per_video")
 GPU_PREFERENCE = ("OPTIX", "CUDA", "HIP", "METAL", "ONEAPI", "CPU")
 

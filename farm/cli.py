@@ -219,7 +219,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
               "(--limit N or --videos ...)")
         videos = videos[:args.limit]
     for video in videos:
-        result = write_preview(src, video, Path(args.out), args.every, args.fps, args.animation)
+        result = write_preview(src, video, Path(args.out), args.every, args.fps, args.animation,
+                               args.panel_width)
         print(result.describe())
     return 0
 
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--every", type=int, default=None,
                       help="one sheet row every N frames (default: at most 8 rows)")
     prev.add_argument("--fps", type=float, default=10.0, help="animation frame rate")
+    prev.add_argument("--panel-width", type=int, default=None,
+                      help="panel width in pixels (default: 192-384, from the frame size)")
     prev.add_argument("--animation", choices=("gif", "webp"), default="gif")
     prev.add_argument("--limit", type=int, default=20,
                       help="without --videos: preview at most this many videos")

@@ -133,9 +133,11 @@ def load_video(src: Source, video: str, names: list[str] | None = None,
 
 # --- drawing -------------------------------------------------------------------------------------
 
-def panel_size(width: int, height: int) -> tuple[int, int]:
+def panel_size(width: int, height: int, panel_width: int | None = None) -> tuple[int, int]:
     """Frames narrower than MIN_PANEL_W are enlarged by an integer factor (pixels stay square
-    and exact), wider than MAX_PANEL_W reduced."""
+    and exact), wider than MAX_PANEL_W reduced; ``panel_width`` sets the width instead."""
+    if panel_width:
+        return panel_width, max(1, round(height * panel_width / width))
     if width < MIN_PANEL_W:
         k = math.ceil(MIN_PANEL_W / width)
         return width * k, height * k
@@ -188,10 +190,11 @@ def default_every(frames: int) -> int:
     return max(1, math.ceil(frames / MAX_SHEET_ROWS))
 
 
-def contact_sheet(video: Video, every: int) -> tuple[Image.Image, dict]:
+def contact_sheet(video: Video, every: int, panel_width: int | None = None
+                  ) -> tuple[Image.Image, dict]:
     """The sheet image and its layout (frames shown, panel boxes, legend entries)."""
     h, w = video.rgb[0].shape[:2]
-    pw, ph = panel_size(w, h)
+    pw, ph = panel_size(w, h, panel_width)
     rows = list(range(0, len(video.frame_names), every))
     entries = legend_entries(video.manifest)
     width = LABEL_W + 2 * pw + 3 * MARGIN
@@ -236,9 +239,9 @@ def contact_sheet(video: Video, every: int) -> tuple[Image.Image, dict]:
     return sheet, layout
 
 
-def animation_frames(video: Video) -> list[Image.Image]:
+def animation_frames(video: Video, panel_width: int | None = None) -> list[Image.Image]:
     h, w = video.rgb[0].shape[:2]
-    size = panel_size(w, h)
+    size = panel_size(w, h, panel_width)
     small = font(11)
     out = []
     for name, rgb, ids in zip(video.frame_names, video.rgb, video.ids, strict=True):
@@ -273,18 +276,19 @@ class PreviewResult:
 
 
 def write_preview(src: Source, video: str, out: Path, every: int | None = None,
-                  fps: float = 10.0, animation: str = "gif") -> PreviewResult:
+                  fps: float = 10.0, animation: str = "gif", panel_width: int | None = None
+                  ) -> PreviewResult:
     """Write ``<out>/<video>_sheet.png`` and ``<out>/<video>_overlay.<gif|webp>``."""
     v = load_video(src, video)
     every = every or default_every(len(v.frame_names))
     out.mkdir(parents=True, exist_ok=True)
-    sheet, layout = contact_sheet(v, every)
+    sheet, layout = contact_sheet(v, every, panel_width)
     info = PngInfo()
     info.add_text(SHEET_CHUNK, json.dumps(layout))
     sheet_path = out / f"{video}_sheet.png"
     sheet.save(sheet_path, pnginfo=info, optimize=True)
     anim_path = out / f"{video}_overlay.{animation}"
-    save_animation(animation_frames(v), anim_path, fps)
+    save_animation(animation_frames(v, panel_width), anim_path, fps)
     return PreviewResult(video, sheet_path, anim_path, layout)
 
 

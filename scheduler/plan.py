@@ -59,29 +59,32 @@ def _duration(seconds: float) -> str:
 
 def describe(p: dict, preset: str) -> str:
     unit = "GPU" if p["device"] != "CPU" else "CPU machine"
-    lines = [
+    rows = [
+        ("per video", f"{p['video_s']:.1f} s ({p['frames_per_video']} x {p['s_per_frame']} s + "
+                      f"{p['overhead_s']} s); {p['videos_per_gpu_hour']} videos per {unit}-hour"),
+        (f"{unit}-hours", f"{p['gpu_hours']:.1f}"),
+        ("wall time", f"{_duration(p['wall_s'])} ({p['videos_per_gpu']} videos per {unit}, "
+                      "workers kept busy)"),
+        ("bucket", f"{p['bucket_gb']:.1f} GB ({p['videos'] * p['frames_per_video']} frames)"),
+    ]
+    if "gpu_cost" in p:
+        rows.append(("cost", f"{p['gpu_cost']:.2f} at {p['price_per_gpu_hour']} per {unit}-hour"))
+    if "storage_cost_per_month" in p:
+        rows.append(("storage cost", f"{p['storage_cost_per_month']:.2f} per month at "
+                                     f"{p['price_per_gb_month']} per GB-month"))
+    width = max(len(label) for label, _ in rows) + 2
+    return "\n".join([
         f"plan: {p['videos']} {preset} videos x {p['frames_per_video']} frames on {p['gpus']} "
         f"{unit}{'s' if p['gpus'] != 1 else ''} ({p['device']})",
         f"figures: {p['s_per_frame']} s/frame (steady), {p['overhead_s']} s/video outside the "
         f"steady frames, {p['bytes_per_frame'] / 1e3:.1f} KB/frame + "
         f"{p['bytes_per_video'] / 1e3:.1f} KB/video",
         f"  measured on: {p['machine']}",
-        f"  source: {p['source']} ({p['calibration_file']})",
-        f"per video:   {p['video_s']:.1f} s ({p['frames_per_video']} x {p['s_per_frame']} s + "
-        f"{p['overhead_s']} s); {p['videos_per_gpu_hour']} videos per {unit}-hour",
-        f"{unit}-hours: {p['gpu_hours']:.1f}",
-        f"wall time:   {_duration(p['wall_s'])} ({p['videos_per_gpu']} videos per {unit}, "
-        "workers kept busy)",
-        f"bucket:      {p['bucket_gb']:.1f} GB ({p['videos'] * p['frames_per_video']} frames)",
-    ]
-    if "gpu_cost" in p:
-        lines.append(f"cost:        {p['gpu_cost']:.2f} at {p['price_per_gpu_hour']} per "
-                     f"{unit}-hour")
-    if "storage_cost_per_month" in p:
-        lines.append(f"storage:     {p['storage_cost_per_month']:.2f} per month at "
-                     f"{p['price_per_gb_month']} per GB-month")
-    lines.append("not included: quality-gate re-renders, crash retries, queue start-up")
-    return "\n".join(lines)
+        f"  source: {p['source']}",
+        f"  from: {p['calibration_file']}",
+        *(f"{label + ':':{width}}{value}" for label, value in rows),
+        "not included: quality-gate re-renders, crash retries, queue start-up",
+    ])
 
 
 def run(args) -> int:
