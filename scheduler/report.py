@@ -132,25 +132,20 @@ def object_figures(manifest: dict, spec) -> dict[str, list]:
         if best[j] > 0:
             sel = in_view[:, j]
             out["occlusion"] += (1 - pixels[sel, j] / best[j]).tolist()
-    for f in range(len(frames)):
-        for j in range(k):
-            box = boxes[f][j]
-            if box is None:
-                continue
-            if f + 1 < len(frames) and boxes[f + 1][j] is not None:
-                nxt = boxes[f + 1][j]
-                dx = (nxt[0] + nxt[2] - box[0] - box[2]) / 2
-                dy = (nxt[1] + nxt[3] - box[1] - box[3]) / 2
-                out["speed_image"].append(float(np.hypot(dx, dy)) / width)
-            if depth is not None:
-                out["overlap"].append(any(
-                    m != j and boxes[f][m] is not None and depth[f, m] < depth[f, j]
-                    and _intersects(box, boxes[f][m]) for m in range(k)))
+    # boxes as an (F, K, 4) array, NaN where the object is not visible
+    box = np.array([[b if b is not None else [np.nan] * 4 for b in row] for row in boxes],
+                   float).reshape(-1, k, 4)
+    centre = np.stack([box[..., 0] + box[..., 2], box[..., 1] + box[..., 3]], axis=-1) / 2
+    shift = np.linalg.norm(np.diff(centre, axis=0), axis=-1) / width  # (F-1, K)
+    out["speed_image"] = shift[np.isfinite(shift)].tolist()
+    if depth is not None:
+        a, b = box[:, :, None, :], box[:, None, :, :]  # (F, K, 1, 4) against (F, 1, K, 4)
+        overlaps = ((a[..., 0] <= b[..., 2]) & (b[..., 0] <= a[..., 2])
+                    & (a[..., 1] <= b[..., 3]) & (b[..., 1] <= a[..., 3]))  # NaN compares False
+        nearer = depth[:, None, :] < depth[:, :, None]  # [f, j, m]: m nearer than j
+        overlaps &= nearer & ~np.eye(k, dtype=bool)
+        out["overlap"] = overlaps.any(axis=2)[visible].tolist()
     return out
-
-
-def _intersects(a: list[int], b: list[int]) -> bool:
-    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def gather(state: FarmState, storage: Storage, base: str, segment: int,
