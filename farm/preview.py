@@ -107,7 +107,8 @@ def frame_names(src: Source, video: str) -> list[str]:
                    for k in src.storage.list(src.key("JPEGImages", video) + "/")
                    if k.endswith(".jpg"))
     if not names:
-        raise StorageError(f"{video}: no frames under {src.label}/JPEGImages/{video}/")
+        raise StorageError(f"{video}: no frames under {src.key('JPEGImages', video)}/ in "
+                           f"{src.label}")
     return names
 
 

@@ -16,16 +16,18 @@ import html
 import io
 import json
 import re
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from farm.camera import look_at_rotation, project
-from farm.spec import SpecError, eval_poly, parse_spec_text
-from farm.state import PREFIX, STATES, FarmState
+from farm.spec import SpecError, VideoSpec, eval_poly, parse_spec_text
+from farm.state import PREFIX, STATES, FarmState, unpack_spec
 from farm.storage import Storage, StorageError, join
 
 QUANTILES = {"p5": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
@@ -73,7 +75,7 @@ def failure_reason(error: str) -> str:
 
 
 def summary(values) -> dict:
-    a = np.asarray(list(values), float)
+    a = np.asarray(values, float)
     if a.size == 0:
         return {"n": 0}
     out = {"n": int(a.size), "mean": round(float(a.mean()), 6), "min": round(float(a.min()), 6),
@@ -83,7 +85,7 @@ def summary(values) -> dict:
 
 
 def histogram(values, bins: int | list[float] = 20) -> dict:
-    a = np.asarray(list(values), float)
+    a = np.asarray(values, float)
     if a.size == 0:
         return {"edges": [], "counts": []}
     counts, edges = np.histogram(a, bins=bins)
@@ -91,16 +93,11 @@ def histogram(values, bins: int | list[float] = 20) -> dict:
 
 
 def stat(values, bins: int | list[float] = 20) -> dict:
-    values = list(values)
+    values = np.asarray(values, float)
     return {**summary(values), "histogram": histogram(values, bins)}
 
 
 # --- gathering ---------------------------------------------------------------------------------
-
-def _read_many(storage: Storage, keys: list[str]) -> list[bytes | None]:
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        return list(pool.map(storage.get_bytes, keys))
-
 
 def object_figures(manifest: dict, spec) -> dict[str, list]:
     """Per-object and per-object-frame values of one video (see DEFINITIONS)."""
@@ -181,75 +178,123 @@ def gather(state: FarmState, storage: Storage, base: str, segment: int,
                       for reason, n in by_reason.most_common()],
         "videos": rows}
 
-    # manifests and specs of the finished videos
-    raw = _read_many(storage, [join(base, "manifests", f"{v}.json") for v in done]
-                     + [join(base, "specs", f"{v}.yaml") for v in done])
-    manifests: dict[str, dict] = {}
-    specs: dict = {}
-    for video, m, s in zip(done, raw[:len(done)], raw[len(done):], strict=True):
-        if m is None:
-            continue
-        manifests[video] = json.loads(m)
-        try:
-            specs[video] = parse_spec_text(s, video) if s else None
-        except SpecError:
-            specs[video] = None
-    figures["render"] = render_figures(manifests)
-    figures["dataset"] = dataset_figures(manifests, specs)
+    # per finished video, its figures (the manifest itself is not kept: segments are large).
+    # Specs come from Redis when they are the rendered ones (YAML parsing is the slow part).
+    stored: dict[str, str] = {}
+    for start in range(0, len(done), 1000):
+        chunk = done[start:start + 1000]
+        blobs = state.r.hmget(f"{PREFIX}seg:{segment}:specs", chunk)
+        stored.update({v: b for v, b in zip(chunk, blobs, strict=True) if b})
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        per_video = [v for v in pool.map(
+            lambda v: read_video(storage, base, v, stored.get(v)), done) if v]
+    figures["render"] = render_figures(per_video)
+    figures["dataset"] = dataset_figures(per_video)
 
     from farm.preview import Source, thumbnail
 
     src = Source(storage, base, storage.describe())
-    chosen = sorted(manifests)[:thumbnails]
+
+    def thumb(video: str) -> bytes | None:
+        try:
+            return thumbnail(src, video, {})
+        except (StorageError, OSError) as exc:  # a broken video must not cost the whole report
+            print(f"warning: no thumbnail for {video}: {exc}", file=sys.stderr)
+            return None
+
+    chosen = [v.video for v in per_video][:thumbnails]
     with ThreadPoolExecutor(4) as pool:
-        thumbs = dict(zip(chosen, pool.map(lambda v: thumbnail(src, v, manifests[v]), chosen),
-                          strict=True))
-    figures["thumbnails"] = chosen
+        thumbs = {v: png for v, png in zip(chosen, pool.map(thumb, chosen), strict=True) if png}
+    figures["thumbnails"] = list(thumbs)
     return figures, thumbs
 
 
-def render_figures(manifests: dict[str, dict]) -> dict:
-    videos, per_device = [], {}
-    for video, m in sorted(manifests.items()):
-        t = m.get("timings", {})
-        frame_s = t.get("render_s", [])
-        steady = frame_s[1:] or frame_s
-        total = t.get("render_total_s", sum(frame_s))
-        row = {"video": video, "device": m.get("device", "?"), "host": m.get("host", "?"),
-               "preset": m.get("preset"), "frames": m.get("num_frames", len(frame_s)),
-               "render_s": total, "wall_s": t.get("wall_s"),
-               "s_per_frame": round(float(np.mean(steady)), 6) if steady else None,
-               "first_frame_s": frame_s[0] if frame_s else None,
-               "overhead_s": round(t["wall_s"] - total, 4) if t.get("wall_s") else None}
-        videos.append(row)
+@dataclass
+class VideoFigures:
+    """What the report keeps of one finished video."""
+
+    video: str
+    render: dict  # the per-video row of the render table
+    steady: np.ndarray  # Cycles seconds of the frames after the first
+    categories: list[str]
+    values: dict[str, np.ndarray]  # object_figures, as arrays
+
+
+def video_figures(video: str, manifest: dict, spec) -> VideoFigures:
+    t = manifest.get("timings", {})
+    frame_s = t.get("render_s", [])
+    steady = frame_s[1:] or frame_s
+    total = t.get("render_total_s", sum(frame_s))
+    row = {"video": video, "device": manifest.get("device", "?"),
+           "host": manifest.get("host", "?"), "preset": manifest.get("preset"),
+           "frames": manifest.get("num_frames", len(frame_s)), "render_s": total,
+           "wall_s": t.get("wall_s"),
+           "s_per_frame": round(float(np.mean(steady)), 6) if steady else None,
+           "first_frame_s": frame_s[0] if frame_s else None,
+           "overhead_s": round(t["wall_s"] - total, 4) if t.get("wall_s") else None}
+    values = {k: np.asarray(v, float) for k, v in object_figures(manifest, spec).items()}
+    return VideoFigures(video, row, np.asarray(steady, float),
+                        [o.get("category", "?") for o in manifest["objects"]], values)
+
+
+def read_video(storage: Storage, base: str, video: str, packed: str | None = None
+               ) -> VideoFigures | None:
+    """The figures of a finished video from its manifest and spec (None without a manifest).
+
+    ``packed`` is the spec the scheduler stored in Redis; it is used when its digest is the
+    manifest's (else the video was resampled: the spec uploaded beside the frames is read).
+    """
+    raw = storage.get_bytes(join(base, "manifests", f"{video}.json"))
+    if raw is None:
+        return None
+    manifest = json.loads(raw)
+    spec = None
+    try:
+        if packed:
+            spec = VideoSpec.from_dict(unpack_spec(packed))
+            if spec.digest() != manifest.get("spec_digest"):
+                spec = None
+        if spec is None:
+            text = storage.get_bytes(join(base, "specs", f"{video}.yaml"))
+            spec = parse_spec_text(text, video) if text else None
+    except SpecError:
+        spec = None
+    return video_figures(video, manifest, spec)
+
+
+def render_figures(videos: list[VideoFigures]) -> dict:
+    per_device: dict[str, dict] = {}
+    for v in videos:
+        row = v.render
         d = per_device.setdefault(row["device"], {"videos": 0, "frames": 0, "steady": [],
                                                   "first": [], "wall": [], "overhead": []})
         d["videos"] += 1
         d["frames"] += row["frames"]
-        d["steady"] += steady
-        d["first"] += frame_s[:1]
-        d["wall"] += [row["wall_s"]] if row["wall_s"] is not None else []
-        d["overhead"] += [row["overhead_s"]] if row["overhead_s"] is not None else []
+        d["steady"].append(v.steady)
+        for key, name in (("first", "first_frame_s"), ("wall", "wall_s"),
+                          ("overhead", "overhead_s")):
+            if row[name] is not None:
+                d[key].append(row[name])
     by_device = {dev: {"videos": d["videos"], "frames": d["frames"],
-                       "s_per_frame": stat(d["steady"]), "first_frame_s": summary(d["first"]),
+                       "s_per_frame": stat(np.concatenate(d["steady"])),
+                       "first_frame_s": summary(d["first"]),
                        "video_wall_s": stat(d["wall"]), "overhead_s": summary(d["overhead"])}
                  for dev, d in sorted(per_device.items())}
-    return {"by_device": by_device, "videos": videos}
+    return {"by_device": by_device, "videos": [v.render for v in videos]}
 
 
-def dataset_figures(manifests: dict[str, dict], specs: dict) -> dict:
+def dataset_figures(videos: list[VideoFigures]) -> dict:
     categories: Counter = Counter()
     per_video: Counter = Counter()
-    vals: dict[str, list] = {"area": [], "visible_frames": [], "occlusion": [], "speed_world": [],
-                             "speed_image": [], "overlap": []}
-    for video, m in manifests.items():
-        per_video[len(m["objects"])] += 1
-        categories.update(o.get("category", "?") for o in m["objects"])
-        for key, values in object_figures(m, specs.get(video)).items():
-            vals[key] += values
+    for v in videos:
+        per_video[len(v.categories)] += 1
+        categories.update(v.categories)
+    keys = ("area", "visible_frames", "occlusion", "speed_world", "speed_image", "overlap")
+    vals = {k: np.concatenate([v.values[k] for v in videos]) if videos else np.zeros(0)
+            for k in keys}
     area_bins = np.geomspace(1e-4, 1.0, 25).tolist()
     return {
-        "videos": len(manifests),
+        "videos": len(videos),
         "objects": sum(categories.values()),
         "categories": dict(categories.most_common()),
         "objects_per_video": {str(k): n for k, n in sorted(per_video.items())},
@@ -257,7 +302,7 @@ def dataset_figures(manifests: dict[str, dict], specs: dict) -> dict:
         "visible_frames_fraction": stat(vals["visible_frames"], np.linspace(0, 1, 11).tolist()),
         "occlusion": stat(vals["occlusion"], np.linspace(0, 1, 21).tolist()),
         "overlapped_by_nearer_share": (round(float(np.mean(vals["overlap"])), 4)
-                                       if vals["overlap"] else None),
+                                       if vals["overlap"].size else None),
         "speed_world_per_frame": stat(vals["speed_world"]),
         "speed_image_per_frame": stat(vals["speed_image"]),
     }
