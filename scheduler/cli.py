@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--videos", type=int, required=True)
     plan.add_argument("--preset", default="bl30k")
     plan.add_argument("--gpus", type=int, default=1, help="workers rendering at once (1 per GPU)")
-    plan.add_argument("--device", help="CPU, CUDA, OPTIX... (default: the fastest calibrated)")
+    plan.add_argument("--device",
+                      help="CPU, CUDA, OPTIX... (default: OPTIX, else CUDA, else CPU, as calibrated)")
     plan.add_argument("--machine", help="only calibration entries whose machine contains this")
     plan.add_argument("--frames", type=int, help="frames per video (default: the preset's)")
     plan.add_argument("--price-per-gpu-hour", type=float)
