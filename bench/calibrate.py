@@ -46,10 +46,34 @@ def gpu_name() -> str | None:
 
 
 def machine_name(device: str) -> str:
+    """``OPTIX: NVIDIA H200`` (a manifest's device) -> ``NVIDIA H200 (OPTIX), host ...``."""
+    backend, _, names = device.partition(":")
     host = platform.node()
-    if device != "CPU" and (gpu := gpu_name()):
-        return f"{gpu} ({device}), host {host}"
+    if backend.strip() != "CPU":
+        return f"{names.strip() or gpu_name() or 'GPU'} ({backend.strip()}), host {host}"
     return f"{cpu_name()}, {os.cpu_count()} cores (CPU), host {host}"
+
+
+def entry(preset: str, manifest: dict, spec_yaml: str, frame_bytes: int) -> dict:
+    """A calibration entry from one render's manifest (see the module docstring)."""
+    t = manifest["timings"]
+    n = len(t["render_s"])
+    steady = statistics.mean(t["render_s"][1:] or t["render_s"])
+    manifest_bytes = len(json.dumps(manifest, indent=1))
+    per_frame_manifest = len(json.dumps(manifest["frames"], indent=1))
+    return {
+        "preset": preset, "device": manifest["device"].split(":")[0].strip(),
+        "machine": machine_name(manifest["device"]),
+        "source": f"python -m bench calibrate: scene {manifest['video']} cut to {n} frames",
+        "measured_at": time.strftime("%Y-%m-%d"),
+        "s_per_frame": round(steady, 4),
+        "overhead_s": round(t["wall_s"] - n * steady, 3),
+        "bytes_per_frame": round((frame_bytes + per_frame_manifest) / n),
+        "bytes_per_video": len(spec_yaml) + manifest_bytes - per_frame_manifest + MARKER_BYTES,
+        "frames_measured": n,
+        "first_frame_s": t["render_s"][0],
+        "wall_s": t["wall_s"],
+    }
 
 
 def measure(preset: str, device: str, frames: int) -> dict:
@@ -58,27 +82,9 @@ def measure(preset: str, device: str, frames: int) -> dict:
     spec = bench_spec(preset, 0, frames, device)
     with tempfile.TemporaryDirectory() as tmp:
         outcome = render_bench(spec, tmp)
-        m = outcome.manifest
         files = sum(p.stat().st_size for folder in ("JPEGImages", "Annotations")
                     for p in (outcome.staging / folder / spec.id).iterdir())
-    t = m["timings"]
-    n = len(t["render_s"])
-    steady = statistics.mean(t["render_s"][1:] or t["render_s"])
-    manifest_bytes = len(json.dumps(m, indent=1))
-    per_frame_manifest = len(json.dumps(m["frames"], indent=1))
-    return {
-        "preset": preset, "device": m["device"], "machine": machine_name(m["device"]),
-        "source": f"python -m bench calibrate: scene {spec.id} cut to {n} frames",
-        "measured_at": time.strftime("%Y-%m-%d"),
-        "s_per_frame": round(steady, 4),
-        "overhead_s": round(t["wall_s"] - n * steady, 3),
-        "bytes_per_frame": round((files + per_frame_manifest) / n),
-        "bytes_per_video": len(outcome.spec.to_yaml()) + manifest_bytes - per_frame_manifest
-        + MARKER_BYTES,
-        "frames_measured": n,
-        "first_frame_s": t["render_s"][0],
-        "wall_s": t["wall_s"],
-    }
+    return entry(preset, outcome.manifest, outcome.spec.to_yaml(), files)
 
 
 def calibrate(presets: list[str], devices: list[str], frames: int, out: Path) -> list[dict]:

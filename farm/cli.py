@@ -215,7 +215,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     src = open_source(args.source)
     videos = args.videos or list_videos(src)
     if not videos:
-        raise StorageError(f"no rendered videos in {src.label}")
+        raise StorageError(f"no rendered videos in {src.label} (a segment's folder or prefix, "
+                           "holding done/ and JPEGImages/, e.g. s3://bucket/prefix/2)")
     if not args.videos and len(videos) > args.limit:
         print(f"{len(videos)} videos in {src.label}; previewing the first {args.limit} "
               "(--limit N or --videos ...)")

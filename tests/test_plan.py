@@ -71,6 +71,18 @@ def test_a_missing_figure_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "lacks device, machine" in proc.stderr
 
 
+def test_a_gpu_render_calibrates_its_backend_and_names_the_gpu():
+    from bench.calibrate import entry
+
+    manifest = {"video": "a00000", "device": "OPTIX: NVIDIA H200",
+                "timings": {"render_s": [3.0, 0.1, 0.1, 0.1], "wall_s": 10.3},
+                "frames": [{"frame": i, "objects": []} for i in range(4)]}
+    e = entry("bl30k", manifest, "spec: 1\n", frame_bytes=4000)
+    assert e["device"] == "OPTIX" and e["machine"].startswith("NVIDIA H200 (OPTIX), host ")
+    assert e["s_per_frame"] == pytest.approx(0.1) and e["overhead_s"] == pytest.approx(9.9)
+    assert 4 * e["s_per_frame"] + e["overhead_s"] == pytest.approx(manifest["timings"]["wall_s"])
+
+
 @pytest.mark.render
 def test_bench_calibrate_feeds_the_planner(tmp_path):
     out = tmp_path / "calibration.json"
