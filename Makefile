@@ -15,10 +15,13 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# redis-server (tests, local farm) from Debian's packages, only when missing.
+# From Debian's packages, only when missing: redis-server (tests, local farm) and chromium
+# (the tests open `scheduler report`'s page in headless Chromium).
+SYSTEM_PKGS := $(if $(shell command -v redis-server),,redis-server) \
+	$(if $(shell command -v chromium || command -v chromium-browser),,chromium)
 system-deps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq redis-server; }
+	@pkgs="$(strip $(SYSTEM_PKGS))"; [ -z "$$pkgs" ] || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq $$pkgs; }
 
 demo: setup
 	$(BIN)/python -m farm demo

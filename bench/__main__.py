@@ -67,6 +67,19 @@ def bench_quality_cmd(args: argparse.Namespace) -> list[dict]:
     return rows + [{"bench": "choice", "setting": f"{role}: {name}"} for role, name in picks.items()]
 
 
+def bench_calibrate_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.calibrate import calibrate
+    from worker.gpu import discover_gpus
+
+    if args.devices == "auto":
+        device_list = ["OPTIX"] if discover_gpus("auto") else ["CPU"]
+    else:
+        device_list = args.devices.split(",")
+    rows = calibrate(args.presets.split(","), device_list, args.frames, args.out)
+    print(f"calibration written to {args.out} (python -m scheduler plan reads it)")
+    return rows
+
+
 def bench_all(args: argparse.Namespace) -> list[dict]:
     """Everything, sized to finish in under 15 minutes on a 2-core CPU."""
     steps = [
@@ -142,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     farm.add_argument("--frames", type=int, default=3, help="frames per video (reduced)")
     farm.add_argument("--videos", type=int, default=1, help="videos through the task path")
     farm.set_defaults(func=bench_farm)
+    cal = sub.add_parser("calibrate", help="figures for `scheduler plan`, merged into a file")
+    cal.add_argument("--presets", default="bl30k")
+    cal.add_argument("--devices", default="auto",
+                     help="comma list of CPU,CUDA,OPTIX; auto: OptiX when a GPU is listed, else CPU")
+    cal.add_argument("--frames", type=int, default=6, help="frames rendered (first + steady)")
+    cal.add_argument("--out", type=Path, default=Path("calibration.json"))
+    cal.set_defaults(func=bench_calibrate_cmd)
     every = sub.add_parser("all", help="all of the above at sizes that fit 15 minutes")
     every.add_argument("--devices", default="auto")
     every.set_defaults(func=bench_all)

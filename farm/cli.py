@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from farm.assets import AssetError, AssetLibrary, read_denylist
+from farm.config import ConfigError
 from farm.presets import Preset, apply_preset, load_preset
 from farm.spec import SpecError, VideoSpec, load_spec, save_spec
 from farm.storage import LocalStorage, StorageError, upload_video
@@ -207,6 +208,36 @@ def _report_gate_failures(failed: list[str]) -> int:
     return 4 if failed else 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Contact sheets and animated overlays of rendered videos (local folder or S3 segment)."""
+    from farm.preview import list_videos, open_source, write_preview
+
+    src = open_source(args.source)
+    videos = args.videos or list_videos(src)
+    if not videos:
+        raise StorageError(f"no rendered videos in {src.label} (a segment's folder or prefix, "
+                           "holding done/ and JPEGImages/, e.g. s3://bucket/prefix/2)")
+    if not args.videos and len(videos) > args.limit:
+        print(f"{len(videos)} videos in {src.label}; previewing the first {args.limit} "
+              "(--limit N or --videos ...)")
+        videos = videos[:args.limit]
+    for video in videos:
+        result = write_preview(src, video, Path(args.out), args.every, args.fps, args.animation,
+                               args.panel_width)
+        print(result.describe())
+    return 0
+
+
+def demo_previews(out: Path, videos: list[str]) -> None:
+    from farm.preview import open_source, write_preview
+
+    src = open_source(str(out))
+    print("previews (contact sheet, animated overlay):")
+    for video in videos:
+        result = write_preview(src, video, out / "previews")
+        print(f"  {result.sheet}\n  {result.animation}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from farm.sampling import generate_spec
 
@@ -222,6 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"done: {_summary(manifests)}")
     print(f"output: {out}/JPEGImages/<video>/*.jpg and {out}/Annotations/<video>/*.png "
           f"(videos: {', '.join(m['video'] for m in manifests)})")
+    demo_previews(out, [m["video"] for m in manifests])
     return _report_gate_failures(failed)
 
 
@@ -297,6 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
     assets_opts(demo)
     demo.set_defaults(func=cmd_demo)
+
+    prev = sub.add_parser("preview", help="contact sheet + animated mask overlay per video")
+    prev.add_argument("source", help="output folder, or s3://bucket/prefix/segment (S3 endpoint "
+                      "and credentials from FARM_S3_ENDPOINT / AWS_* as for the farm)")
+    prev.add_argument("--videos", nargs="+", help="these videos (default: every finished one)")
+    prev.add_argument("--out", required=True, help="folder for the PNG sheets and animations")
+    prev.add_argument("--every", type=int, default=None,
+                      help="one sheet row every N frames (default: at most 8 rows)")
+    prev.add_argument("--fps", type=float, default=10.0, help="animation frame rate")
+    prev.add_argument("--panel-width", type=int, default=None,
+                      help="panel width in pixels (default: 192-384, from the frame size)")
+    prev.add_argument("--animation", choices=("gif", "webp"), default="gif")
+    prev.add_argument("--limit", type=int, default=20,
+                      help="without --videos: preview at most this many videos")
+    prev.set_defaults(func=cmd_preview)
     return ap
 
 
@@ -304,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, AssetError, StorageError) as exc:
+    except (SpecError, AssetError, StorageError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

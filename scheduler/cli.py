@@ -391,6 +391,23 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
+    from scheduler.report import run
+
+    return run(ctx, args)
+
+
+def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
+    from farm.calibration import CalibrationError
+    from scheduler.plan import run
+
+    try:
+        return run(args)
+    except CalibrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -446,6 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--segment", type=int, required=True)
     fin.add_argument("--force", action="store_true", help="write meta.json even if incomplete")
     fin.set_defaults(func=cmd_finalize)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page on a segment (+ --json)")
+    rep.add_argument("--segment", type=int, required=True)
+    rep.add_argument("--out", default="report.html", help="HTML file to write")
+    rep.add_argument("--json", help="also write the figures as JSON here")
+    rep.add_argument("--thumbnails", type=int, default=24, help="preview thumbnails on the page")
+    rep.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="wall time, GPU-hours, bucket size and cost of N videos")
+    plan.add_argument("--videos", type=int, required=True)
+    plan.add_argument("--preset", default="bl30k")
+    plan.add_argument("--gpus", type=int, default=1, help="workers rendering at once (1 per GPU)")
+    plan.add_argument("--device",
+                      help="CPU, CUDA, OPTIX... (default: OPTIX, else CUDA, else CPU, as calibrated)")
+    plan.add_argument("--machine", help="only calibration entries whose machine contains this")
+    plan.add_argument("--frames", type=int, help="frames per video (default: the preset's)")
+    plan.add_argument("--price-per-gpu-hour", type=float)
+    plan.add_argument("--price-per-gb-month", type=float, help="bucket storage price")
+    plan.add_argument("--calibration", action="append",
+                      help="calibration file (bench calibrate) on top of the shipped figures")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
 
     chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
                            add_help=False)
