@@ -15,10 +15,14 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# redis-server (tests, local farm) from Debian's packages, only when missing.
+# redis-server (tests, local farm) and prometheus (the dashboard test, local-up --monitoring) from
+# Debian's packages, only the missing ones.
 system-deps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
 demo: setup
 	$(BIN)/python -m farm demo

@@ -22,6 +22,7 @@ from pathlib import Path
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
+from farm import metrics
 from farm.assets import AssetError, AssetLibrary, read_denylist
 from farm.config import segment_base
 from farm.presets import load_preset
@@ -176,6 +177,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         # The previous holder of the lease started and never finished: its worker was lost.
         lost = state.incr(video, "lost_deliveries")
         log.warning("%s: previous delivery was lost (%d so far)", video, lost)
+        metrics.record_failure(state.r, "lost", lost >= settings.max_deliveries, task.request.hostname)
         if lost >= settings.max_deliveries:
             _fail(state, segment, video, f"worker lost {lost} times while rendering this video "
                   f"(killed, out of memory or hard time limit); last holder {info['running']}")
@@ -205,9 +207,11 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
         _fail(state, segment, video, str(exc), gate_failed=1,
               next_attempt=_last_attempt(spec_dict, recipe) + 1)
+        metrics.record_failure(state.r, exc, True, task.request.hostname)
         raise PermanentRenderError(str(exc)) from None
     except (SpecError, AssetError, PermanentRenderError) as exc:
         _fail(state, segment, video, str(exc))
+        metrics.record_failure(state.r, exc, True, task.request.hostname)
         raise PermanentRenderError(str(exc)) from None
     except TRANSIENT as exc:
         final = task.request.retries >= task.max_retries
@@ -216,6 +220,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         else:
             state.set_state(segment, video, "retrying", last_error=str(exc))
             state.clear(video, "running")
+        metrics.record_failure(state.r, exc, final, task.request.hostname)
         raise
     except ScratchFull as exc:
         # The worker's disk, not the video: hand the video back for another worker and pause.
@@ -223,6 +228,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         state.set_state(segment, video, "retrying", last_error=str(exc))
         state.clear(video, "running")
         shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
+        metrics.record_failure(state.r, exc, False, task.request.hostname)
         _requeue(task, countdown=5)
         time.sleep(SCRATCH_FULL_PAUSE_S)
         return {"video": video, "status": "handed back: scratch full"}
@@ -230,6 +236,8 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         crashes = state.incr(video, "crashes")
         reason = str(exc) or "soft time limit exceeded"
         state.clear(video, "running")
+        metrics.record_failure(state.r, exc, crashes >= settings.max_deliveries,
+                               task.request.hostname)
         if crashes >= settings.max_deliveries:
             _fail(state, segment, video, f"render crashed {crashes} times: {reason}")
             raise PermanentRenderError(reason) from None
@@ -244,6 +252,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
                     finished_at=time.time(),
                     device=outcome.manifest["device"], attempt=outcome.spec.attempt)
     state.clear(video, "running")
+    metrics.record_video(state.r, task.request.hostname, outcome, upload)
     return {"video": video, "status": "done", "frames": outcome.spec.frames,
             "device": outcome.manifest["device"], "render_s": timings["render_total_s"],
             "upload_s": upload["upload_s"]}
