@@ -1,32 +1,42 @@
 """Asset health check: find meshes and images that would fail or poison renders.
 
-Meshes are parsed as OBJ text (no Blender): unreadable, empty, faces pointing at missing
-vertices, non-finite coordinates, absurd size, or a missing/unreadable ``map_Kd`` image. Images
-must decode and stay below a sane pixel count. Results become a denylist that spec generation
-honours (``--denylist`` / ``FARM_DENYLIST``).
+Meshes are parsed as OBJ text the way Blender's importer reads it (no Blender). Errors deny a
+model: unreadable, empty, faces pointing at missing vertices, non-finite coordinates, absurd size,
+a missing/unreadable ``map_Kd`` image, or bounds far from ShapeNet's convention in a library that
+declares its meshes normalised. Warnings are only reported: faces with fewer than three vertices,
+``l`` elements, a missing material library, bounds far from the convention when the renderer
+normalises them. Images must decode and stay below a sane pixel count. Errors become a denylist
+that spec generation honours (``--denylist`` / ``FARM_DENYLIST``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 from PIL import Image
 
-from farm.assets import AssetLibrary
+from farm.assets import DECLARATION_FILE, MIN_DIAGONAL, AssetLibrary, ModelInfo
 
 MAX_OBJ_BYTES = 512 * 2**20
 MAX_FACES = 3_000_000
 MAX_IMAGE_PIXELS = 64 * 2**20  # e.g. 8192 x 8192
+DIAGONAL_RANGE = (0.5, 2.0)  # bounding-box diagonals near ShapeNet's convention (1)
+MAX_CENTER_OFFSET = 0.5  # bounding-box centre's distance from the origin, in diagonals
 
 
 @dataclass(frozen=True)
 class Problem:
     item: str  # model id "<synset>/<model>" or image path relative to the textures root
     reason: str
+    warning: bool = False  # reported only, never denied
 
 
 def check_image(path: Path) -> str | None:
@@ -43,75 +53,216 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def check_obj(path: Path) -> str | None:
-    """Problems of an OBJ file, parsed as text, or None."""
+class MeshReport(NamedTuple):
+    error: str | None  # the mesh is denied
+    warnings: list[str]  # reported only
+    materials: list[str]  # material libraries named by ``mtllib`` lines
+
+
+def _obj_lines(f: BinaryIO) -> Iterator[tuple[int, list[bytes]]]:
+    """(line number, whitespace-split tokens) of the non-blank lines of an OBJ file, read as bytes
+    (any encoding) and with backslash continuations joined (numbered by their first line), as
+    Blender's importer reads them."""
+    pending: list[bytes] = []
+    for number, raw in enumerate(f, 1):
+        line = raw.rstrip(b"\r\n")
+        if line.endswith(b"\\"):
+            pending.append(line[:-1])
+            continue
+        tokens = b" ".join([*pending, line]).split()
+        if tokens:
+            yield number - len(pending), tokens
+        pending = []
+
+
+def _vertex_error(tokens: list[bytes]) -> str | None:
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return f"unreadable mesh: {exc.strerror}"
-    if size > MAX_OBJ_BYTES:
-        return f"absurdly large mesh file ({size / 2**20:.0f} MB)"
-    vertices = faces = 0
-    try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            for number, line in enumerate(f, 1):
-                if line.startswith("v "):
-                    coords = [float(x) for x in line.split()[1:4]]
-                    if len(coords) < 3 or not all(math.isfinite(c) for c in coords):
-                        return f"line {number}: bad vertex"
-                    vertices += 1
-                elif line.startswith("f "):
-                    refs = [int(tok.split("/")[0]) for tok in line.split()[1:]]
-                    if len(refs) < 3 or any(r == 0 or r > vertices or r < -vertices
-                                            for r in refs):
-                        return f"line {number}: face refers to a missing vertex"
-                    faces += 1
-                    if faces > MAX_FACES:
-                        return f"absurdly large mesh (over {MAX_FACES} faces)"
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"unreadable mesh: {exc}"
-    if faces == 0:
-        return "empty mesh (no faces)"
+        coords = [float(x) for x in tokens[1:4]]
+    except ValueError:
+        coords = []
+    if len(coords) < 3 or not all(math.isfinite(c) for c in coords):
+        return "bad vertex (expected three finite coordinates)"
     return None
 
 
-def check_model(models_root: Path, model_id: str) -> Problem | None:
-    folder = models_root / model_id / "models"
-    reason = check_obj(folder / "model_normalized.obj")
-    if reason is None:
-        mtl = folder / "model_normalized.mtl"
-        try:
-            lines = mtl.read_text(errors="replace").splitlines() if mtl.exists() else []
-        except OSError as exc:
-            lines, reason = [], f"unreadable material file: {exc.strerror}"
-        for line in lines:
-            if line.strip().startswith("map_Kd"):
-                image = (folder / line.split(None, 1)[1].strip()).resolve()
-                problem = check_image(image) if image.is_file() else "missing"
-                if problem:
-                    reason = f"texture {image.name}: {problem}"
-                    break
-    return Problem(model_id, reason) if reason else None
+def _face_refs(tokens: list[bytes], vertices: int) -> tuple[list[int], str | None]:
+    """Vertex indices of an ``f`` line (``v``, ``v/vt``, ``v//vn``, ``v/vt/vn``; negative ones are
+    relative) and the error if one is not a vertex defined before it."""
+    try:
+        refs = [int(tok.split(b"/")[0]) for tok in tokens[1:]]
+    except ValueError:
+        return [], "face has a vertex index that is not an integer"
+    for ref in refs:
+        if ref == 0 or ref > vertices or ref < -vertices:
+            return refs, (f"face refers to a missing vertex ({ref}; {vertices} defined before "
+                          "this line)")
+    return refs, None
 
 
-def _check(job: tuple[str, Path, str]) -> Problem | None:
-    kind, root, item = job
-    if kind == "model":
-        return check_model(root, item)
+def _counted(lines: list[int], what: str, consequence: str) -> str:
+    return f"{len(lines)} {what} (first on line {lines[0]}): {consequence}"
+
+
+def check_obj(path: Path) -> MeshReport:
+    """Errors and warnings of an OBJ file, parsed as text the way Blender's importer reads it.
+
+    Blender drops faces with fewer than three vertices and does not render ``l`` elements:
+    warnings. A face referring to a vertex not defined before it (Blender drops it too), a bad
+    vertex, no face at all or an absurd size: errors.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return MeshReport(f"unreadable mesh: {exc.strerror}", [], [])
+    if size > MAX_OBJ_BYTES:
+        return MeshReport(f"absurdly large mesh file ({size / 2**20:.0f} MB)", [], [])
+    vertices = faces = 0
+    short: list[int] = []
+    edges: list[int] = []
+    materials: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for number, tokens in _obj_lines(f):
+                key, error = tokens[0], None
+                if key == b"v":
+                    error = _vertex_error(tokens)
+                    vertices += 1
+                elif key == b"f":
+                    refs, error = _face_refs(tokens, vertices)
+                    if len(refs) < 3:
+                        short.append(number)
+                    else:
+                        faces += 1
+                elif key == b"l":
+                    edges.append(number)
+                elif key == b"mtllib":
+                    materials.append(b" ".join(tokens[1:]).decode(errors="replace").strip('"'))
+                if error:
+                    return MeshReport(f"line {number}: {error}", [], materials)
+                if faces > MAX_FACES:
+                    return MeshReport(f"absurdly large mesh (over {MAX_FACES} faces)", [], materials)
+    except OSError as exc:
+        return MeshReport(f"unreadable mesh: {exc}", [], materials)
+    warnings = []
+    if short:
+        warnings.append(_counted(short, "faces with fewer than three vertices",
+                                 "Blender drops them"))
+    if edges:
+        warnings.append(_counted(edges, "line elements ('l')", "not rendered"))
+    if faces == 0:
+        return MeshReport("empty mesh (no faces with three or more vertices)", warnings, materials)
+    return MeshReport(None, warnings, materials)
+
+
+def _material_files(folder: Path, named: list[str]) -> tuple[list[Path], list[str]]:
+    """The material libraries Blender reads for ``folder``'s OBJ (those its ``mtllib`` lines name,
+    then ``model_normalized.mtl``, the OBJ's own name), and warnings for the missing ones."""
+    fallback = folder / "model_normalized.mtl"
+    files, warnings = [], []
+    for name in named:
+        path = folder / name
+        if path.is_file():
+            files.append(path.resolve())
+        elif not fallback.is_file():
+            warnings.append(f"material library {name!r} not found: Blender renders its default "
+                            "material")
+    if fallback.is_file() and fallback.resolve() not in files:
+        files.append(fallback.resolve())
+    return files, warnings
+
+
+def _find_image(folder: Path, name: str) -> Path | None:
+    """Where Blender's importer finds a ``map_Kd`` image: the path as written (relative to the
+    .mtl's folder), then its base name (``/`` or ``\\`` separated) in that folder."""
+    for path in (folder / name, folder / re.split(r"[\\/]", name)[-1]):
+        if path.is_file():
+            return path
+    return None
+
+
+def _texture_error(mtl: Path) -> str | None:
+    """The first ``map_Kd`` image of ``mtl`` that is missing (Cycles renders it magenta) or
+    unreadable."""
+    try:
+        lines = mtl.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"unreadable material file {mtl.name}: {exc.strerror}"
+    for line in lines:
+        if line.strip().startswith("map_Kd") and len(line.split(None, 1)) == 2:
+            name = line.split(None, 1)[1].strip()
+            image = _find_image(mtl.parent, name)
+            problem = check_image(image) if image else "missing"
+            if problem:
+                return f"texture {name}: {problem}"
+    return None
+
+
+def convention_problem(model: ModelInfo) -> str | None:
+    """How ``model``'s bounds are far from ShapeNet's convention (centred, unit diagonal)."""
+    if model.bounds is None:
+        return None
+    diagonal, offset = model.diagonal, model.center_offset
+    if diagonal < MIN_DIAGONAL:
+        return "degenerate bounding box (zero diagonal)"
+    if not DIAGONAL_RANGE[0] <= diagonal <= DIAGONAL_RANGE[1]:
+        return (f"bounding-box diagonal {diagonal:.3g} is outside [{DIAGONAL_RANGE[0]}, "
+                f"{DIAGONAL_RANGE[1]}] (ShapeNet's convention: 1)")
+    if offset > MAX_CENTER_OFFSET * diagonal:
+        return (f"bounding-box centre is {offset:.3g} from the origin, more than "
+                f"{MAX_CENTER_OFFSET} of its diagonal {diagonal:.3g}")
+    return None
+
+
+def _convention(model: ModelInfo, normalized: bool) -> Problem | None:
+    """Far from the convention: a warning when the renderer normalises the library's meshes, an
+    error when the library declares them normalised (or the box cannot be normalised)."""
+    problem = convention_problem(model)
+    if problem is None:
+        return None
+    if normalized:
+        return Problem(model.id, f"{problem}, but the library declares its meshes normalised "
+                                 f"({DECLARATION_FILE})")
+    if model.diagonal < MIN_DIAGONAL:
+        return Problem(model.id, f"{problem}: cannot be normalised")
+    return Problem(model.id, f"{problem}: normalised at render time", warning=True)
+
+
+def check_model(models_root: Path, model: ModelInfo, normalized: bool = False) -> list[Problem]:
+    """The error (at most one: the model is denied) and the warnings of one model."""
+    folder = models_root / model.id / "models"
+    report = check_obj(folder / "model_normalized.obj")
+    error = report.error
+    files, warnings = _material_files(folder, report.materials)
+    for mtl in files:
+        error = error or _texture_error(mtl)
+    problems = [Problem(model.id, w, warning=True) for w in report.warnings + warnings]
+    convention = None if report.error else _convention(model, normalized)
+    if convention and convention.warning:
+        problems.append(convention)
+    elif convention:
+        error = error or convention.reason
+    return ([Problem(model.id, error)] if error else []) + problems
+
+
+def _check(job: tuple[Path, ModelInfo | str], normalized: bool) -> list[Problem]:
+    root, item = job
+    if isinstance(item, ModelInfo):
+        return check_model(root, item, normalized)
     reason = check_image(root / item)
-    return Problem(item, reason) if reason else None
+    return [Problem(item, reason)] if reason else []
 
 
 def check_library(library: AssetLibrary, workers: int | None = None, progress=None
                   ) -> list[Problem]:
-    """Check every model, texture and background image in parallel processes."""
-    jobs = [("model", library.models_root, m.id) for m in library.models]
-    jobs += [("image", library.textures_root, t) for t in library.textures + library.skyboxes]
+    """Check every model, texture and background image in parallel processes: errors (the
+    denylist) and warnings (``Problem.warning``)."""
+    jobs: list[tuple[Path, ModelInfo | str]] = [(library.models_root, m) for m in library.models]
+    jobs += [(library.textures_root, t) for t in library.textures + library.skyboxes]
     problems = []
+    check = partial(_check, normalized=library.declaration.normalized)
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for problem in pool.map(_check, jobs, chunksize=16):
-            if problem:
-                problems.append(problem)
+        for found in pool.map(check, jobs, chunksize=16):
+            problems += found
             if progress:
                 progress(1)
     return problems
@@ -119,5 +270,6 @@ def check_library(library: AssetLibrary, workers: int | None = None, progress=No
 
 def write_denylist(problems: list[Problem], path: Path) -> None:
     lines = ["# bl30k-farm denylist: assets spec generation skips (python -m farm assets check)"]
-    lines += [f"{p.item}  # {p.reason}" for p in sorted(problems, key=lambda p: p.item)]
+    lines += [f"{p.item}  # {p.reason}" for p in sorted(problems, key=lambda p: p.item)
+              if not p.warning]
     path.write_text("\n".join(lines) + "\n")

@@ -4,20 +4,35 @@ Layouts (the same as the original BL30K generator's inputs):
 - models root: ``<synset>/<model>/models/model_normalized.obj`` (+ ``.mtl``, images, and
   ShapeNet's ``model_normalized.json`` bounding box), ``taxonomy.json`` for category names;
 - textures root: ``texture/<class>/<image>`` and ``skybox/<class>/<image>``.
+
+A models root may hold a declaration, ``farm_library.yaml`` (see ``LibraryDeclaration``): whether its
+meshes already follow ShapeNet's convention (centred bounding box, unit diagonal) and which axis is
+up in its files. Undeclared, every mesh is normalised at render time and read as Y-up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+import yaml
+
+from farm.spec import UP_AXES
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tga", ".tif", ".tiff", ".exr", ".hdr"}
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+DECLARATION_FILE = "farm_library.yaml"
+NORMALIZED_RADIUS = 0.5  # bounding sphere of a unit-diagonal box centred on the origin
+MIN_DIAGONAL = 1e-9  # a mesh whose bounding box is (nearly) a point cannot be normalised
+_VERTEX_RE = re.compile(rb"^[ \t]*v[ \t]+(\S+)[ \t]+(\S+)[ \t]+(\S+)", re.M)
 
 
 class AssetError(RuntimeError):
@@ -30,7 +45,82 @@ class ModelInfo:
     synset: str
     category: str
     mapped: bool  # the .mtl has a map_Kd (the model is texture mapped)
-    radius: float  # bounding-sphere radius around the origin, model units
+    bounds: list[list[float]] | None  # [min, max] corners in the file's axes and units; None: unknown
+
+    @property
+    def radius(self) -> float:
+        """Bounding-sphere radius around the file's origin (its farthest bounding-box corner)."""
+        if self.bounds is None:
+            return NORMALIZED_RADIUS
+        return math.hypot(*(max(abs(lo), abs(hi)) for lo, hi in zip(*self.bounds, strict=True)))
+
+    @property
+    def diagonal(self) -> float:
+        return math.dist(*self.bounds) if self.bounds else 0.0
+
+    @property
+    def center_offset(self) -> float:
+        """Distance of the bounding-box centre from the file's origin."""
+        return math.hypot(*((lo + hi) / 2 for lo, hi in zip(*self.bounds, strict=True))
+                          ) if self.bounds else 0.0
+
+
+@dataclass(frozen=True)
+class LibraryDeclaration:
+    """``<models root>/farm_library.yaml``; a missing file means the defaults."""
+
+    normalized: bool = False  # true: meshes already follow ShapeNet's convention; render them as is
+    up_axis: str = "Y"  # up axis of the OBJ files: Y (ShapeNet) or Z
+
+
+def read_declaration(models_root: Path) -> LibraryDeclaration:
+    """The library declaration of ``models_root``, parsed strictly (unknown keys are errors)."""
+    path = models_root / DECLARATION_FILE
+    if not path.is_file():
+        return LibraryDeclaration()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AssetError(f"cannot read library declaration {path}: {str(exc).splitlines()[0]}"
+                         ) from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise AssetError(f"library declaration {path}: expected a mapping with normalized, up_axis")
+    unknown = sorted(str(k) for k in data if k not in ("normalized", "up_axis"))
+    if unknown:
+        raise AssetError(f"library declaration {path}: unknown key(s) {', '.join(unknown)} "
+                         "(known: normalized, up_axis)")
+    declared = LibraryDeclaration(**data)
+    if not isinstance(declared.normalized, bool):
+        raise AssetError(f"library declaration {path}: normalized must be true or false, "
+                         f"got {declared.normalized!r}")
+    if declared.up_axis not in UP_AXES:
+        raise AssetError(f"library declaration {path}: up_axis must be Y or Z, "
+                         f"got {declared.up_axis!r}")
+    return declared
+
+
+def obj_bounds(path: Path) -> list[list[float]] | None:
+    """[min, max] over an OBJ's ``v`` lines, or None (unreadable, no vertex, non-finite)."""
+    try:
+        coords = _VERTEX_RE.findall(path.read_bytes())
+        vertices = np.array(coords, dtype=np.bytes_).astype(np.float64)
+    except (OSError, ValueError):
+        return None
+    if not len(vertices) or not np.isfinite(vertices).all():
+        return None
+    return [vertices.min(0).tolist(), vertices.max(0).tolist()]
+
+
+def _json_bounds(path: Path) -> list[list[float]] | None:
+    """ShapeNet's ``model_normalized.json`` "min"/"max" corners, or None."""
+    try:
+        box = json.loads(path.read_text())
+        corners = [[float(c) for c in box[key]] for key in ("min", "max")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = all(len(c) == 3 and all(math.isfinite(x) for x in c) for c in corners)
+    return corners if ok else None
 
 
 def default_cache_dir() -> Path:
@@ -69,15 +159,10 @@ def _model_info(models_root: Path, model_id: str, category: str) -> ModelInfo:
             mapped = any("map_Kd" in line for line in f)
     except FileNotFoundError:
         pass
-    radius = 0.5  # ShapeNetCore.v2 normalises every model to a unit bounding-box diagonal
-    try:
-        box = json.loads((folder / "model_normalized.json").read_text())
-        corners = [box["min"], box["max"]]
-        radius = max(sum(c * c for c in corner) ** 0.5 for corner in corners)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    bounds = _json_bounds(folder / "model_normalized.json") or obj_bounds(
+        folder / "model_normalized.obj")
     synset = model_id.split("/")[0]
-    return ModelInfo(model_id, synset, category, mapped, float(radius))
+    return ModelInfo(model_id, synset, category, mapped, bounds)
 
 
 def _list_images(root: Path, kind: str) -> list[str]:
@@ -108,6 +193,7 @@ class AssetLibrary:
     models: list[ModelInfo]
     textures: list[str]
     skyboxes: list[str]
+    declaration: LibraryDeclaration = LibraryDeclaration()
 
     @classmethod
     def open(cls, models_root: str | Path, textures_root: str | Path,
@@ -117,6 +203,7 @@ class AssetLibrary:
             if not root.is_dir():
                 raise AssetError(f"{what} root {root} is not a directory")
         lib = cls._load_cached(models_root, textures_root, cache_dir or default_cache_dir())
+        lib.declaration = read_declaration(models_root)
         if denylist:
             lib.models = [m for m in lib.models if m.id not in denylist]
             lib.textures = [t for t in lib.textures if t not in denylist]
@@ -169,6 +256,13 @@ class AssetLibrary:
             if m.id == model_id:
                 return m
         raise AssetError(f"model {model_id!r} is not in the library at {self.models_root}")
+
+    def geometry(self, model: ModelInfo) -> dict:
+        """The ObjectSpec fields that tell the renderer how to place ``model``: whether to
+        normalise it, its up axis, and the bounding-sphere radius of the mesh it renders."""
+        normalize = not self.declaration.normalized
+        radius = NORMALIZED_RADIUS if normalize else round(model.radius, 6)
+        return {"normalize": normalize, "up_axis": self.declaration.up_axis, "radius": radius}
 
     @cached_property
     def fingerprint(self) -> str:

@@ -52,12 +52,14 @@ def cmd_assets_check(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with tqdm(total=total, unit="asset", disable=args.quiet) as bar:
         problems = check_library(lib, args.workers, progress=bar.update)
-    for p in problems:
-        print(f"{p.item}: {p.reason}")
+    for p in sorted(problems, key=lambda p: (p.warning, p.item)):
+        print(f"{p.item}: {'warning: ' if p.warning else ''}{p.reason}")
     out = Path(args.out)
     write_denylist(problems, out)
-    print(f"checked {total} assets in {time.perf_counter() - t0:.1f} s: {len(problems)} "
-          f"problems; denylist written to {out} (use --denylist {out} or FARM_DENYLIST={out})")
+    warnings = sum(p.warning for p in problems)
+    print(f"checked {total} assets in {time.perf_counter() - t0:.1f} s: "
+          f"{len(problems) - warnings} problems (denied), {warnings} warnings; denylist written "
+          f"to {out} (use --denylist {out} or FARM_DENYLIST={out})")
     return 0
 
 

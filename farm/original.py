@@ -74,7 +74,9 @@ def convert(data: Any, origin: str, library: AssetLibrary, preset: Preset) -> Vi
             location_poly=poses["location_poly"], rotation_poly=poses["rotation_poly"],
             scale_poly=poses["scale_poly"],
             texture=_strip(texture, "<args:1>", f"object_runners[{i}].texture") if texture else None,
-            radius=info.radius,
+            # The original rendered the files as they are, Y-up: so does the spec, whatever the
+            # library declares (ShapeNet's files are unit-diagonal but not exactly centred).
+            radius=info.radius, normalize=False, up_axis="Y",
         ))
     lights = [LightSpec(energy=r["config"]["light"]["energy"], color=r["config"]["light"]["color"],
                         type=r["config"]["light"].get("type", "POINT"),

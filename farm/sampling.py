@@ -235,7 +235,7 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
         paths.append(np.asarray(loc))
         objects.append(ObjectSpec(
             model=model.id, synset=model.synset, category=model.category, location_poly=loc,
-            rotation_poly=ang, scale_poly=scl, texture=texture, radius=round(model.radius, 6)))
+            rotation_poly=ang, scale_poly=scl, texture=texture, **lib.geometry(model)))
     record = {
         "min_distance": p.min_path_distance,
         "pairs": pairs,  # [earlier object, object, achieved minimum path distance]

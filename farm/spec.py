@@ -32,6 +32,7 @@ VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DENOISE_PREFILTERS = ("NONE", "FAST", "ACCURATE")
 DENOISE_QUALITIES = ("HIGH", "BALANCED", "FAST")
 DEVICES = ("AUTO", "CPU", "GPU", "CUDA", "OPTIX")
+UP_AXES = ("Y", "Z")
 
 
 class SpecError(ValueError):
@@ -80,7 +81,9 @@ class ObjectSpec:
     texture: str | None = None  # relative to the textures root, e.g. "texture/wood/0.jpg"
     uv_projection: str = "AUTO"  # with a texture: AUTO (smart <1000 faces, else cylinder),
     # SMART or CYLINDER
-    radius: float = 0.5  # bounding-sphere radius of the unscaled model (model_normalized units)
+    radius: float = 0.5  # bounding-sphere radius of the unscaled mesh as rendered (0.5 normalised)
+    normalize: bool = False  # centre the mesh's bounding box on the origin, scale its diagonal to 1
+    up_axis: str = "Y"  # the OBJ file's up axis: Y (ShapeNet) or Z
 
     @property
     def obj_path(self) -> str:
@@ -316,6 +319,8 @@ def _parse_object(data: Any, name: str) -> ObjectSpec:
     for key in ("synset", "category"):
         if not isinstance(d[key], str) or len(d[key]) > 256:
             raise SpecError(f"{name}.{key}", "expected a string of at most 256 characters")
+    if not isinstance(d.get("normalize", False), bool):
+        raise SpecError(f"{name}.normalize", "expected true or false")
     return ObjectSpec(
         model=model,
         synset=d["synset"],
@@ -326,7 +331,9 @@ def _parse_object(data: Any, name: str) -> ObjectSpec:
         texture=texture,
         uv_projection=_choice(d.get("uv_projection", "AUTO"), f"{name}.uv_projection",
                               ("AUTO", "SMART", "CYLINDER")),
-        radius=_number(d.get("radius", 0.5), f"{name}.radius", 1e-6, 100.0),
+        radius=_number(d.get("radius", 0.5), f"{name}.radius", 1e-6, MAX_ABS_COORD),
+        normalize=d.get("normalize", False),
+        up_axis=_choice(d.get("up_axis", "Y"), f"{name}.up_axis", UP_AXES),
     )
 
 

@@ -4,8 +4,8 @@ Keys (all under ``farm:``):
 - ``segments``: set of segment numbers ever enqueued;
 - ``seg:<S>:state``: hash video -> queued | running | retrying | done | failed | cancelled;
 - ``seg:<S>:specs``: hash video -> zlib-compressed spec JSON (for retry and finalize);
-- ``video:<id>``: hash with lost_deliveries, crashes, uploads, last_error, worker, device,
-  timings;
+- ``video:<id>``: hash with generation (bumped per enqueue), lost_deliveries, crashes, uploads,
+  last_error, worker, device, timings;
 - ``completions``: sorted set video -> finish time (rates over a window);
 - ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
 """
@@ -60,8 +60,17 @@ class FarmState:
     r: redis.Redis
 
     # --- per-video state ---------------------------------------------------------------------
-    def register(self, segment: int, specs: list, state: str = "queued") -> None:
-        """Record VideoSpecs as ``state`` with their spec and clear their last error."""
+    def register(self, segment: int, specs: list, state: str = "queued") -> dict[str, int]:
+        """Record VideoSpecs as ``state`` with their spec and clear their last error.
+
+        Each registration starts a new *generation* of the video, returned per video: its task
+        id includes it, so a cancelled (revoked) generation never shadows a later enqueue, and
+        workers drop messages of superseded generations.
+        """
+        bump = self.r.pipeline(transaction=False)
+        for spec in specs:
+            bump.hincrby(f"{PREFIX}video:{spec.id}", "generation", 1)
+        generations = dict(zip((s.id for s in specs), map(int, bump.execute()), strict=True))
         pipe = self.r.pipeline(transaction=False)
         pipe.sadd(f"{PREFIX}segments", segment)
         pipe.setnx(f"{PREFIX}seg:{segment}:started", time.time())
@@ -73,6 +82,10 @@ class FarmState:
                                                           "queued_at": time.time()})
             pipe.hdel(f"{PREFIX}video:{video}", "last_error")
         pipe.execute()
+        return generations
+
+    def generation(self, video: str) -> int:
+        return int(self.r.hget(f"{PREFIX}video:{video}", "generation") or 0)
 
     def set_state(self, segment: int, video: str, state: str, **fields) -> None:
         pipe = self.r.pipeline(transaction=False)

@@ -26,6 +26,9 @@ from farm.state import STATES, BrokerUnavailable, FarmState, connect
 from farm.storage import StorageError, join
 
 BATCH = 500
+# Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
+# of every explicitly prioritised video. The documented default is the middle.
+DEFAULT_PRIORITY = 5
 
 class Context:
     """Lazily opened services, so each command touches only what it needs."""
@@ -82,15 +85,19 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
     by_segment: dict[int, list[VideoSpec]] = {}
     for spec in specs:
         by_segment.setdefault(spec.segment, []).append(spec)
+    generations: dict[str, int] = {}
     for segment, group in by_segment.items():
-        ctx.state.register(segment, group)
+        generations.update(ctx.state.register(segment, group))
     # kombu's publish batch sends the LPUSHes through one Redis pipeline per batch
     with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH):
         for spec in specs:
             soft, hard = load_preset(spec.preset).time_limits(spec.frames)
+            generation = generations[spec.id]
             app.send_task(
-                TASK_NAME, kwargs=task_kwargs(spec, whole), task_id=task_id(spec.id), producer=producer,
-                priority=priority, soft_time_limit=soft, time_limit=hard, ignore_result=True,
+                TASK_NAME, kwargs={**task_kwargs(spec, whole), "generation": generation},
+                task_id=task_id(spec.id, generation), producer=producer,
+                priority=DEFAULT_PRIORITY if priority is None else priority,
+                soft_time_limit=soft, time_limit=hard, ignore_result=True,
                 argsrepr="()", kwargsrepr=f"{{'video': '{spec.id}', 'segment': {spec.segment}}}",
             )
 
@@ -285,7 +292,8 @@ def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
     lost = []
     for segment in segments:
         for video, st in ctx.state.states(segment).items():
-            if st in ("queued", "retrying", "running") and task_id(video) not in present \
+            if st in ("queued", "retrying", "running") \
+                    and task_id(video, ctx.state.generation(video)) not in present \
                     and ctx.state.holder(f"video:{video}") is None:
                 spec = ctx.state.spec(segment, video)
                 if spec:
@@ -310,7 +318,8 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     videos = args.video or [v for v, s in states.items() if s in ("queued", "retrying")]
     for video in videos:
         ctx.state.set_state(args.segment, video, "cancelled")
-    app.control.revoke([task_id(v) for v in videos])  # tasks still in the queue are dropped
+    # Tasks still in the queue are dropped; a later enqueue is a new generation (a new task id).
+    app.control.revoke([task_id(v, ctx.state.generation(v)) for v in videos])
     print(f"cancelled {len(videos)} videos of segment {args.segment} (running ones finish; "
           "cancelled ones are skipped when a worker picks them up)")
     return 0

@@ -82,12 +82,12 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         while True:
             tasks = requests.get(api, auth=("admin", "secret"), timeout=10).json()
             succeeded = {t for t, v in tasks.items() if v["state"] == "SUCCESS"}
-            if {"render-a00000", "render-a00001", "render-a00002"} <= succeeded:
+            if {"render-a00000-1", "render-a00001-1", "render-a00002-1"} <= succeeded:
                 break
             assert time.monotonic() < deadline, tasks
             time.sleep(1)
-        assert tasks["render-a00000"]["name"] == "farm.render_video"
-        assert "'video': 'a00000'" in tasks["render-a00000"]["kwargs"]
+        assert tasks["render-a00000-1"]["name"] == "farm.render_video"
+        assert "'video': 'a00000'" in tasks["render-a00000-1"]["kwargs"]
         metrics = requests.get(f"http://127.0.0.1:{flower_port}/metrics", timeout=10).text
         assert "flower_events_total" in metrics
 

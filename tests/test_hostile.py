@@ -57,7 +57,7 @@ def _mutate(doc: dict, data) -> dict:
                 parent[data.draw(st.text(min_size=1, max_size=8))] = data.draw(LEAVES)
             else:
                 parent.append(data.draw(LEAVES))
-        except (KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError, AttributeError):  # an earlier mutation's None
             continue
     return doc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from conftest import ORIGINAL_YAML
 
+from farm.assets import AssetLibrary
 from farm.original import import_file
 from farm.spec import SpecError, load_spec
 
@@ -51,6 +53,21 @@ def test_import_preserves_every_value(name, library, bl30k):
     assert spec.background.location == sky["location"]
     assert spec.background.rotation == sky["rotation"]
     assert spec.render == bl30k.render
+
+
+def test_import_renders_the_files_as_the_original_did(pack, library, bl30k, tmp_path):
+    """Whatever the library declares, imported objects are the files as they are, Y-up (the
+    original's import), with the bounding radius of the file: the same spec as without a
+    declaration."""
+    models = tmp_path / "models"
+    shutil.copytree(pack.models, models)
+    (models / "farm_library.yaml").write_text("normalized: false\nup_axis: Z\n")
+    declared = AssetLibrary.open(models, pack.textures, cache_dir=tmp_path / "cache")
+    spec = import_file(ORIGINAL_YAML / "b00000.yaml", declared, bl30k)
+    assert spec.objects == import_file(ORIGINAL_YAML / "b00000.yaml", library, bl30k).objects
+    for obj in spec.objects:
+        assert not obj.normalize and obj.up_axis == "Y"
+        assert obj.radius == declared.model(obj.model).radius
 
 
 def test_import_cli_round_trip(pack, tmp_path):

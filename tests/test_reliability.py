@@ -120,8 +120,8 @@ def test_check_obj_limits(tmp_path):
     path = tmp_path / "m.obj"
     verts = np.zeros((3, 3))
     path.write_text("".join(f"v {a} {b} {c}\n" for a, b, c in verts) + "f 1 2 3\nf 1 2 -4\n")
-    assert "missing vertex" in check_obj(path)
+    assert "missing vertex" in check_obj(path).error
     path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\nf -1 -2 -3\n")
-    assert check_obj(path) is None
+    assert check_obj(path) == (None, [], [])
     shutil.copy(path, tmp_path / "copy.obj")
-    assert check_obj(tmp_path / "missing.obj").startswith("unreadable mesh")
+    assert check_obj(tmp_path / "missing.obj").error.startswith("unreadable mesh")

@@ -46,6 +46,9 @@ def test_yaml_round_trip_is_exact(library, bl30k):
         (lambda d: d.update(objects=[]), "objects", "1..16"),
         (lambda d: d["lights"][0].update(color=[1, 1]), "lights[0].color", "list of 3"),
         (lambda d: d.update(version=99), "version", "unsupported"),
+        (lambda d: d["objects"][0].update(normalize="yes"), "objects[0].normalize",
+         "true or false"),
+        (lambda d: d["objects"][0].update(up_axis="X"), "objects[0].up_axis", "not one of Y, Z"),
     ],
 )
 def test_validation_names_field_and_problem(spec_dict, mutate, field, problem):
@@ -67,3 +70,13 @@ def test_malformed_yaml_is_a_spec_error():
 def test_yaml_is_loaded_safely():
     with pytest.raises(SpecError, match="not valid YAML"):
         parse_spec_text("!!python/object/apply:os.system ['echo owned']")
+
+
+def test_specs_without_normalisation_fields_render_files_as_they_are(spec_dict):
+    """Spec files written before objects carried normalize / up_axis stay valid and mean what
+    they meant: the mesh as it is in its file, Y-up."""
+    data = copy.deepcopy(spec_dict)
+    for obj in data["objects"]:
+        del obj["normalize"], obj["up_axis"]
+    for obj in VideoSpec.from_dict(data).objects:
+        assert obj.normalize is False and obj.up_axis == "Y"

@@ -22,9 +22,10 @@ settings = load_settings()
 TASK_NAME = "farm.render_video"
 
 
-def task_id(video: str) -> str:
-    """Deterministic task id: one logical task per video."""
-    return f"render-{video}"
+def task_id(video: str, generation: int) -> str:
+    """One task id per enqueue of a video (its generation, kept in Redis): revoking a cancelled
+    generation never discards a later enqueue of the same video."""
+    return f"render-{video}-{generation}"
 
 
 # The longest hard time limit of any preset (tasks carry their own limits, see scheduler).

@@ -12,10 +12,13 @@ import bpy
 import mathutils
 import numpy as np
 
-from farm.assets import AssetError, resolve_under
+from farm.assets import MIN_DIAGONAL, AssetError, resolve_under
 from farm.spec import ObjectSpec, VideoSpec, eval_poly
 
 SMART_UV_MAX_FACES = 1000  # the original used smart projection below this face count
+# The OBJ importer's (forward, up) axes per file up axis: Y-up files get ShapeNet's conversion
+# (file +Y -> Blender +Z); Z-up files are already in Blender's axes.
+IMPORT_AXES = {"Y": ("NEGATIVE_Z", "Y"), "Z": ("Y", "Z")}
 
 
 class ModelLoadError(AssetError):
@@ -62,10 +65,11 @@ def _textured_material(name: str, image: bpy.types.Image, emission: float | None
     return mat
 
 
-def _import_model(path: Path, label: str) -> list[bpy.types.Object]:
+def _import_model(path: Path, label: str, up_axis: str) -> list[bpy.types.Object]:
     before = set(bpy.data.objects)
+    forward, up = IMPORT_AXES[up_axis]
     try:
-        bpy.ops.wm.obj_import(filepath=str(path), forward_axis="NEGATIVE_Z", up_axis="Y")
+        bpy.ops.wm.obj_import(filepath=str(path), forward_axis=forward, up_axis=up)
     except RuntimeError as exc:
         raise ModelLoadError(f"{label}: OBJ import failed for {path}: {exc}") from None
     meshes = [o for o in set(bpy.data.objects) - before if o.type == "MESH"]
@@ -75,6 +79,30 @@ def _import_model(path: Path, label: str) -> list[bpy.types.Object]:
         obj.data.transform(obj.matrix_world)
         obj.matrix_world = mathutils.Matrix.Identity(4)
     return sorted(meshes, key=lambda o: o.name)
+
+
+def _vertices(parts: list[bpy.types.Object]) -> np.ndarray:
+    """All vertex coordinates of ``parts`` (their mesh data, world axes once baked), (n, 3)."""
+    chunks = []
+    for obj in parts:
+        co = np.empty(len(obj.data.vertices) * 3, dtype=np.float32)
+        obj.data.vertices.foreach_get("co", co)
+        chunks.append(co.reshape(-1, 3))
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def normalize_parts(parts: list[bpy.types.Object], label: str) -> None:
+    """Centre the joint bounding box of ``parts`` on the origin and scale its diagonal to 1
+    (ShapeNet's convention), baked into the meshes."""
+    coords = _vertices(parts)
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    diagonal = float(np.linalg.norm(hi - lo))
+    if not np.isfinite(diagonal) or diagonal < MIN_DIAGONAL:
+        raise ModelLoadError(f"{label}: cannot normalise, its bounding box diagonal is {diagonal}")
+    matrix = mathutils.Matrix.Scale(1 / diagonal, 4) @ mathutils.Matrix.Translation(
+        mathutils.Vector(-(lo + hi) / 2))
+    for obj in parts:
+        obj.data.transform(matrix)
 
 
 def _replace_texture(parts: list[bpy.types.Object], image: bpy.types.Image, projection: str,
@@ -116,7 +144,9 @@ def add_object(spec: ObjectSpec, pass_index: int, models_root: Path, textures_ro
                max_texture_size: int, t: np.ndarray) -> bpy.types.Object:
     label = f"object {pass_index} ({spec.model})"
     path = resolve_under(models_root, spec.obj_path, f"{label} model")
-    parts = _import_model(path, label)
+    parts = _import_model(path, label, spec.up_axis)
+    if spec.normalize:
+        normalize_parts(parts, label)
     if spec.texture:
         image = _image(resolve_under(textures_root, spec.texture, f"{label} texture"),
                        max_texture_size)

@@ -89,7 +89,7 @@ def _render(spec: VideoSpec, timeout: float | None, progress: Progress | None) -
           max_retries=settings.max_retries)
 def render_video(self, video: str, segment: int, spec: dict | None = None, index: int | None = None,
                  seed: int | None = None, preset: str | None = None, digest: str | None = None,
-                 first_attempt: int = 0) -> dict:
+                 first_attempt: int = 0, generation: int | None = None) -> dict:
     """Render one video. ``spec`` is the whole spec, or (index, seed, preset, digest and the
     first gate attempt) its recipe."""
     state = FarmState(connect(settings.redis_url_with_password))
@@ -97,6 +97,11 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
     base = join(prefix, segment_base(segment))
     if state.state(segment, video) == "cancelled":
         return {"video": video, "status": "cancelled"}
+    current = state.generation(video)
+    if generation is not None and generation < current:
+        log.info("%s: message of generation %d superseded by %d, dropped", video, generation,
+                 current)
+        return {"video": video, "status": "superseded"}
     try:
         if is_done(storage, base, video):
             state.set_state(segment, video, "done")
@@ -125,7 +130,8 @@ def _requeue(task, countdown: float) -> None:
     request = task.request
     task.apply_async(kwargs=request.kwargs, countdown=countdown, task_id=request.id,
                      priority=(request.delivery_info or {}).get("priority"),
-                     soft_time_limit=request.timelimit[1], time_limit=request.timelimit[0])
+                     soft_time_limit=request.timelimit[1], time_limit=request.timelimit[0],
+                     ignore_result=True, retries=request.retries)
 
 
 def _check_scratch(spec: VideoSpec) -> None:
@@ -236,10 +242,12 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         crashes = state.incr(video, "crashes")
         reason = str(exc) or "soft time limit exceeded"
         state.clear(video, "running")
-        metrics.record_failure(state.r, exc, crashes >= settings.max_deliveries,
-                               task.request.hostname)
-        if crashes >= settings.max_deliveries:
-            _fail(state, segment, video, f"render crashed {crashes} times: {reason}")
+        final = crashes >= settings.max_deliveries or task.request.retries >= task.max_retries
+        metrics.record_failure(state.r, exc, final, task.request.hostname)
+        if final:
+            # Celery's retry() publishes nothing past max_retries: the video must end here.
+            _fail(state, segment, video, f"render crashed {crashes} times (retries: "
+                  f"{task.request.retries}): {reason}")
             raise PermanentRenderError(reason) from None
         state.set_state(segment, video, "retrying", last_error=reason)
         raise task.retry(exc=exc, countdown=5 * crashes) from None
