@@ -182,6 +182,23 @@ def query(prom: str, expr: str) -> list[dict]:
     return reply["data"]["result"]
 
 
+def scalar(prom: str, expr: str) -> float | None:
+    result = query(prom, expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+def targets(prom: str) -> dict[str, str]:
+    reply = requests.get(f"{prom}/api/v1/targets", timeout=10).json()
+    return {t["labels"]["job"]: t["health"] for t in reply["data"]["activeTargets"]}
+
+
+def wait_until(condition, timeout: float, message) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message()
+        time.sleep(0.5)
+
+
 @pytest.mark.services
 @pytest.mark.render
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(farm, pack, tiny, tmp_path):
@@ -204,9 +221,18 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(farm, pack, t
             tmp_path / "flower-password", interval_s=1)
         procs.append(monitoring.start_prometheus(tmp_path / "prometheus", prom_port, config))
         prom = f"http://127.0.0.1:{prom_port}"
+        # Prometheus hands new targets to its scrapers after ~5 s: wait until both are scraped.
+        wait_until(lambda: targets(prom) == {"farm": "up", "flower": "up"}, 60,
+                   lambda: f"targets {targets(prom)}")
 
-        # three videos that render, one whose model is missing (an asset failure), a reconcile
-        farm.cli("enqueue", "--segment", "0", "--count", "3", "--preset", "tiny")
+        # One video first, scraped, then the rest: a counter's first sample shows no increase,
+        # so rate() needs increments after it (tiny renders can finish within one scrape).
+        farm.cli("enqueue", "--segment", "0", "--count", "1", "--preset", "tiny")
+        farm.wait_for(0, done=1, timeout=120)
+        wait_until(lambda: scalar(prom, "sum(farm_frames_rendered_total)") == tiny.frames, 30,
+                   lambda: "Prometheus never saw the first video")
+        # two more videos, one whose model is missing (an asset failure), and a reconcile run
+        farm.cli("enqueue", "--segment", "0", "--start", "1", "--count", "2", "--preset", "tiny")
         lib = AssetLibrary.open(pack.models, pack.textures)
         spec = generate_spec(lib, tiny, 0, 3, 2021)
         broken = replace(spec, objects=[replace(spec.objects[0], model="02691156/no-such-model"),
@@ -215,10 +241,9 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(farm, pack, t
         farm.cli("enqueue", "--specs", str(tmp_path / "broken"))
         farm.cli("reconcile")
         farm.wait_for(0, done=3, failed=1, timeout=150)
+        wait_until(lambda: scalar(prom, 'sum(farm_videos{state="done"})') == 3, 30,
+                   lambda: "Prometheus never saw the three videos done")
 
-        jobs = {t["labels"]["job"]: t["health"] for t in requests.get(
-            f"{prom}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]}
-        assert jobs == {"farm": "up", "flower": "up"}, jobs
         dashboard = json.loads(DASHBOARD.read_text())
         pending = dict.fromkeys(panel_queries(dashboard))
         deadline = time.monotonic() + 30  # a few more 1 s scrapes for the rate windows
