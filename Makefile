@@ -15,13 +15,16 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# From Debian's packages, only when missing: redis-server (tests, local farm) and chromium
-# (the tests open `scheduler report`'s page in headless Chromium).
-SYSTEM_PKGS := $(if $(shell command -v redis-server),,redis-server) \
-	$(if $(shell command -v chromium || command -v chromium-browser),,chromium)
+# From Debian's packages, only the missing ones: redis-server (tests, local farm), prometheus (the
+# dashboard test, local-up --monitoring) and chromium (the tests open the report in a browser).
 system-deps:
-	@pkgs="$(strip $(SYSTEM_PKGS))"; [ -z "$$pkgs" ] || { $(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq $$pkgs; }
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		missing="$$missing chromium"; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
 demo: setup
 	$(BIN)/python -m farm demo

@@ -17,6 +17,7 @@ from pathlib import Path
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
+from farm import metrics
 from farm.assets import AssetError, read_denylist
 from farm.config import ConfigError, Settings, load_settings, segment_base
 from farm.presets import load_preset
@@ -298,9 +299,16 @@ def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
                 if spec:
                     lost.append(VideoSpec.from_dict(spec))
     send(ctx, lost, None)
+    metrics.record_reconcile(ctx.state.r, len(lost))
     print(f"re-sent {len(lost)} videos without a message in the broker"
           + (f": {' '.join(s.id for s in lost)}" if lost else ""))
     return 0
+
+
+def cmd_exporter(ctx: Context, args: argparse.Namespace) -> int:
+    from scheduler.exporter import serve
+
+    return serve(ctx.settings.redis_url_with_password, args.port, args.address)
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
@@ -454,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--segment", type=int)
     rec.set_defaults(func=cmd_reconcile)
 
+    exp = sub.add_parser("exporter", help="serve the farm's Prometheus metrics (/metrics)")
+    exp.add_argument("--port", type=int, default=9808)
+    exp.add_argument("--address", default="0.0.0.0", help="listen address (default: all)")
+    exp.set_defaults(func=cmd_exporter)
+
     cancel = sub.add_parser("cancel", help="cancel a segment's queued videos")
     cancel.add_argument("--segment", type=int, required=True)
     cancel.add_argument("--video", nargs="*", help="only these videos")
@@ -496,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--redis-port", type=int, default=6379)
     local.add_argument("--s3-port", type=int, default=9000)
     local.add_argument("--flower-port", type=int, default=5555)
+    local.add_argument("--exporter-port", type=int, default=9808)
+    local.add_argument("--monitoring", action="store_true",
+                       help="also run Prometheus (Debian's package) scraping the farm and Flower")
+    local.add_argument("--prometheus-port", type=int, default=9090)
     local.set_defaults(func=None)
     return ap
 

@@ -1,4 +1,5 @@
-"""The farm's topology as local processes (no Docker): redis-server, an S3 server, workers, Flower.
+"""The farm's topology as local processes (no Docker): redis-server, an S3 server, workers, Flower,
+the farm's metrics exporter (and with ``--monitoring`` Prometheus).
 
 ``python -m scheduler local-up --workers 2`` starts everything on loopback, writes
 ``<dir>/farm.env`` (source it to point the scheduler CLI at this farm) and runs until Ctrl-C.
@@ -120,6 +121,25 @@ def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait()
 
 
+def start_monitoring(args, env: dict, flower_auth: str, folder: Path) -> list[subprocess.Popen]:
+    """The farm's exporter, and with ``--monitoring`` Prometheus when Debian's package is there."""
+    from scheduler import monitoring
+
+    procs = [monitoring.start_exporter(env, args.exporter_port, folder / "exporter.log")]
+    if not args.monitoring:
+        return procs
+    if not monitoring.prometheus_binary():
+        print("--monitoring: prometheus is not installed (apt-get install prometheus); the farm "
+              f"runs without it (metrics: http://127.0.0.1:{args.exporter_port}/metrics)",
+              file=sys.stderr)
+        return procs
+    config = monitoring.prometheus_config(
+        f"127.0.0.1:{args.exporter_port}", f"127.0.0.1:{args.flower_port}", flower_auth,
+        folder / "flower-password")
+    procs.append(monitoring.start_prometheus(folder / "prometheus", args.prometheus_port, config))
+    return procs
+
+
 def run_local_farm(args) -> int:
     folder = Path(args.dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +157,8 @@ def run_local_farm(args) -> int:
         for i in range(args.workers):
             procs.append(start_worker(env, f"worker{i + 1}", folder / f"worker{i + 1}.log"))
         procs.append(start_flower(env, args.flower_port, flower_auth, folder))
+        monitors = start_monitoring(args, env, flower_auth, folder)
+        procs += monitors
         env_file = folder / "farm.env"
         keys = [*farm_env(0, "", 0, "", folder).keys()]
         env_file.write_text("".join(f"export {k}={env[k]}\n" for k in keys))
@@ -144,6 +166,9 @@ def run_local_farm(args) -> int:
         print(f"local farm up: redis :{args.redis_port}, S3 http://127.0.0.1:{args.s3_port}, "
               f"{args.workers} workers, Flower http://127.0.0.1:{args.flower_port} "
               f"(user:password {flower_auth})")
+        print(f"farm metrics: http://127.0.0.1:{args.exporter_port}/metrics"
+              + (f"; Prometheus http://127.0.0.1:{args.prometheus_port}" if len(monitors) > 1
+                 else ""))
         print(f"in another shell: source {env_file} && python -m scheduler enqueue --segment 0 "
               "--count 4 --preset preview && python -m scheduler status --watch")
         print(f"logs in {folder}; Ctrl-C stops everything")
@@ -155,7 +180,8 @@ def run_local_farm(args) -> int:
                     procs[procs.index(proc)] = workers[name] = start_worker(
                         env, name, folder / f"{name}.log")
             time.sleep(1)
-        print("redis, the S3 server or flower exited; stopping", file=sys.stderr)
+        print("redis, the S3 server, flower, the exporter or prometheus exited; stopping",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -255,7 +255,7 @@ def test_project_services_share_the_farm_environment(services, env_example):
         "AWS_DEFAULT_REGION": "us-east-1",
         "FARM_SEED": env_example["FARM_SEED"],
     }
-    for name in ("worker", "scheduler", "storage-init", "flower"):
+    for name in ("worker", "scheduler", "storage-init", "flower", "exporter"):
         env = env_of(services[name])
         for key, value in expected.items():
             assert str(env.get(key)) == value, f"{name}: {key}={env.get(key)!r}"
@@ -393,6 +393,77 @@ def test_third_party_images_are_pinned(services):
         assert tag and tag != "latest", f"{name}: pin {image}"
 
 
+# --- Monitoring: exporter (always), Prometheus and Grafana (profile "monitoring") -----------------
+
+
+def test_exporter_serves_the_farm_metrics(services):
+    exporter = services["exporter"]
+    assert "profiles" not in exporter, "the farm's metrics are part of the farm"
+    assert command_text(exporter["command"]) == "python -m scheduler exporter --port 9808"
+    assert exporter["build"]["dockerfile"] == "docker/scheduler.Dockerfile"
+    assert exporter["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(str(p).endswith(":9808") and str(p).startswith("127.0.0.1:") for p in exporter["ports"])
+    assert "9808/metrics" in command_text(exporter["healthcheck"]["test"])
+
+
+def test_monitoring_profile_runs_prometheus_and_grafana_from_repo_files(services):
+    prom, grafana = services["prometheus"], services["grafana"]
+    assert prom["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", prom["image"])
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"] + grafana["volumes"]}
+    for target, source in mounts.items():
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), f"{target}: {source} is not in the repository"
+    assert mounts["/etc/prometheus/prometheus.yml"] == "./docker/prometheus.yml"
+    assert mounts["/etc/grafana/provisioning"] == "./docker/grafana/provisioning"
+    assert mounts["/etc/grafana/dashboards"] == "./docker/grafana/dashboards"
+    assert mounts["/prometheus"] == "prometheus-data"
+    for svc in (prom, grafana):
+        assert all(str(p).startswith("127.0.0.1:") for p in svc["ports"])
+
+    # Prometheus scrapes the exporter and Flower (with Flower's login) at their compose ports.
+    config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["farm"]["static_configs"][0]["targets"] == ["exporter:9808"]
+    assert jobs["flower"]["static_configs"][0]["targets"] == ["flower:5555"]
+    auth = jobs["flower"]["basic_auth"]
+    script = command_text(prom["command"])
+    for key in ("username_file", "password_file"):
+        assert auth[key].startswith("/prometheus/") and f"> {auth[key]}" in script
+
+    # Grafana: one provisioned Prometheus data source, the dashboard folder provisioned, and
+    # every panel of the dashboard using that data source.
+    provisioning = ROOT / "docker" / "grafana" / "provisioning"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    source = sources["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "farm.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "farm.json").read_text())
+    assert env_of(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == (
+        "/etc/grafana/dashboards/farm.json")
+    for panel in dashboard["panels"]:
+        for ref in [panel["datasource"]] + [t["datasource"] for t in panel["targets"]]:
+            assert ref == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="needs a POSIX shell")
+def test_prometheus_startup_script_writes_flower_login(services, tmp_path):
+    prom = services["prometheus"]
+    assert prom["entrypoint"][-1] in ("-c", "-ec", "-euc")
+    script = command_text(prom["command"])
+    launch = "exec /bin/prometheus"
+    assert launch in script and "--config.file=/etc/prometheus/prometheus.yml" in script
+    script = script.replace("/prometheus/", f"{tmp_path}/").replace(launch, "exit 0; :")
+    env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "ops:pa:ss w,second:other"}
+    subprocess.run(["sh", "-ec", script], env=env, check=True, timeout=30)
+    assert (tmp_path / ".flower-username").read_text() == "ops"
+    assert (tmp_path / ".flower-password").read_text() == "pa:ss w"
+    for name in (".flower-username", ".flower-password"):
+        assert ((tmp_path / name).stat().st_mode & 0o077) == 0
+
+
 # --- Dockerfiles --------------------------------------------------------------------------------
 
 
@@ -431,7 +502,7 @@ def referenced_dockerfiles(services) -> dict[str, Path]:
 
 def test_project_images_run_as_non_root(services):
     referenced = referenced_dockerfiles(services)
-    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower"}
+    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower", "exporter"}
     for name, path in referenced.items():
         assert path.resolve() in {p.resolve() for p in DOCKERFILES.values()}, f"{name}: {path}"
         users = [args for keyword, args in instructions(path) if keyword == "USER"]

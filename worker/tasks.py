@@ -22,6 +22,7 @@ from pathlib import Path
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
+from farm import metrics
 from farm.assets import AssetError, AssetLibrary, read_denylist
 from farm.config import segment_base
 from farm.presets import load_preset
@@ -182,6 +183,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         # The previous holder of the lease started and never finished: its worker was lost.
         lost = state.incr(video, "lost_deliveries")
         log.warning("%s: previous delivery was lost (%d so far)", video, lost)
+        metrics.record_failure(state.r, "lost", lost >= settings.max_deliveries, task.request.hostname)
         if lost >= settings.max_deliveries:
             _fail(state, segment, video, f"worker lost {lost} times while rendering this video "
                   f"(killed, out of memory or hard time limit); last holder {info['running']}")
@@ -211,9 +213,11 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
         _fail(state, segment, video, str(exc), gate_failed=1,
               next_attempt=_last_attempt(spec_dict, recipe) + 1)
+        metrics.record_failure(state.r, exc, True, task.request.hostname)
         raise PermanentRenderError(str(exc)) from None
     except (SpecError, AssetError, PermanentRenderError) as exc:
         _fail(state, segment, video, str(exc))
+        metrics.record_failure(state.r, exc, True, task.request.hostname)
         raise PermanentRenderError(str(exc)) from None
     except TRANSIENT as exc:
         final = task.request.retries >= task.max_retries
@@ -222,6 +226,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         else:
             state.set_state(segment, video, "retrying", last_error=str(exc))
             state.clear(video, "running")
+        metrics.record_failure(state.r, exc, final, task.request.hostname)
         raise
     except ScratchFull as exc:
         # The worker's disk, not the video: hand the video back for another worker and pause.
@@ -229,6 +234,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         state.set_state(segment, video, "retrying", last_error=str(exc))
         state.clear(video, "running")
         shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
+        metrics.record_failure(state.r, exc, False, task.request.hostname)
         _requeue(task, countdown=5)
         time.sleep(SCRATCH_FULL_PAUSE_S)
         return {"video": video, "status": "handed back: scratch full"}
@@ -236,7 +242,9 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         crashes = state.incr(video, "crashes")
         reason = str(exc) or "soft time limit exceeded"
         state.clear(video, "running")
-        if crashes >= settings.max_deliveries or task.request.retries >= task.max_retries:
+        final = crashes >= settings.max_deliveries or task.request.retries >= task.max_retries
+        metrics.record_failure(state.r, exc, final, task.request.hostname)
+        if final:
             # Celery's retry() publishes nothing past max_retries: the video must end here.
             _fail(state, segment, video, f"render crashed {crashes} times (retries: "
                   f"{task.request.retries}): {reason}")
@@ -252,6 +260,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
                     finished_at=time.time(),
                     device=outcome.manifest["device"], attempt=outcome.spec.attempt)
     state.clear(video, "running")
+    metrics.record_video(state.r, task.request.hostname, outcome, upload)
     return {"video": video, "status": "done", "frames": outcome.spec.frames,
             "device": outcome.manifest["device"], "render_s": timings["render_total_s"],
             "upload_s": upload["upload_s"]}
