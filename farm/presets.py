@@ -36,10 +36,16 @@ class Preset:
     overhead_seconds: float = 120.0
     step_clamp: str = "one-sided"  # motion: the original's one-sided step clamp, or "symmetric"
 
-    def time_limits(self, frames: int | None = None) -> tuple[int, int]:
-        """(soft, hard) Celery time limits in seconds for one video of this preset."""
+    def time_limits(self, frames: int | None = None, attempts: int | None = None
+                    ) -> tuple[int, int]:
+        """(soft, hard) Celery time limits in seconds for one video of this preset.
+
+        Every quality-gate attempt may render the whole video, so each is budgeted (default: the
+        gate's ``max_attempts``; an imported spec is rendered once).
+        """
         n = frames or self.frames
-        soft = int(self.overhead_seconds + self.seconds_per_frame * n)
+        tries = attempts or self.quality_gate.max_attempts
+        soft = int(self.overhead_seconds + self.seconds_per_frame * n * tries)
         return soft, soft + max(60, soft // 10)
 
 

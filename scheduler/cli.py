@@ -78,10 +78,27 @@ def task_kwargs(spec: VideoSpec, whole: bool = False) -> dict:
     return {"video": spec.id, "segment": spec.segment, "spec": spec.to_dict()}
 
 
+def time_limits(spec: VideoSpec) -> tuple[int, int]:
+    """The task's (soft, hard) limits; refused when the hard one outlasts the broker's visibility
+    timeout (Redis would deliver the message again while its first delivery still renders)."""
+    from worker.celery_app import VISIBILITY_TIMEOUT
+
+    preset = load_preset(spec.preset)
+    attempts = None if spec.source == "generated" else 1
+    soft, hard = preset.time_limits(spec.frames, attempts)
+    if hard > VISIBILITY_TIMEOUT:
+        raise SpecError(spec.id, f"its time limit ({hard} s for {spec.frames} frames of "
+                        f"{preset.name}) exceeds the broker's visibility timeout "
+                        f"({VISIBILITY_TIMEOUT} s); set FARM_VISIBILITY_TIMEOUT above {hard} on "
+                        "every worker and the scheduler, or render fewer frames")
+    return soft, hard
+
+
 def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool = False) -> None:
     """Register specs in Redis and publish one task per video."""
     from worker.celery_app import TASK_NAME, app, task_id
 
+    limits = {spec.id: time_limits(spec) for spec in specs}  # refuse before registering any
     by_segment: dict[int, list[VideoSpec]] = {}
     for spec in specs:
         by_segment.setdefault(spec.segment, []).append(spec)
@@ -91,7 +108,7 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
     # kombu's publish batch sends the LPUSHes through one Redis pipeline per batch
     with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH):
         for spec in specs:
-            soft, hard = load_preset(spec.preset).time_limits(spec.frames)
+            soft, hard = limits[spec.id]
             generation = generations[spec.id]
             app.send_task(
                 TASK_NAME, kwargs={**task_kwargs(spec, whole), "generation": generation},

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from services import ROOT
@@ -68,3 +73,92 @@ def test_explicit_priority_is_served_before_the_default(farm):
     started = {v: float(state.video(v)["started_at"])
                for v in ("l00000", "l00001", "l00002", "m00000")}
     assert min(started, key=started.get) == "m00000", started
+
+
+def _render_processes(marker: str) -> list[Path]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"worker.render_main" in cmd and marker.encode() in cmd:
+            found.append(proc)
+    return found
+
+
+def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch):
+    from farm.sampling import generate_spec
+    from worker.runner import render_spec
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "REDIS_PASSWORD": "pw",
+               "FARM_REDIS_URL": "redis://:pw@127.0.0.1:1/0", "FARM_STORAGE_URL": "s3://b"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for proc in _render_processes(str(tmp_path)):
+                with contextlib.suppress(OSError):
+                    seen.append((proc / "environ").read_bytes())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        render_spec(generate_spec(library, tiny, 0, 3, 2021), library.models_root,
+                    library.textures_root, tmp_path / "scratch")
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen, "the render process was never observed"
+    names = {entry.split(b"=", 1)[0].decode() for entry in seen[-1].split(b"\0") if entry}
+    assert not names & set(secrets), names
+    assert "PATH" in names
+
+
+def test_render_process_dies_with_its_worker(library, tiny, tmp_path):
+    """A hard kill of the worker (SIGKILL) must not leave Blender rendering, orphaned."""
+    from farm.sampling import generate_spec
+    from farm.spec import save_spec
+    from worker.runner import render_spec  # noqa: F401 - the child imports it
+
+    spec = generate_spec(library, tiny, 0, 3, 2021)
+    save_spec(spec, tmp_path / "spec.yaml")
+    code = ("import sys; from pathlib import Path; from farm.spec import load_spec;"
+            "from worker.runner import render_spec;"
+            f"render_spec(load_spec({str(tmp_path / 'spec.yaml')!r}), {str(library.models_root)!r},"
+            f" {str(library.textures_root)!r}, Path({str(tmp_path / 'scratch')!r}),"
+            " progress=lambda d, t: __import__('time').sleep(30))")
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not (children := _render_processes(str(tmp_path))):
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.05)
+    assert all(child.exists() for child in children)  # still importing bpy
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 5
+    while any(child.exists() for child in children):
+        assert time.monotonic() < deadline, "the render process outlived its worker"
+        time.sleep(0.05)
+
+
+def test_enqueue_refuses_a_spec_whose_limit_outlasts_the_visibility_timeout(farm, library,
+                                                                            tmp_path):
+    from dataclasses import replace
+
+    from farm.presets import load_preset
+    from farm.sampling import generate_spec
+    from farm.spec import save_spec
+
+    spec = replace(generate_spec(library, load_preset("bl30k"), 13, 0, 2021), frames=1000,
+                   source="imported")
+    save_spec(spec, tmp_path / "long.yaml")
+    proc = farm.cli("enqueue", "--specs", str(tmp_path / "long.yaml"), check=False,
+                    env={"FARM_VISIBILITY_TIMEOUT": "7200"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "exceeds the broker's visibility timeout" in proc.stderr
+    assert farm.cli("status", "--json").stdout.strip() == "[]"  # nothing registered

@@ -10,8 +10,11 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import os
+import signal
 import sys
 import traceback
 from dataclasses import asdict
@@ -20,7 +23,20 @@ from pathlib import Path
 EXIT_OK, EXIT_PERMANENT, EXIT_GATE = 0, 3, 4
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """Be killed by the kernel when the worker process dies (a hard time limit or an OOM kill of
+    the worker must not leave Blender rendering, orphaned)."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", required=True, type=Path)
     ap.add_argument("--models", required=True, type=Path)

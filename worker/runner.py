@@ -52,6 +52,22 @@ class ScratchFull(RenderError):
     """The worker's scratch disk is full: the worker's problem, not the video's."""
 
 
+# What a render process may see of the worker's environment: it parses untrusted meshes and
+# images, so no credentials, broker URL or storage settings reach it.
+RENDER_ENV_NAMES = {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
+                    "PYTHONHASHSEED", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_CACHE_HOME",
+                    "FARM_CACHE_DIR", "FARM_CONFIGS", "FARM_BENCH_ABLATE", "OCIO"}
+RENDER_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OPTIX_", "OMP_", "OPENBLAS_", "MKL_",
+                       "BLENDER_", "CYCLES_")
+
+
+def render_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed environment of a render process."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items()
+            if k in RENDER_ENV_NAMES or k.startswith(RENDER_ENV_PREFIXES)}
+
+
 def max_rss_mb() -> float | None:
     """FARM_RENDER_MAX_RSS_MB: resident-memory cap of one render process (unset: none)."""
     value = os.environ.get("FARM_RENDER_MAX_RSS_MB")
@@ -145,19 +161,24 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
            "--staging", str(staging), "--result", str(result_file),
            "--gate", "enforce" if enforce_gate else "record"]
     tail: deque[str] = deque(maxlen=30)
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    child_env = {**render_env(), **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w") as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             env=child_env, cwd=Path(__file__).resolve().parent.parent) as proc:
         watchdog = Watchdog(proc, timeout, max_rss_mb())
         assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if line.startswith("@@progress") and progress:
-                done, total = line.split()[1:3]
-                progress(int(done), int(total))
-            elif line.strip():
-                tail.append(line.rstrip())
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith("@@progress") and progress:
+                    done, total = line.split()[1:3]
+                    progress(int(done), int(total))
+                elif line.strip():
+                    tail.append(line.rstrip())
+        except BaseException:  # a soft time limit, a lost lease, a shutdown: never orphan it
+            proc.kill()
+            watchdog.reap()
+            raise
         code = watchdog.reap()
     if watchdog.reason:
         raise RenderCrash(f"{spec.id}: Blender process killed: {watchdog.reason} "

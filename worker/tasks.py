@@ -151,6 +151,17 @@ def _fail(state: FarmState, segment: int, video: str, reason: str, **fields) -> 
     state.clear(video, "running")
 
 
+def _attempt_budget(spec: VideoSpec, soft: float | None) -> float | None:
+    """Seconds one render (one gate attempt) may take: its preset's one-attempt limit, within
+    what is left of the task's soft limit."""
+    try:
+        one = load_preset(spec.preset).time_limits(spec.frames, attempts=1)[0]
+    except SpecError:
+        one = None
+    budgets = [b for b in (one, soft - 30 if soft else None) if b]
+    return min(budgets) if budgets else None
+
+
 def _last_attempt(spec_dict: dict | None, recipe: dict) -> int:
     """The last attempt a delivery could sample (a retry of a gate failure starts after it)."""
     if spec_dict:
@@ -199,7 +210,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         streamer = (FrameStreamer(storage, base, staging_dir(settings.scratch, video), video)
                     if settings.stream_upload else None)
         try:
-            outcome = _render(spec, soft - 30 if soft else None,
+            outcome = _render(spec, _attempt_budget(spec, soft),
                               streamer.frame_done if streamer else None)
         finally:
             streamed = streamer.close() if streamer else {}
