@@ -1,6 +1,6 @@
 """Farm settings from the environment (never from code): Redis, storage, assets, retries.
 
-Secrets may be given directly or through a file named by ``<VAR>_FILE`` (Docker secrets):
+Secrets may be given directly or through a file named by ``<VAR>_FILE`` (Docker secrets), not both:
 ``REDIS_PASSWORD``/``REDIS_PASSWORD_FILE``, ``AWS_ACCESS_KEY_ID``/``AWS_ACCESS_KEY_ID_FILE``,
 ``AWS_SECRET_ACCESS_KEY``/``AWS_SECRET_ACCESS_KEY_FILE``.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from farm.secrets import SecretError, read_secret
 from farm.storage import LocalStorage, S3Storage, Storage
 
 
@@ -20,16 +21,12 @@ class ConfigError(ValueError):
 
 
 def secret(name: str) -> str | None:
-    """``$NAME``, or the stripped contents of the file named by ``$NAME_FILE``."""
-    if os.environ.get(name):
-        return os.environ[name]
-    path = os.environ.get(f"{name}_FILE")
-    if not path:
-        return None
+    """``$NAME``, or the contents of the file named by ``$NAME_FILE``; both set is an error
+    (farm/secrets.py says why)."""
     try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{name}_FILE={path}: {exc.strerror}") from None
+        return read_secret(name)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _int(name: str, default: int) -> int:

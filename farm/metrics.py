@@ -124,8 +124,9 @@ def node_name() -> str:
 
 
 def gpu_label() -> str:
-    """The GPU index this worker claimed (CUDA_VISIBLE_DEVICES), ``none`` when on CPU."""
-    return os.environ.get("CUDA_VISIBLE_DEVICES") or "none"
+    """The GPU index this worker claimed (worker/gpu.py; CUDA_VISIBLE_DEVICES may hold its
+    UUID), ``none`` when on CPU."""
+    return os.environ.get("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES") or "none"
 
 
 # --- writing ---------------------------------------------------------------------------------------

@@ -92,7 +92,11 @@ class FarmCollector:
         for key, token in zip(keys, holders, strict=True):
             if token is None:  # expired between SCAN and MGET
                 continue
-            node, _, gpu = _lease_parts(key, "gpu").rpartition(":")
+            part = _lease_parts(key, "gpu")
+            node, _, gpu = part.rpartition(":")
+            if not node:  # keyed by GPU UUID (worker/gpu.py): its node and index beside it
+                info = r.hgetall(f"{PREFIX}gpuinfo:{part}")
+                node, gpu = info.get("node", ""), info.get("index", part)
             gpus.add_metric([node, gpu, token.rsplit(":", 1)[0]], 1)
         yield gpus
         leases = sum(1 for _ in r.scan_iter(match=f"{PREFIX}lease:video:*", count=1000))

@@ -28,6 +28,11 @@ DOCKERFILES = {
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|ACCESS_KEY|PRIVATE", re.I)
 
 
+def holds_secret(name: str) -> bool:
+    """A variable whose value would be a secret (not a path to one, or the secrets folder)."""
+    return bool(SECRET_NAME.search(name)) and not name.endswith(("_FILE", "_DIR"))
+
+
 # --- Compose variable interpolation (the subset of the spec this project uses) ------------------
 
 _VAR = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^{}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
@@ -211,34 +216,125 @@ def test_env_example_defines_every_variable(raw_compose, env_example):
     assert not missing, f".env.example lacks {missing}"
 
 
-def test_env_example_ships_no_real_secret(env_example):
-    secrets = {k: v for k, v in env_example.items() if SECRET_NAME.search(k)}
-    assert {"REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "FLOWER_BASIC_AUTH"} <= set(secrets)
-    for key, value in secrets.items():
-        assert "change-me" in value, f".env.example {key} must be an obvious placeholder"
+def test_env_example_holds_no_secret(env_example):
+    """Secrets are files (FARM_SECRETS_DIR), never variables of .env."""
+    secrets = sorted(k for k in env_example if holds_secret(k))
+    assert not secrets, f".env.example must not hold secrets: {secrets}"
+    assert env_example["FARM_SECRETS_DIR"] == "./secrets"
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_secrets_are_required_and_have_no_default(raw_compose):
-    secret_refs = [(name, op) for text in string_values(raw_compose)
-                   for name, op, _ in references(text) if SECRET_NAME.search(name)]
-    assert {name for name, _ in secret_refs} >= {"REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY",
-                                                 "FLOWER_BASIC_AUTH"}
-    bad = sorted({f"${{{name}{op or ''}...}}" for name, op in secret_refs if op != ":?"})
-    assert not bad, f"secrets must be ${{VAR:?...}} (required, no default): {bad}"
+def test_compose_interpolates_no_secret(raw_compose):
+    """No secret-named variable is interpolated anywhere: its value would end up in the
+    container's configuration (`docker inspect`) or command line."""
+    refs = sorted({name for text in string_values(raw_compose)
+                   for name, _, _ in references(text) if holds_secret(name)})
+    assert not refs, f"secrets must come from secret files, not variables: {refs}"
 
 
-def test_no_literal_secret_values(raw_compose):
-    """Every secret-named environment entry takes its value from a required ${VAR:?...}."""
-    for name, svc in list(raw_compose["services"].items()) + [("x-farm-env", {
-            "environment": raw_compose.get("x-farm-env", {})})]:
+def _environments(raw_compose):
+    yield "x-farm-env", raw_compose.get("x-farm-env", {})
+    yield "x-s3-farm-env", raw_compose.get("x-s3-farm-env", {})
+    for name, svc in raw_compose["services"].items():
+        yield name, env_of(svc)
+
+
+def secret_value_problems(raw_compose) -> list[str]:
+    """Structural: every secret-named environment entry is a *_FILE path under /run/secrets/ of a
+    secret the service mounts (and that the file declares); no other entry holds a secret."""
+    problems = []
+    declared = set(raw_compose.get("secrets") or {})
+    for name, env in _environments(raw_compose):
+        for key, value in env.items():
+            if not SECRET_NAME.search(key):
+                continue
+            if not key.endswith("_FILE"):
+                problems.append(f"{name}: {key} holds a secret value")
+            elif not (isinstance(value, str) and value.startswith("/run/secrets/")):
+                problems.append(f"{name}: {key}={value!r} is not a /run/secrets/ path")
+            elif value.removeprefix("/run/secrets/") not in declared:
+                problems.append(f"{name}: {key} names an undeclared secret")
+    for name, svc in raw_compose["services"].items():
+        mounted = set(svc.get("secrets") or [])
+        if mounted - declared:
+            problems.append(f"{name} mounts undeclared secrets {sorted(mounted - declared)}")
         for key, value in env_of(svc).items():
-            if SECRET_NAME.search(key):
-                assert isinstance(value, str) and re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value), (
-                    f"{name}: {key} must come from a required variable, not {value!r}")
+            if SECRET_NAME.search(key) and isinstance(value, str) and \
+                    value.removeprefix("/run/secrets/") not in mounted:
+                problems.append(f"{name}: {key} points at {value}, not mounted")
+        # commands and healthchecks read only mounted secrets
+        texts = [command_text(svc.get("command")),
+                 command_text((svc.get("healthcheck") or {}).get("test"))]
+        for used in re.findall(r"/run/secrets/([a-z0-9_]+)", " ".join(texts)):
+            if used not in mounted:
+                problems.append(f"{name} reads /run/secrets/{used} without mounting it")
+    return problems
 
 
-def test_missing_secret_stops_compose(raw_compose, env_example):
-    for var in ("REDIS_PASSWORD", "S3_SECRET_KEY", "FLOWER_BASIC_AUTH", "FARM_MODELS_DIR"):
+def test_no_secret_value_in_environment(raw_compose):
+    assert secret_value_problems(raw_compose) == []
+
+
+def test_secret_value_check_catches_mistakes(raw_compose):
+    """The check above must be able to fail."""
+    for service, key, value in (("worker", "REDIS_PASSWORD", "hunter2"),
+                                ("exporter", "AWS_SECRET_ACCESS_KEY_FILE", "/tmp/key"),
+                                ("exporter", "AWS_SECRET_ACCESS_KEY_FILE",
+                                 "/run/secrets/s3_farm_secret_key")):
+        broken = json.loads(json.dumps(raw_compose))
+        broken["services"][service]["environment"][key] = value
+        assert secret_value_problems(broken), (service, key, value)
+
+
+def test_secret_files_come_from_the_secrets_folder(raw_compose, compose, env_example):
+    from farm.secrets import COMPOSE_SECRETS
+
+    top = raw_compose["secrets"]
+    assert set(top) == set(COMPOSE_SECRETS), "python -m farm.secrets init writes these files"
+    for name, spec in top.items():
+        assert spec == {"file": f"${{FARM_SECRETS_DIR:-./secrets}}/{name}"}, name
+        assert compose["secrets"][name]["file"] == f"{env_example['FARM_SECRETS_DIR']}/{name}"
+
+
+def test_secrets_init_writes_private_files(tmp_path):
+    from farm.secrets import COMPOSE_SECRETS, main
+
+    folder = tmp_path / "secrets"
+    assert main(["init", str(folder)]) == 0
+    assert {p.name for p in folder.iterdir()} == set(COMPOSE_SECRETS)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o444
+        value = path.read_text().strip()
+        assert value and re.fullmatch(r"[A-Za-z0-9._~+/=:-]+", value), path.name
+    before = {p.name: p.read_text() for p in folder.iterdir()}
+    (folder / "redis_password").chmod(0o644)
+    (folder / "redis_password").unlink()
+    assert main(["init", str(folder)]) == 0  # only the missing file is written
+    after = {p.name: p.read_text() for p in folder.iterdir()}
+    assert {k for k in before if before[k] != after[k]} == {"redis_password"}
+    assert (folder / "s3_admin_access_key").read_text() != (folder / "s3_farm_access_key").read_text()
+
+
+def test_each_service_mounts_only_the_secrets_it_uses(services):
+    mounted = {name: set(svc.get("secrets") or []) for name, svc in services.items()}
+    s3_farm = {"s3_farm_access_key", "s3_farm_secret_key"}
+    s3_admin = {"s3_admin_access_key", "s3_admin_secret_key"}
+    assert mounted["worker"] == {"redis_password"} | s3_farm
+    assert mounted["scheduler"] == {"redis_password"} | s3_farm
+    assert mounted["storage-init"] == s3_admin  # creates the bucket; needs no Redis
+    assert mounted["s3"] == s3_admin | s3_farm
+    assert mounted["redis"] == {"redis_password"}
+    assert mounted["exporter"] == {"redis_password"}
+    assert mounted["flower"] == {"redis_password", "flower_basic_auth"}
+    assert mounted["prometheus"] == {"flower_basic_auth"}
+    assert mounted["grafana"] == {"grafana_admin_password"}
+    admins = sorted(n for n, m in mounted.items() if m & s3_admin)
+    assert admins == ["s3", "storage-init"], "only storage-init uses the S3 admin identity"
+
+
+def test_missing_required_value_stops_compose(raw_compose, env_example):
+    for var in ("FARM_MODELS_DIR", "FARM_TEXTURES_DIR"):
         env = {k: v for k, v in env_example.items() if k != var}
         with pytest.raises(InterpolationError, match=var):
             interpolate_tree(raw_compose, env)
@@ -247,18 +343,26 @@ def test_missing_secret_stops_compose(raw_compose, env_example):
 def test_project_services_share_the_farm_environment(services, env_example):
     expected = {
         "FARM_REDIS_URL": "redis://redis:6379/0",
-        "REDIS_PASSWORD": env_example["REDIS_PASSWORD"],
+        "REDIS_PASSWORD_FILE": "/run/secrets/redis_password",
         "FARM_STORAGE_URL": f"s3://{env_example['S3_BUCKET']}/{env_example['S3_PREFIX']}",
         "FARM_S3_ENDPOINT": "http://s3:8333",
-        "AWS_ACCESS_KEY_ID": env_example["S3_ACCESS_KEY"],
-        "AWS_SECRET_ACCESS_KEY": env_example["S3_SECRET_KEY"],
         "AWS_DEFAULT_REGION": "us-east-1",
         "FARM_SEED": env_example["FARM_SEED"],
     }
-    for name in ("worker", "scheduler", "storage-init", "flower", "exporter"):
+    farm_s3 = {"AWS_ACCESS_KEY_ID_FILE": "/run/secrets/s3_farm_access_key",
+               "AWS_SECRET_ACCESS_KEY_FILE": "/run/secrets/s3_farm_secret_key"}
+    for name in ("worker", "scheduler", "flower", "exporter"):
         env = env_of(services[name])
-        for key, value in expected.items():
+        want = {**expected, **(farm_s3 if name in ("worker", "scheduler") else {})}
+        for key, value in want.items():
             assert str(env.get(key)) == value, f"{name}: {key}={env.get(key)!r}"
+        if name in ("flower", "exporter"):
+            assert not any(k.startswith("AWS_ACCESS") or k.startswith("AWS_SECRET") for k in env)
+    init = env_of(services["storage-init"])
+    assert init["AWS_ACCESS_KEY_ID_FILE"] == "/run/secrets/s3_admin_access_key"
+    assert init["AWS_SECRET_ACCESS_KEY_FILE"] == "/run/secrets/s3_admin_secret_key"
+    assert init["FARM_STORAGE_URL"] == expected["FARM_STORAGE_URL"]
+    assert "FARM_REDIS_URL" not in init and "REDIS_PASSWORD_FILE" not in init
 
 
 # --- Services -----------------------------------------------------------------------------------
@@ -283,8 +387,22 @@ def test_worker_reserves_all_gpus(services):
     assert "gpu" in gpu["capabilities"]
     env = env_of(services["worker"])
     assert env["FARM_GPUS"] == "auto"
-    assert env["FARM_NODE_NAME"]
     assert {"compute", "utility", "graphics"} <= set(env["NVIDIA_DRIVER_CAPABILITIES"].split(","))
+
+
+def test_node_name_is_never_a_shared_constant(raw_compose, env_example):
+    """GPU leases are keyed by UUID; the node name must not default to one value for all hosts."""
+    assert env_of(raw_compose["services"]["worker"])["FARM_NODE_NAME"] == "${FARM_NODE_NAME:-}"
+    assert env_example["FARM_NODE_NAME"] == ""
+
+
+def test_worker_stops_quickly_and_reports_a_full_scratch(services):
+    worker = services["worker"]
+    grace = worker["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace) and 30 <= int(grace[:-1]) <= 120
+    env = env_of(worker)
+    health = command_text(worker["healthcheck"]["test"])
+    assert f"test ! -e {env['FARM_HEALTH_FILE']}" in health
 
 
 def test_worker_healthcheck_pings_its_own_celery_node(services):
@@ -313,13 +431,33 @@ def test_redis_persists_and_requires_a_password(services, raw_compose):
     redis = services["redis"]
     assert re.fullmatch(r"redis:7\.4[\w.-]*", redis["image"])
     cmd = command_text(redis["command"])
-    assert "--appendonly yes" in cmd and "--appendfsync everysec" in cmd
-    assert '--requirepass "$REDIS_PASSWORD"' in cmd
+    assert "--appendonly yes --appendfsync everysec" in cmd
+    assert "redis-server /tmp/redis-auth.conf" in cmd and "--requirepass" not in cmd
     assert "redis-data:/data" in redis["volumes"]
-    assert raw_compose["services"]["redis"]["environment"]["REDIS_PASSWORD"].startswith(
-        "${REDIS_PASSWORD:?")
+    assert redis["secrets"] == ["redis_password"] and not redis.get("environment")
     health = command_text(redis["healthcheck"]["test"])
-    assert "redis-cli" in health and "ping" in health and "REDIS_PASSWORD" in health
+    assert "redis-cli" in health and "ping" in health and "/run/secrets/redis_password" in health
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="needs a POSIX shell")
+def test_redis_startup_script_writes_a_private_auth_config(services, tmp_path):
+    redis = services["redis"]
+    assert redis["entrypoint"][-1] in ("-c", "-ec", "-euc")
+    script = command_text(redis["command"])
+    launch = "exec docker-entrypoint.sh redis-server"
+    assert launch in script
+    (tmp_path / "redis_password").write_text("p4ss+w/rd=\n")
+    script = (script.replace("/run/secrets/", f"{tmp_path}/")
+              .replace("/tmp/redis-auth.conf", str(tmp_path / "auth.conf"))
+              .replace(launch, "exit 0; :"))
+    env = {"PATH": os.environ["PATH"]}
+    subprocess.run(["sh", "-ec", script], env=env, check=True, timeout=30)
+    assert (tmp_path / "auth.conf").read_text() == "requirepass p4ss+w/rd=\n"
+    assert ((tmp_path / "auth.conf").stat().st_mode & 0o077) == 0
+    for bad in ("", 'a"b', "a b"):
+        (tmp_path / "redis_password").write_text(bad)
+        assert subprocess.run(["sh", "-ec", script], env=env, timeout=30,
+                              capture_output=True).returncode != 0
 
 
 def test_s3_is_pinned_seaweedfs_with_generated_identities(services, raw_compose):
@@ -341,18 +479,35 @@ def test_s3_startup_script_writes_valid_identities(services, tmp_path):
     launch = "exec /entrypoint.sh server"
     assert target in script and launch in script
     config = tmp_path / "s3.json"
-    script = script.replace(target, str(config)).replace(launch, "exit 0; :")
-    env = {"PATH": os.environ["PATH"], "S3_ACCESS_KEY": "AKfarm-1", "S3_SECRET_KEY": "s3cr/et+=x"}
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    values = {"s3_admin_access_key": "AKadmin-1", "s3_admin_secret_key": "adm/in+=x",
+              "s3_farm_access_key": "AKfarm-1", "s3_farm_secret_key": "s3cr/et+=x"}
+    for name, value in values.items():
+        (secrets / name).write_text(value + "\n")
+    script = (script.replace(target, str(config)).replace("/run/secrets/", f"{secrets}/")
+              .replace(launch, "exit 0; :"))
+    env = {"PATH": os.environ["PATH"], **env_of(s3)}
     subprocess.run(["sh", "-ec", script], env=env, check=True, timeout=30)
-    identities = json.loads(config.read_text())["identities"]
-    creds = identities[0]["credentials"][0]
-    assert creds == {"accessKey": "AKfarm-1", "secretKey": "s3cr/et+=x"}
-    assert {"Read", "Write", "List"} <= set(identities[0]["actions"])
+    identities = {i["name"]: i for i in json.loads(config.read_text())["identities"]}
+    assert identities["admin"]["credentials"] == [{"accessKey": "AKadmin-1",
+                                                   "secretKey": "adm/in+=x"}]
+    assert identities["farm"]["credentials"] == [{"accessKey": "AKfarm-1",
+                                                  "secretKey": "s3cr/et+=x"}]
+    assert "Admin" in identities["admin"]["actions"]
+    # The farm identity (workers) may only read, write and list the farm's bucket.
+    bucket = env["S3_BUCKET"]
+    assert sorted(identities["farm"]["actions"]) == sorted(
+        [f"Read:{bucket}", f"Write:{bucket}", f"List:{bucket}"])
     assert (config.stat().st_mode & 0o077) == 0, "credentials file must not be group/world readable"
-    # A character that would break the JSON is refused instead of producing a broken config.
-    bad = subprocess.run(["sh", "-ec", script], env={**env, "S3_SECRET_KEY": 'a"b'}, timeout=30,
-                         capture_output=True)
-    assert bad.returncode != 0
+    # A character that would break the JSON, an empty key or one key for both identities is
+    # refused instead of producing a broken or over-privileged config.
+    for name, value in (("s3_farm_secret_key", 'a"b'), ("s3_admin_secret_key", ""),
+                        ("s3_farm_access_key", "AKadmin-1")):
+        (secrets / name).write_text(value)
+        bad = subprocess.run(["sh", "-ec", script], env=env, timeout=30, capture_output=True)
+        assert bad.returncode != 0, name
+        (secrets / name).write_text(values[name])
 
 
 def test_storage_init_is_one_shot(services):
@@ -366,12 +521,11 @@ def test_storage_init_is_one_shot(services):
 def test_flower_requires_basic_auth(services, raw_compose, env_example):
     flower = services["flower"]
     cmd = command_text(flower["command"])
-    assert cmd.startswith("celery -A worker.celery_app flower") and "--persistent=True" in cmd
-    raw = raw_compose["services"]["flower"]
-    from_env = str(env_of(raw).get("FLOWER_BASIC_AUTH", ""))
-    from_cmd = re.search(r"--basic-auth=(\S+)", command_text(raw["command"]))
-    auth = from_env or (from_cmd.group(1) if from_cmd else "")
-    assert auth.startswith("${FLOWER_BASIC_AUTH:?"), "Flower must require basic auth"
+    # farm.secrets turns FLOWER_BASIC_AUTH_FILE into the variable Flower reads
+    assert cmd.startswith("python -m farm.secrets exec celery -A worker.celery_app flower")
+    assert "--persistent=True" in cmd and "--basic-auth" not in cmd
+    assert env_of(flower)["FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
+    assert "flower_basic_auth" in flower["secrets"]
     assert "flower-data:/data" in flower["volumes"]
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
     assert any(str(p).endswith(":5555") for p in flower["ports"])
@@ -455,8 +609,11 @@ def test_prometheus_startup_script_writes_flower_login(services, tmp_path):
     script = command_text(prom["command"])
     launch = "exec /bin/prometheus"
     assert launch in script and "--config.file=/etc/prometheus/prometheus.yml" in script
-    script = script.replace("/prometheus/", f"{tmp_path}/").replace(launch, "exit 0; :")
-    env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "ops:pa:ss w,second:other"}
+    assert "/run/secrets/flower_basic_auth" in script
+    (tmp_path / "flower_basic_auth").write_text("ops:pa:ss w,second:other\n")
+    script = (script.replace("/prometheus/", f"{tmp_path}/")
+              .replace("/run/secrets/", f"{tmp_path}/").replace(launch, "exit 0; :"))
+    env = {"PATH": os.environ["PATH"], **env_of(prom)}
     subprocess.run(["sh", "-ec", script], env=env, check=True, timeout=30)
     assert (tmp_path / ".flower-username").read_text() == "ops"
     assert (tmp_path / ".flower-password").read_text() == "pa:ss w"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from celery import Celery, signals
 
 from farm.config import load_settings
 from farm.presets import available, load_preset
-from worker import compat
+from worker import compat, shutdown
 
 compat.apply()
 
@@ -78,17 +79,32 @@ app.conf.update(
 )
 
 _gpu_lease = None
+shutdown.connect_signals()  # SIGTERM hands the running render back (worker/shutdown.py)
 
 
 @signals.worker_init.connect
-def _pin_gpu(**_kwargs) -> None:
-    """Claim one GPU of this host (or none: CPU) before the pool forks; children inherit it."""
+def _pin_gpu(sender=None, **_kwargs) -> None:
+    """Claim one GPU of this host (or none: CPU) before the pool forks; children inherit it.
+
+    Fails closed (worker/gpu.py): nothing is visible until a GPU is claimed, no claim within
+    FARM_GPU_CLAIM_TIMEOUT exits the worker non-zero (an exception here would only be logged by
+    Celery), and a lost lease stops the worker.
+    """
     global _gpu_lease
     from farm.state import FarmState, connect
-    from worker.gpu import pin_worker
+    from worker import gpu, scratch
 
-    _gpu_lease = pin_worker(FarmState(connect(settings.redis_url_with_password)),
-                            ttl_s=settings.lease_ttl)
+    scratch.clear_health(getattr(sender, "hostname", None))
+
+    def lost(reason: str) -> None:
+        shutdown.stop_worker(gpu.EXIT_GPU_LOST, reason)
+
+    try:
+        _gpu_lease = gpu.pin_worker(lambda: FarmState(connect(settings.redis_url_with_password)),
+                                    ttl_s=settings.lease_ttl, on_lost=lost)
+    except gpu.NoGpu as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(gpu.EXIT_NO_GPU) from None
 
 
 @signals.worker_ready.connect

@@ -30,6 +30,7 @@ from farm.sampling import generate_spec
 from farm.spec import SpecError, VideoSpec
 from farm.state import BrokerUnavailable, FarmState, Lease, connect
 from farm.storage import FrameStreamer, StorageError, is_done, join, remove_frames, upload_video
+from worker import scratch, shutdown
 from worker.celery_app import TASK_NAME, app, settings
 from worker.runner import (
     GateFailed,
@@ -43,7 +44,8 @@ from worker.runner import (
 )
 
 log = logging.getLogger(__name__)
-SCRATCH_MARGIN = 64 * 2**20
+# free scratch kept beyond a render's own need (FARM_SCRATCH_RESERVE_MB)
+SCRATCH_MARGIN = int(os.environ.get("FARM_SCRATCH_RESERVE_MB") or 64) * 2**20
 SCRATCH_FULL_PAUSE_S = float(os.environ.get("FARM_SCRATCH_FULL_PAUSE", "10"))
 TRANSIENT = (StorageError, BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
 
@@ -134,6 +136,26 @@ def _requeue(task, countdown: float) -> None:
                      ignore_result=True, retries=request.retries)
 
 
+def _queue(task) -> str:
+    return (task.request.delivery_info or {}).get("routing_key") or app.conf.task_default_queue
+
+
+def _hand_back(task, state: FarmState, segment: int, video: str, lease: Lease,
+               reason: str) -> dict:
+    """The worker is stopping (worker/shutdown.py): the Blender child is already killed; give
+    the video back to the queue now, as it was (same task id, arguments, priority, retries), and
+    return so that Celery acknowledges this delivery. Not counted against the video."""
+    log.warning("%s: %s; handing the video back", video, reason)
+    staging = staging_dir(settings.scratch, video)
+    if not _rendered_marker(staging).exists():  # a finished render may still be uploaded later
+        shutil.rmtree(staging, ignore_errors=True)
+    state.set_state(segment, video, "queued")
+    state.clear(video, "running")
+    lease.release()  # before publishing: the next worker must find the video free
+    _requeue(task, countdown=0)
+    return {"video": video, "status": "handed back: worker stopping"}
+
+
 def _check_scratch(spec: VideoSpec) -> None:
     """Refuse to start a render that cannot fit on the scratch disk."""
     settings.scratch.mkdir(parents=True, exist_ok=True)
@@ -206,18 +228,23 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         if spec.id != video or spec.segment != segment:
             raise SpecError("id", f"task for {video} (segment {segment}) carries spec {spec.id}")
         soft = task.request.timelimit[1] if task.request.timelimit else None
+        scratch.remove_stale(settings.scratch, video,
+                             leased=lambda other: state.holder(f"video:{other}") is not None)
         _check_scratch(spec)
         streamer = (FrameStreamer(storage, base, staging_dir(settings.scratch, video), video)
                     if settings.stream_upload else None)
         try:
-            outcome = _render(spec, _attempt_budget(spec, soft),
-                              streamer.frame_done if streamer else None)
+            with shutdown.render_phase():  # a stopping worker hands the video back
+                outcome = _render(spec, _attempt_budget(spec, soft),
+                                  streamer.frame_done if streamer else None)
         finally:
             streamed = streamer.close() if streamer else {}
         if lease.lost:
             raise RenderCrash(f"{video}: lease lost during the render; another worker owns it")
         upload = upload_video(storage, base, outcome.staging, video, outcome.spec.to_yaml(),
                               outcome.manifest, streamed=streamed)
+    except shutdown.HandBack as exc:
+        return _hand_back(task, state, segment, video, lease, str(exc))
     except GateFailed as exc:
         # No attempt passed: nothing may stay where loaders look, and a retry starts afresh.
         remove_frames(storage, base, video)
@@ -246,10 +273,14 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         state.clear(video, "running")
         shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
         metrics.record_failure(state.r, exc, False, task.request.hostname)
+        # after a few in a row, stop consuming first: the copy published next is for others
+        scratch.note_full(app, task.request.hostname, _queue(task), str(exc))
         _requeue(task, countdown=5)
         time.sleep(SCRATCH_FULL_PAUSE_S)
         return {"video": video, "status": "handed back: scratch full"}
     except (RenderCrash, SoftTimeLimitExceeded) as exc:
+        if shutdown.requested():  # the render died of the shutdown (e.g. SIGTERM to the group)
+            return _hand_back(task, state, segment, video, lease, f"worker stopping ({exc})")
         crashes = state.incr(video, "crashes")
         reason = str(exc) or "soft time limit exceeded"
         state.clear(video, "running")
@@ -263,6 +294,7 @@ def _run(task, state: FarmState, storage, base: str, video: str, segment: int,
         state.set_state(segment, video, "retrying", last_error=reason)
         raise task.retry(exc=exc, countdown=5 * crashes) from None
     state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1
+    scratch.note_ok()
     shutil.rmtree(outcome.staging, ignore_errors=True)
     timings = outcome.manifest["timings"]
     state.set_state(segment, video, "done", frames=outcome.spec.frames,
