@@ -89,13 +89,18 @@ _in_task = False
 _in_render = False
 _requested = False
 _raised = False
+_previous = None  # billiard's own SIGTERM handler (raises SystemExit): used when idle
 
 
-def _on_sigterm(signum, _frame) -> None:
+def _on_sigterm(signum, frame) -> None:
     global _requested, _raised
-    if not _in_task:  # idle: die as before
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    if not _in_task:  # idle: exit as billiard would
+        previous = _previous if callable(_previous) else None
+        signal.signal(signum, _previous if _previous is not None else signal.SIG_DFL)
+        if previous:
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signum)
         return
     _requested = True
     if _in_render and not _raised:
@@ -104,13 +109,22 @@ def _on_sigterm(signum, _frame) -> None:
 
 
 def install_pool_process() -> None:
-    """In a pool process: SIGTERM hands the running render back instead of killing it."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    """In a pool process: SIGTERM hands the running render back instead of killing it.
+
+    Installed as each task starts: billiard sets its own SIGTERM handler (SystemExit) after
+    Celery's process initialiser, so ``worker_process_init`` is too early.
+    """
+    global _previous
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not _on_sigterm:
+        _previous = current
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def task_started(**_kwargs) -> None:
     global _in_task, _requested, _raised
     _in_task, _requested, _raised = True, False, False
+    install_pool_process()
 
 
 def task_ended(**_kwargs) -> None:
@@ -142,6 +156,5 @@ def connect_signals() -> None:
     from celery import signals
 
     signals.worker_shutting_down.connect(hand_back_active, weak=False)
-    signals.worker_process_init.connect(lambda **_: install_pool_process(), weak=False)
     signals.task_prerun.connect(task_started, weak=False)
     signals.task_postrun.connect(task_ended, weak=False)
