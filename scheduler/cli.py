@@ -23,7 +23,7 @@ from farm.config import ConfigError, Settings, load_settings, segment_base
 from farm.presets import load_preset
 from farm.spec import SpecError, VideoSpec, load_spec
 from farm.state import STATES, BrokerUnavailable, FarmState, connect
-from farm.storage import StorageError, join
+from farm.storage import StorageError, join, remove_frames, verify_video
 
 BATCH = 500
 # Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
@@ -357,26 +357,46 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
 
 
 def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
-    """Problems per finished video: every frame's JPEG and mask, spec and manifest present."""
-    keys = storage.list(base)
-    found: dict[tuple[str, str], int] = {}
-    for key in keys:
-        parts = key[len(base):].strip("/").split("/")
-        if len(parts) == 3 and parts[0] in ("JPEGImages", "Annotations"):
-            found[(parts[0], parts[1])] = found.get((parts[0], parts[1]), 0) + 1
-    present = set(keys)
+    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, each the
+    content the marker records (MD5), and its spec and manifest are present."""
+    checksums = storage.checksums(base)
     problems = {}
     for video in sorted(videos):
         marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
-        frames = marker.get("frames")
-        for folder in ("JPEGImages", "Annotations"):
-            if found.get((folder, video), 0) != frames:
-                problems[video] = (f"{folder} holds {found.get((folder, video), 0)} frames, "
-                                   f"marker says {frames}")
+        problem = verify_video(marker, checksums, base, video)
         for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
-            if key not in present:
-                problems[video] = f"missing {key}"
+            if problem is None and key not in checksums:
+                problem = f"missing {key}"
+        if problem:
+            problems[video] = problem
     return problems
+
+
+def _requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
+    """Send videos whose delivery is broken again: their marker goes, a fresh render replaces
+    their frames (each delivery removes an earlier one's)."""
+    storage = ctx.storage[0]
+    specs = []
+    for video in videos:
+        stored = ctx.state.spec(segment, video)
+        if stored is None:
+            print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
+            continue
+        storage.delete([join(ctx.base(segment), "done", f"{video}.json")])
+        specs.append(VideoSpec.from_dict(stored))
+    send(ctx, specs, None)
+    return len(specs)
+
+
+def _prune(ctx: Context, segment: int) -> int:
+    """Remove the frames of failed and cancelled videos, so folder-listing loaders never see
+    them; returns how many videos had frames."""
+    states = ctx.state.states(segment)
+    pruned = 0
+    for video, st in sorted(states.items()):
+        if st in ("failed", "cancelled") and remove_frames(ctx.storage[0], ctx.base(segment), video):
+            pruned += 1
+    return pruned
 
 
 def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
@@ -385,9 +405,14 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     expected = set(ctx.state.states(args.segment))
     done = ctx.done_videos(args.segment)
     missing = sorted(expected - done)
+    if args.prune:
+        print(f"pruned the frames of {_prune(ctx, args.segment)} failed or cancelled videos")
     problems = check_videos(storage, base, done)
     for video, problem in problems.items():
         print(f"{video}: {problem}")
+    if problems and args.requeue:
+        sent = _requeue_broken(ctx, args.segment, sorted(problems))
+        print(f"re-enqueued {sent} videos whose frames do not match their marker")
     if missing:
         print(f"segment {args.segment} is incomplete: {len(missing)} of {len(expected)} videos "
               f"missing: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
@@ -411,7 +436,7 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     # Videos a user chose to keep although they failed the gate (imported, --keep-gate-failures).
     meta["gate_failures_kept"] = sorted(set(failed_gate) - shipped)
     storage.put_bytes(join(base, "meta.json"), json.dumps(meta).encode())
-    print(f"segment {args.segment}: {len(videos)} videos complete, every frame present; wrote "
+    print(f"segment {args.segment}: {len(videos)} videos complete, every frame verified; wrote "
           f"{join(base, 'meta.json')} in {storage.describe()}")
     return 0
 
@@ -492,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     fin = sub.add_parser("finalize", help="completeness check and meta.json for a segment")
     fin.add_argument("--segment", type=int, required=True)
     fin.add_argument("--force", action="store_true", help="write meta.json even if incomplete")
+    fin.add_argument("--requeue", action="store_true",
+                     help="re-enqueue videos whose frames do not match their completion marker")
+    fin.add_argument("--prune", action="store_true",
+                     help="first remove the frames of failed and cancelled videos")
     fin.set_defaults(func=cmd_finalize)
 
     rep = sub.add_parser("report", help="one self-contained HTML page on a segment (+ --json)")

@@ -162,3 +162,41 @@ def test_enqueue_refuses_a_spec_whose_limit_outlasts_the_visibility_timeout(farm
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "exceeds the broker's visibility timeout" in proc.stderr
     assert farm.cli("status", "--json").stdout.strip() == "[]"  # nothing registered
+
+
+def test_finalize_proves_frames_belong_to_the_marker_and_requeues_mixed_ones(farm):
+    farm.start_worker("w1")
+    farm.cli("enqueue", "--segment", "14", "--count", "2", "--preset", "tiny")
+    farm.wait_for(14, done=2, timeout=120)
+    # Another delivery's frame lands under the finished video (same name, other content).
+    key = "bl30k/14/Annotations/o00001/00001.png"
+    other = farm.s3.get_object(Bucket=farm.bucket, Key="bl30k/14/Annotations/o00000/00001.png")
+    farm.s3.put_object(Bucket=farm.bucket, Key=key, Body=other["Body"].read() + b"\0")
+    proc = farm.cli("finalize", "--segment", "14", check=False)
+    assert proc.returncode == 1
+    assert "o00001: Annotations/o00001/00001.png is not the frame its marker records" in proc.stdout
+    out = farm.cli("finalize", "--segment", "14", "--requeue", check=False).stdout
+    assert "re-enqueued 1 videos whose frames do not match their marker" in out
+    farm.wait_for(14, done=2, queued=0, running=0, timeout=120)
+    deadline = time.monotonic() + 60
+    while farm.cli("finalize", "--segment", "14", check=False).returncode:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack, tmp_path):
+    import shutil
+
+    broken = tmp_path / "models"
+    shutil.copytree(pack.models, broken)
+    for obj in broken.glob("*/*/models/model_normalized.obj"):
+        obj.write_text("not a mesh\n")  # every video fails on its first model
+    farm.start_worker("w1", FARM_MODELS=str(broken))
+    farm.cli("enqueue", "--segment", "15", "--count", "2", "--preset", "tiny")
+    farm.wait_for(15, failed=2, timeout=120)
+    stale = [f"bl30k/15/JPEGImages/p0000{i}/00000.jpg" for i in (0, 1)]
+    for key in stale:  # e.g. left by a worker that lost its lease
+        farm.s3.put_object(Bucket=farm.bucket, Key=key, Body=b"stale")
+    out = farm.cli("finalize", "--segment", "15", "--prune", "--force").stdout
+    assert "pruned the frames of 2 failed or cancelled videos" in out
+    assert not [k for k in farm.keys("bl30k/15/") if "/JPEGImages/" in k]

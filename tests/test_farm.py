@@ -68,7 +68,7 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         assert state.r.llen("render") == 0
 
         out = farm.cli("finalize", "--segment", "0").stdout
-        assert "3 videos complete" in out
+        assert "3 videos complete, every frame verified" in out
         meta = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key="bl30k/0/meta.json")
                           ["Body"].read())
         assert set(meta["videos"]) == {"a00000", "a00001", "a00002"}
@@ -95,7 +95,8 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         farm.s3.delete_object(Bucket=farm.bucket, Key="bl30k/0/JPEGImages/a00001/00002.jpg")
         proc = farm.cli("finalize", "--segment", "0", check=False)
         assert proc.returncode == 1
-        assert "a00001: JPEGImages holds 2 frames, marker says 3" in proc.stdout
+        assert ("a00001: frames do not match the marker's 3: 1 missing (first "
+                "JPEGImages/00002.jpg)") in proc.stdout
     finally:
         stop([flower])
 
