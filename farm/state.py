@@ -7,6 +7,8 @@ Keys (all under ``farm:``):
 - ``video:<id>``: hash with generation (bumped per enqueue), lost_deliveries, crashes, uploads,
   last_error, worker, device, timings;
 - ``completions``: sorted set video -> finish time (rates over a window);
+- ``seg:<S>:stranded``: hash video -> when it was first found pending with no message and no
+  lease (``scheduler status`` flags, the reconciler re-sends);
 - ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
 """
 
@@ -126,6 +128,21 @@ class FarmState:
         keys = [f"{PREFIX}lease:{lease_key}", f"{PREFIX}seg:{segment}:state",
                 f"{PREFIX}video:{video}", f"{PREFIX}completions"]
         return bool(self.r.eval(_UPDATE_IF_HOLDER, len(keys), *keys, *args))
+
+    def stranded_since(self, segment: int, stranded: set[str]) -> dict[str, float]:
+        """When each of ``stranded`` (the segment's videos found with no message and no lease
+        now) was first found so; videos no longer stranded are forgotten."""
+        key = f"{PREFIX}seg:{segment}:stranded"
+        known = self.r.hgetall(key)
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        gone = set(known) - stranded
+        if gone:
+            pipe.hdel(key, *gone)
+        for video in stranded - set(known):
+            pipe.hsetnx(key, video, now)
+        pipe.execute()
+        return {video: float(known.get(video, now)) for video in stranded}
 
     def state(self, segment: int, video: str) -> str | None:
         return self.r.hget(f"{PREFIX}seg:{segment}:state", video)

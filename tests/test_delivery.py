@@ -200,3 +200,31 @@ def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack
     out = farm.cli("finalize", "--segment", "15", "--prune", "--force").stdout
     assert "pruned the frames of 2 failed or cancelled videos" in out
     assert not [k for k in farm.keys("bl30k/15/") if "/JPEGImages/" in k]
+
+
+def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
+    from farm.state import FarmState, connect
+    from scheduler.local import start_reconciler
+
+    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    farm.cli("enqueue", "--segment", "16", "--count", "2", "--preset", "tiny")
+    removed = 0
+    for key in [k for k in state.r.scan_iter("render*") if state.r.type(k) == "list"]:
+        for raw in state.r.lrange(key, 0, -1):
+            if json.loads(raw)["headers"]["id"] == "render-q00001-1":
+                removed += state.r.lrem(key, 0, raw)  # the broker lost it
+    assert removed == 1
+    status = json.loads(farm.cli("status", "--segment", "16", "--json",
+                                 "--stranded-after", "0").stdout)[0]
+    assert status["stranded"] == ["q00001"]
+    text = farm.cli("status", "--segment", "16", "--stranded-after", "0").stdout
+    assert "1 videos pending with no message and no lease" in text
+    reconciler = start_reconciler(farm.env, farm.folder / "reconciler.log", every_s=1.0)
+    farm.workers.append(reconciler)
+    farm.start_worker("w1")
+    farm.wait_for(16, done=2, timeout=120)
+    log = (farm.folder / "reconciler.log").read_text()
+    assert "re-sent 1 videos without a message in the broker: q00001" in log
+    assert json.loads(farm.cli("status", "--segment", "16", "--json", "--stranded-after",
+                               "0").stdout)[0]["stranded"] == []

@@ -502,7 +502,8 @@ def referenced_dockerfiles(services) -> dict[str, Path]:
 
 def test_project_images_run_as_non_root(services):
     referenced = referenced_dockerfiles(services)
-    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower", "exporter"}
+    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower", "exporter",
+                               "reconciler"}
     for name, path in referenced.items():
         assert path.resolve() in {p.resolve() for p in DOCKERFILES.values()}, f"{name}: {path}"
         users = [args for keyword, args in instructions(path) if keyword == "USER"]
