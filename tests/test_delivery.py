@@ -228,3 +228,54 @@ def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     assert "re-sent 1 videos without a message in the broker: q00001" in log
     assert json.loads(farm.cli("status", "--segment", "16", "--json", "--stranded-after",
                                "0").stdout)[0]["stranded"] == []
+
+
+def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, library, tmp_path):
+    """The zombie-lease case: worker A freezes (SIGSTOP) past its lease mid-render, worker B
+    renders the video, then A resumes: A must stop its render and uploads within seconds, write
+    no marker and leave B's state alone; the bucket holds exactly B's frames."""
+    from dataclasses import replace
+
+    from farm.presets import load_preset
+    from farm.sampling import generate_spec
+    from farm.spec import save_spec
+    from farm.state import FarmState, connect
+
+    spec = replace(generate_spec(library, load_preset("tiny"), 17, 0, 2021), frames=150,
+                   source="imported", keep_gate_failures=True)
+    save_spec(spec, tmp_path / "specs" / f"{spec.id}.yaml")
+    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    ttl = {"FARM_LEASE_TTL": "3"}
+    a = start_own_group(farm, "wa", **ttl)
+    farm.cli("enqueue", "--specs", str(tmp_path / "specs"))
+    deadline = time.monotonic() + 60
+    while not _render_processes(f"wa/{spec.id}.staging"):
+        assert time.monotonic() < deadline, farm.log("wa")[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # some frames streamed
+    os.killpg(a.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # past the 3 s lease
+        farm.start_worker("wb", **ttl)
+        farm.cli("enqueue", "--specs", str(tmp_path / "specs"), "--force")
+        farm.wait_for(17, done=1, timeout=120)
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while _render_processes(f"wa/{spec.id}.staging"):
+        assert time.monotonic() < deadline, "the frozen worker kept rendering after resuming"
+        time.sleep(0.1)
+    wait_log(farm, "wa", "lease", timeout=20)
+    time.sleep(2)  # give a misbehaving A time to write
+    assert farm.status(17)["done"] == 1
+    assert state.video(spec.id)["uploads"] == "1"
+    assert farm.cli("finalize", "--segment", "17", check=False).returncode == 0
+
+
+def start_own_group(farm, name: str, **env: str):
+    from scheduler.local import start_worker
+
+    proc = start_worker({**farm.env, **env}, name, farm.folder / f"{name}.log", own_session=True)
+    farm.workers.append(proc)
+    return proc
