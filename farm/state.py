@@ -7,6 +7,8 @@ Keys (all under ``farm:``):
 - ``video:<id>``: hash with generation (bumped per enqueue), lost_deliveries, crashes, uploads,
   last_error, worker, device, timings;
 - ``completions``: sorted set video -> finish time (rates over a window);
+- ``seg:<S>:stranded``: hash video -> when it was first found pending with no message and no
+  lease (``scheduler status`` flags, the reconciler re-sends);
 - ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
 """
 
@@ -30,6 +32,23 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
          "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
            "return redis.call('del', KEYS[1]) else return 0 end"
+
+
+# Change a video's state and fields only while the given lease token holds its lease: a worker
+# that lost the lease (frozen, partitioned) must not overwrite the new holder's state.
+# KEYS: lease, segment state hash, video hash, completions; ARGV: token, video, state ("" keeps
+# it), now, then "set"/"del" followed by field (and value for "set") entries.
+_UPDATE_IF_HOLDER = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' then redis.call('hset', KEYS[2], ARGV[2], ARGV[3]) end
+if ARGV[3] == 'done' then redis.call('zadd', KEYS[4], ARGV[4], ARGV[2]) end
+local i = 5
+while i <= #ARGV do
+  if ARGV[i] == 'set' then redis.call('hset', KEYS[3], ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  else redis.call('hdel', KEYS[3], ARGV[i + 1]); i = i + 2 end
+end
+return 1
+"""
 
 
 class BrokerUnavailable(RuntimeError):
@@ -96,6 +115,35 @@ class FarmState:
             pipe.zadd(f"{PREFIX}completions", {video: time.time()})
         pipe.execute()
 
+    def update_if_holder(self, lease_key: str, token: str, segment: int, video: str,
+                         state: str | None = None, clear: tuple[str, ...] = (),
+                         **fields) -> bool:
+        """Set ``state`` and ``fields`` and delete ``clear`` fields of a video, atomically and
+        only while ``token`` holds ``lease_key``; returns whether it did."""
+        args: list = [token, video, state or "", time.time()]
+        for name, value in fields.items():
+            args += ["set", name, str(value)]
+        for name in clear:
+            args += ["del", name]
+        keys = [f"{PREFIX}lease:{lease_key}", f"{PREFIX}seg:{segment}:state",
+                f"{PREFIX}video:{video}", f"{PREFIX}completions"]
+        return bool(self.r.eval(_UPDATE_IF_HOLDER, len(keys), *keys, *args))
+
+    def stranded_since(self, segment: int, stranded: set[str]) -> dict[str, float]:
+        """When each of ``stranded`` (the segment's videos found with no message and no lease
+        now) was first found so; videos no longer stranded are forgotten."""
+        key = f"{PREFIX}seg:{segment}:stranded"
+        known = self.r.hgetall(key)
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        gone = set(known) - stranded
+        if gone:
+            pipe.hdel(key, *gone)
+        for video in stranded - set(known):
+            pipe.hsetnx(key, video, now)
+        pipe.execute()
+        return {video: float(known.get(video, now)) for video in stranded}
+
     def state(self, segment: int, video: str) -> str | None:
         return self.r.hget(f"{PREFIX}seg:{segment}:state", video)
 
@@ -159,37 +207,58 @@ class FarmState:
 
 @dataclass
 class Lease:
-    """A Redis lease kept alive by a heartbeat thread; ``lost`` turns true if renewal fails."""
+    """A Redis lease kept alive by a heartbeat thread.
+
+    ``lost`` turns true when renewal fails, or when no renewal succeeded for a whole TTL by the
+    monotonic clock: a process frozen (SIGSTOP, a stalled Redis link) past its TTL knows it on
+    its first look after resuming, before its heartbeat thread even runs.
+    """
 
     state: FarmState
     key: str
     token: str
     ttl_s: float
-    lost: bool = False
+    _lost: bool = False
+    _renewed: float = 0.0  # monotonic time of the last successful acquire or renewal
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    @property
+    def lost(self) -> bool:
+        return self._lost or time.monotonic() - self._renewed >= self.ttl_s
+
     def acquire(self) -> bool:
+        started = time.monotonic()
         if not self.state.acquire(self.key, self.token, self.ttl_s):
             return False
+        self._renewed = started
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-{self.key}")
         self._thread.start()
         return True
 
+    def held(self) -> bool:
+        """Whether Redis still names us the holder (authoritative, one round trip)."""
+        try:
+            return not self.lost and self.state.holder(self.key) == self.token
+        except redis.RedisError:
+            return False
+
     def _beat(self) -> None:
-        failures = 0
         while not self._stop.wait(self.ttl_s / 3):
+            if self.lost:  # too late: another worker may hold it now; never take it back
+                self._lost = True
+                return
+            started = time.monotonic()
             try:
-                # expired (e.g. Redis restarted without our key): take it back if free
+                # gone (e.g. Redis restarted without it) while still ours by the clock: take it
+                # back if nobody else did
                 if not self.state.renew(self.key, self.token, self.ttl_s) and \
                         not self.state.acquire(self.key, self.token, self.ttl_s):
-                    self.lost = True
+                    self._lost = True
                     return
-                failures = 0
+                self._renewed = started
             except redis.RedisError:
-                failures += 1  # Redis briefly away: keep trying until the TTL would have passed
-                if failures * self.ttl_s / 3 >= self.ttl_s:
-                    self.lost = True
+                pass  # Redis briefly away: keep trying until the TTL has passed
 
     def release(self) -> None:
         self._stop.set()

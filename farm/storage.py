@@ -8,11 +8,13 @@ A video counts as present only when its marker exists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +32,7 @@ class Storage(Protocol):
     def get_bytes(self, key: str) -> bytes | None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def checksums(self, prefix: str) -> dict[str, str]: ...
     def delete(self, keys: list[str]) -> None: ...
     def create(self) -> str: ...
     def describe(self) -> str: ...
@@ -86,6 +89,10 @@ class LocalStorage:
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                       if p.is_file() and not p.name.endswith(".tmp"))
+
+    def checksums(self, prefix: str) -> dict[str, str]:
+        """key -> MD5 hex of its content, for every key under ``prefix``."""
+        return {key: file_md5(self.root / key) for key in self.list(prefix)}
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -179,6 +186,23 @@ class S3Storage:
         self._call(f"list {prefix}", pages)
         return sorted(keys)
 
+    def checksums(self, prefix: str) -> dict[str, str]:
+        """key -> MD5 hex of its content (the ETag of a single-part upload; a multipart object,
+        never a frame, is downloaded and hashed)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        etags: dict[str, str] = {}
+
+        def pages():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                etags.update((o["Key"][cut:], o["ETag"].strip('"')) for o in page.get("Contents", []))
+
+        self._call(f"list {prefix}", pages)
+        for key, etag in etags.items():
+            if "-" in etag:
+                etags[key] = hashlib.md5(self.get_bytes(key) or b"").hexdigest()
+        return etags
+
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
@@ -248,9 +272,10 @@ class FrameStreamer:
     """
 
     def __init__(self, storage: Storage, base: str, staging: Path, video: str,
-                 threads: int = 4) -> None:
+                 threads: int = 4, may_write: Callable[[], bool] | None = None) -> None:
         self.storage, self.keys, self.video = storage, video_keys(base, video), video
         self.staging = staging
+        self.may_write = may_write or (lambda: True)  # false once the video's lease is lost
         self.sent: dict[Path, Signature] = {}
         self.failures = 0
         self._lock = threading.Lock()
@@ -263,8 +288,8 @@ class FrameStreamer:
             self._pool.submit(self._put, key, path)
 
     def _put(self, key: str, path: Path) -> None:
-        if self.failures:  # storage is failing: leave the rest to upload_video's retries
-            return
+        if self.failures or not self.may_write():  # storage failing (upload_video retries) or
+            return  # the lease lost: another delivery owns the video's keys now
         sig = _signature(path)
         try:
             self.storage.put_file(key, path)
@@ -296,12 +321,15 @@ def _frame_files(staging: Path, video: str, keys: dict[str, str],
 
 def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_yaml: str,
                  manifest: dict, threads: int = UPLOAD_THREADS,
-                 streamed: dict[Path, Signature] | None = None) -> dict:
+                 streamed: dict[Path, Signature] | None = None,
+                 fence: Callable[[], None] | None = None) -> dict:
     """Upload frames concurrently, then spec and manifest, then the completion marker.
 
     Frames in ``streamed`` (a FrameStreamer's uploads) whose staged file is unchanged are not
-    sent again. Re-uploading overwrites the same keys, so a retried upload is idempotent. Returns
-    timing and byte counts.
+    sent again. Re-uploading overwrites the same keys, so a retried upload is idempotent. The
+    marker records every frame's MD5, so the bucket proves which render its frames belong to
+    (``verify_video``). ``fence`` is called before the marker is written and raises if this
+    delivery may no longer complete the video (its lease is lost). Returns timing and byte counts.
     """
     keys = video_keys(base, video)
     t0 = time.perf_counter()
@@ -310,13 +338,62 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     todo = [(k, p) for k, p in files if p not in streamed or streamed[p] != _signature(p)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(lambda kp: storage.put_file(*kp), todo))
+        digests = dict(zip((k for k, _ in files), pool.map(lambda kp: file_md5(kp[1]), files),
+                           strict=True))
     storage.put_bytes(keys["spec"], spec_yaml.encode())
     body = json.dumps(manifest, indent=1).encode()
     storage.put_bytes(keys["manifest"], body)
     frames = sum(1 for k, _ in files if k.endswith(".jpg"))
     nbytes = sum(p.stat().st_size for _, p in files) + len(body) + len(spec_yaml)
     marker = {"video": video, "frames": frames, "spec_digest": manifest.get("spec_digest"),
-              "finished_at": time.time()}
+              "finished_at": time.time(),
+              "checksums": {k[len(base):].lstrip("/"): d for k, d in digests.items()}}
+    if fence:
+        fence()
     storage.put_bytes(keys["marker"], json.dumps(marker).encode())
     return {"files": len(files) + 3, "bytes": nbytes, "streamed": len(files) - len(todo),
             "upload_s": round(time.perf_counter() - t0, 4)}
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def frame_names(frames: int) -> set[str]:
+    """Every file a finished video of ``frames`` frames holds under its two frame folders."""
+    return ({f"JPEGImages/{i:05d}.jpg" for i in range(frames)}
+            | {f"Annotations/{i:05d}.png" for i in range(frames)})
+
+
+def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str) -> str | None:
+    """Why the stored frames of ``video`` are not exactly the ones its marker records, or None.
+
+    ``checksums``: key -> MD5 of the segment's objects (``Storage.checksums(base)``). Frame names
+    must be 00000..N-1 in both folders, and each frame's content the one the marker recorded.
+    """
+    frames = marker.get("frames")
+    if not isinstance(frames, int):
+        return "marker has no frame count"
+    stored = {}
+    for folder in ("JPEGImages", "Annotations"):
+        prefix = join(base, folder, video) + "/"
+        stored.update({f"{folder}/{k[len(prefix):]}": d for k, d in checksums.items()
+                       if k.startswith(prefix)})
+    want = frame_names(frames)
+    if set(stored) != want:
+        missing, extra = sorted(want - set(stored)), sorted(set(stored) - want)
+        parts = ([f"{len(missing)} missing (first {missing[0]})"] if missing else []) + \
+                ([f"{len(extra)} unexpected (first {extra[0]})"] if extra else [])
+        return f"frames do not match the marker's {frames}: {', '.join(parts)}"
+    recorded = marker.get("checksums")
+    if not isinstance(recorded, dict):
+        return None  # a marker from before checksums were recorded: names only
+    for name in sorted(want):
+        key = f"{name.split('/')[0]}/{video}/{name.split('/')[1]}"
+        if recorded.get(key) != stored[name]:
+            return f"{key} is not the frame its marker records (another delivery wrote it)"
+    return None

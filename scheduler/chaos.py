@@ -141,6 +141,8 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         env = {**os.environ, **farm_env(redis_port, password, proxy.port, BUCKET,
                                          folder / "scratch"),
                "FARM_GPUS": "none", "FARM_LEASE_TTL": "5", "FARM_VISIBILITY_TIMEOUT": "20",
+               # redelivery within seconds on purpose: the video lease de-duplicates
+               "FARM_SHORT_VISIBILITY_OK": "1",
                "FARM_RETRY_BACKOFF": "1", "FARM_RETRY_BACKOFF_MAX": "4",
                "FARM_MAX_DELIVERIES": str(kills + 2), "FARM_SCRATCH_FULL_PAUSE": "3"}
         state = FarmState(connect(f"redis://:{password}@127.0.0.1:{redis_port}/0"))

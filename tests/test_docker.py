@@ -326,6 +326,7 @@ def test_each_service_mounts_only_the_secrets_it_uses(services):
     assert mounted["s3"] == s3_admin | s3_farm
     assert mounted["redis"] == {"redis_password"}
     assert mounted["exporter"] == {"redis_password"}
+    assert mounted["reconciler"] == {"redis_password"}
     assert mounted["flower"] == {"redis_password", "flower_basic_auth"}
     assert mounted["prometheus"] == {"flower_basic_auth"}
     assert mounted["grafana"] == {"grafana_admin_password"}
@@ -351,12 +352,12 @@ def test_project_services_share_the_farm_environment(services, env_example):
     }
     farm_s3 = {"AWS_ACCESS_KEY_ID_FILE": "/run/secrets/s3_farm_access_key",
                "AWS_SECRET_ACCESS_KEY_FILE": "/run/secrets/s3_farm_secret_key"}
-    for name in ("worker", "scheduler", "flower", "exporter"):
+    for name in ("worker", "scheduler", "flower", "exporter", "reconciler"):
         env = env_of(services[name])
         want = {**expected, **(farm_s3 if name in ("worker", "scheduler") else {})}
         for key, value in want.items():
             assert str(env.get(key)) == value, f"{name}: {key}={env.get(key)!r}"
-        if name in ("flower", "exporter"):
+        if name in ("flower", "exporter", "reconciler"):
             assert not any(k.startswith("AWS_ACCESS") or k.startswith("AWS_SECRET") for k in env)
     init = env_of(services["storage-init"])
     assert init["AWS_ACCESS_KEY_ID_FILE"] == "/run/secrets/s3_admin_access_key"
@@ -659,7 +660,8 @@ def referenced_dockerfiles(services) -> dict[str, Path]:
 
 def test_project_images_run_as_non_root(services):
     referenced = referenced_dockerfiles(services)
-    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower", "exporter"}
+    assert set(referenced) == {"worker", "scheduler", "storage-init", "flower", "exporter",
+                               "reconciler"}
     for name, path in referenced.items():
         assert path.resolve() in {p.resolve() for p in DOCKERFILES.values()}, f"{name}: {path}"
         users = [args for keyword, args in instructions(path) if keyword == "USER"]

@@ -68,7 +68,7 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         assert state.r.llen("render") == 0
 
         out = farm.cli("finalize", "--segment", "0").stdout
-        assert "3 videos complete" in out
+        assert "3 videos complete, every frame verified" in out
         meta = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key="bl30k/0/meta.json")
                           ["Body"].read())
         assert set(meta["videos"]) == {"a00000", "a00001", "a00002"}
@@ -95,7 +95,8 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         farm.s3.delete_object(Bucket=farm.bucket, Key="bl30k/0/JPEGImages/a00001/00002.jpg")
         proc = farm.cli("finalize", "--segment", "0", check=False)
         assert proc.returncode == 1
-        assert "a00001: JPEGImages holds 2 frames, marker says 3" in proc.stdout
+        assert ("a00001: frames do not match the marker's 3: 1 missing (first "
+                "JPEGImages/00002.jpg)") in proc.stdout
     finally:
         stop([flower])
 
@@ -109,8 +110,6 @@ def test_transient_storage_error_then_success(farm):
         farm.cli("enqueue", "--segment", "1", "--count", "1", "--preset", "tiny")
         status = farm.wait_for(1, retrying=1, timeout=120)
         assert status["done"] == 0
-        failed_info = farm.cli("status", "--segment", "1").stdout
-        assert "1" in failed_info
         proxy.down = False
         farm.wait_for(1, done=1, timeout=180)
     finally:
@@ -118,7 +117,11 @@ def test_transient_storage_error_then_success(farm):
     assert proxy.dropped > 0
     assert_complete(farm, 1, "b00000", 3)
     log = farm.log("w1")
-    assert "reusing the finished render" in log  # the retry uploaded, it did not render again
+    # Without the completion marker check the video is deferred, never rendered blind.
+    assert "cannot check the completion marker" in log and "deferring" in log
+    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
+        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    assert state.video("b00000")["uploads"] == "1"
 
 
 def test_permanent_error_fails_then_retry_failed_completes(farm, pack, tmp_path):

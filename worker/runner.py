@@ -44,6 +44,10 @@ class RenderCrash(RenderError):
     pass
 
 
+class RenderAborted(RenderError):
+    """The caller stopped the render (e.g. its lease on the video was lost)."""
+
+
 class GateFailed(PermanentRenderError):
     """Every attempt of the video failed the quality gate: it fails rather than ship broken."""
 
@@ -95,9 +99,11 @@ class Watchdog:
     """
 
     def __init__(self, proc: subprocess.Popen, timeout: float | None, max_rss: float | None,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, abort: Abort | None = None) -> None:
         self.proc, self.timeout, self.max_rss, self.interval = proc, timeout, max_rss, interval
+        self.abort = abort
         self.reason: str | None = None
+        self.aborted: str | None = None  # the caller's reason to stop, when it stopped it
         self.peak_rss_mb = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -108,6 +114,10 @@ class Watchdog:
         while not self._stop.wait(self.interval):
             rss = _rss_mb(self.proc.pid)
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            self.aborted = self.abort() if self.abort else None
+            if self.aborted:
+                self.proc.kill()
+                return
             if self.timeout and time.monotonic() - started > self.timeout:
                 self.reason = f"exceeded the {self.timeout:.0f} s time limit"
             elif self.max_rss and rss > self.max_rss:
@@ -141,6 +151,7 @@ class RenderOutcome:
 
 
 Progress = Callable[[int, int], None]
+Abort = Callable[[], str | None]  # polled while rendering: a reason to stop, or None
 
 
 def staging_dir(scratch: str | Path, video: str) -> Path:
@@ -150,7 +161,7 @@ def staging_dir(scratch: str | Path, video: str) -> Path:
 
 def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
                enforce_gate: bool, timeout: float | None, progress: Progress | None,
-               env: dict | None) -> dict:
+               env: dict | None, abort: Abort | None = None) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     spec_file, result_file, log_file = (staging / "spec.yaml", staging / "result.json",
@@ -165,7 +176,7 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
     with open(log_file, "w") as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             env=child_env, cwd=Path(__file__).resolve().parent.parent) as proc:
-        watchdog = Watchdog(proc, timeout, max_rss_mb())
+        watchdog = Watchdog(proc, timeout, max_rss_mb(), abort=abort)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -180,6 +191,8 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
             watchdog.reap()
             raise
         code = watchdog.reap()
+    if watchdog.aborted:
+        raise RenderAborted(f"{spec.id}: render stopped: {watchdog.aborted}")
     if watchdog.reason:
         raise RenderCrash(f"{spec.id}: Blender process killed: {watchdog.reason} "
                           f"(models: {', '.join(o.model for o in spec.objects)})")
@@ -211,7 +224,8 @@ def _gate_message(spec: VideoSpec, reason: str, rejected: list[dict]) -> str:
 def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | Path,
                 scratch: str | Path, progress: Progress | None = None,
                 timeout: float | None = None, env: dict | None = None,
-                denylist: set[str] | None = None, resample: bool = True) -> RenderOutcome:
+                denylist: set[str] | None = None, resample: bool = True,
+                abort: Abort | None = None) -> RenderOutcome:
     """Render ``spec`` into scratch, resampling a generated spec that fails the mask gate.
 
     A video whose last attempt (an imported spec: its only one) fails the gate raises
@@ -241,7 +255,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
         again = (resample and spec.source == "generated" and preset is not None
                  and spec.attempt < last_attempt)
         render = _run_child(spec, models_root, textures_root, staging, not keep or again,
-                            timeout, progress, env)
+                            timeout, progress, env, abort)
         if "rejected" not in render:
             break
         rejected.append({"attempt": spec.attempt, "check": "mask", "reason": render["rejected"]})

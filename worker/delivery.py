@@ -1,0 +1,385 @@
+"""Delivering one video: the state machine between a queue message and ``done`` or ``failed``.
+
+Plain functions over a ``FarmState`` (Redis) and a ``Storage``, testable with a real redis-server
+and no Celery worker; ``worker.tasks`` adapts them to a Celery task.
+
+Flow: drop a cancelled or superseded message -> take the video's lease -> check cancellation and
+the completion marker again (a storage error defers; never render blind) -> remove frames of
+earlier deliveries -> render (stopped within seconds when the lease is lost) -> upload frames,
+spec, manifest -> completion marker with every frame's MD5, written only while the lease holds
+-> ``done``. Every state change after the lease is conditional on still holding it, so a worker
+that lost its lease never overwrites the new holder's state.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from farm import metrics
+from farm.assets import AssetError, AssetLibrary, read_denylist
+from farm.config import Settings
+from farm.presets import load_preset
+from farm.sampling import generate_spec
+from farm.spec import SpecError, VideoSpec
+from farm.state import BrokerUnavailable, FarmState, Lease
+from farm.storage import (
+    FrameStreamer,
+    Storage,
+    StorageError,
+    is_done,
+    remove_frames,
+    upload_video,
+)
+from worker import scratch, shutdown
+from worker.runner import (
+    GateFailed,
+    PermanentRenderError,
+    Progress,
+    RenderAborted,
+    RenderCrash,
+    RenderOutcome,
+    ScratchFull,
+    render_spec,
+    staging_dir,
+)
+
+log = logging.getLogger(__name__)
+# free scratch kept beyond a render's own need (FARM_SCRATCH_RESERVE_MB)
+SCRATCH_MARGIN = int(os.environ.get("FARM_SCRATCH_RESERVE_MB") or 64) * 2**20
+HANDED_BACK_SCRATCH_FULL = "handed back: scratch full"
+HANDED_BACK_STOPPING = "handed back: worker stopping"
+TRANSIENT = (StorageError, BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
+
+
+class Requeue(Exception):  # noqa: N818 - an instruction to the adapter, not an error
+    """Hand the message back for later (``countdown`` seconds), not counted as a retry."""
+
+    def __init__(self, countdown: float, status: str) -> None:
+        super().__init__(status)
+        self.countdown, self.status = countdown, status
+
+
+class RetryLater(Exception):  # noqa: N818
+    """Retry this delivery (counted against the task's retries) after ``countdown`` seconds."""
+
+    def __init__(self, countdown: float, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.countdown, self.cause = countdown, cause
+
+
+class LeaseLost(RuntimeError):
+    """This delivery no longer holds the video's lease: another worker owns the video now."""
+
+
+@dataclass
+class Job:
+    """One message: the video, its spec (whole or as a recipe) and the queue's bookkeeping."""
+
+    video: str
+    segment: int
+    base: str  # storage prefix of the segment
+    spec: dict | None = None
+    recipe: dict | None = None  # index, seed, preset, digest, first_attempt
+    generation: int | None = None
+    retries: int = 0
+    max_retries: int = 0
+    soft_limit: float | None = None
+    worker: str = ""  # the queue worker's name (metrics)
+
+
+@dataclass
+class Farm:
+    """What a delivery works with."""
+
+    state: FarmState
+    storage: Storage
+    settings: Settings
+
+
+_libraries: dict[tuple, AssetLibrary] = {}  # per worker process: the index is loaded once
+
+
+def regenerate(settings: Settings, segment: int, recipe: dict) -> VideoSpec:
+    """Rebuild a generated spec from its recipe; its digest must equal the scheduler's."""
+    key = (*settings.asset_roots(), settings.denylist)
+    if key not in _libraries:
+        _libraries[key] = settings.library()
+    spec = generate_spec(_libraries[key], load_preset(recipe["preset"]), segment,
+                         recipe["index"], recipe["seed"], recipe.get("first_attempt", 0))
+    if spec.digest() != recipe["digest"]:
+        raise SpecError("spec", f"{spec.id} regenerated on this worker differs from the "
+                        "scheduler's (different asset library, denylist or code version)")
+    return spec
+
+
+def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = ()) -> dict:
+    """Take the job from its message to a final or handed-back state; returns a summary.
+
+    Raises ``Requeue``/``RetryLater`` for the adapter, ``PermanentRenderError`` when the video
+    failed, or a transient error (storage, broker) to be retried with backoff. ``interrupts``
+    (e.g. the queue's soft time limit) count as a crash of the render.
+    """
+    state, video = farm.state, job.video
+    skipped = _skip(job, farm, lease_held=False)
+    if skipped:
+        return skipped
+    lease = Lease(state, f"video:{video}", f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}",
+                  farm.settings.lease_ttl)
+    if not lease.acquire():
+        # A live worker renders this video (we are a redelivered copy): check back later.
+        log.info("%s: leased by %s, deferring", video, state.holder(f"video:{video}"))
+        raise Requeue(farm.settings.lease_ttl, "deferred")
+    try:
+        return _skip(job, farm, lease_held=True) or _deliver_leased(job, farm, lease,
+                                                                    interrupts)
+    finally:
+        lease.release()
+
+
+def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
+    """A summary when the message needs no render: cancelled, superseded or already done.
+
+    Before the lease a storage error only skips the early look; once the lease is held the
+    marker must be checked, so a storage error defers the video.
+    """
+    state, video = farm.state, job.video
+    if state.state(job.segment, video) == "cancelled":
+        return {"video": video, "status": "cancelled"}
+    current = state.generation(video)
+    if job.generation is not None and job.generation < current:
+        log.info("%s: message of generation %d superseded by %d, dropped", video,
+                 job.generation, current)
+        return {"video": video, "status": "superseded"}
+    try:
+        done = is_done(farm.storage, job.base, video)
+    except StorageError as exc:
+        if not lease_held:
+            return None
+        log.warning("%s: cannot check the completion marker (%s); deferring", video, exc)
+        state.set_state(job.segment, video, "retrying", last_error=f"deferred: {exc}")
+        raise Requeue(min(30.0, farm.settings.lease_ttl), "deferred: storage unavailable") from exc
+    if done:
+        state.set_state(job.segment, video, "done")
+        return {"video": video, "status": "already done"}
+    return None
+
+
+def _deliver_leased(job: Job, farm: Farm, lease: Lease,
+                    interrupts: tuple[type[BaseException], ...]) -> dict:
+    state, storage, settings, video = farm.state, farm.storage, farm.settings, job.video
+
+    def update(new_state: str | None = None, clear: tuple[str, ...] = (), **fields) -> None:
+        if not state.update_if_holder(lease.key, lease.token, job.segment, video, new_state,
+                                      clear, **fields):
+            raise LeaseLost(f"{video}: lease lost; the new holder's state is left as it is")
+
+    def fail(reason: str, **fields) -> None:
+        log.error("%s: failed: %s", video, reason)
+        update("failed", ("running",), last_error=reason, failed_at=time.time(), **fields)
+
+    info = state.video(video)
+    if info.get("running"):
+        # The previous holder of the lease started and never finished: its worker was lost.
+        lost = state.incr(video, "lost_deliveries")
+        log.warning("%s: previous delivery was lost (%d so far)", video, lost)
+        metrics.record_failure(state.r, "lost", lost >= settings.max_deliveries, job.worker)
+        if lost >= settings.max_deliveries:
+            fail(f"worker lost {lost} times while rendering this video (killed, out of memory "
+                 f"or hard time limit); last holder {info['running']}")
+            return {"video": video, "status": "failed"}
+    update("running", running=lease.token, worker=socket.gethostname(), started_at=time.time(),
+           gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    spec = None
+    try:
+        spec = VideoSpec.from_dict(job.spec) if job.spec else regenerate(settings, job.segment,
+                                                                          job.recipe or {})
+        if spec.id != video or spec.segment != job.segment:
+            raise SpecError("id", f"task for {video} (segment {job.segment}) carries spec "
+                            f"{spec.id}")
+        scratch.remove_stale(settings.scratch, video,
+                             leased=lambda other: state.holder(f"video:{other}") is not None)
+        _check_scratch(settings.scratch, spec)
+        # Frames of an earlier, unfinished delivery must not mix with this one's.
+        removed = remove_frames(storage, job.base, video)
+        if removed:
+            log.info("%s: removed %d frames of an earlier delivery", video, removed)
+        outcome, upload = _render_and_upload(job, farm, spec, lease)
+    except LeaseLost:
+        raise
+    except shutdown.HandBack as exc:
+        _hand_back(farm, video, update, str(exc))
+    except GateFailed as exc:
+        # No attempt passed: nothing may stay where loaders look, and a retry starts afresh.
+        remove_frames(storage, job.base, video)
+        shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
+        fail(str(exc), gate_failed=1, next_attempt=_last_attempt(job) + 1)
+        metrics.record_failure(state.r, exc, True, job.worker)
+        raise PermanentRenderError(str(exc)) from None
+    except (SpecError, AssetError, PermanentRenderError) as exc:
+        fail(str(exc))
+        metrics.record_failure(state.r, exc, True, job.worker)
+        raise PermanentRenderError(str(exc)) from None
+    except TRANSIENT as exc:
+        final = job.retries >= job.max_retries
+        if final:
+            fail(f"gave up after {job.retries} retries: {exc}")
+        else:
+            update("retrying", ("running",), last_error=str(exc))
+        metrics.record_failure(state.r, exc, final, job.worker)
+        raise
+    except ScratchFull as exc:
+        # The worker's disk, not the video: hand the video back for another worker.
+        log.error("%s; handing the video back", exc)
+        update("retrying", ("running",), last_error=str(exc))
+        shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
+        metrics.record_failure(state.r, exc, False, job.worker)
+        raise Requeue(5, HANDED_BACK_SCRATCH_FULL) from None
+    except (RenderCrash, *interrupts) as exc:
+        if shutdown.requested():  # the render died of the shutdown (e.g. SIGTERM to the group)
+            _hand_back(farm, video, update, f"worker stopping ({exc})")
+        crashes = state.incr(video, "crashes")
+        final = crashes >= settings.max_deliveries or job.retries >= job.max_retries
+        metrics.record_failure(state.r, exc, final, job.worker)
+        if final:
+            # The queue's retry publishes nothing past max_retries: the video must end here.
+            fail(f"render crashed {crashes} times (retries: {job.retries}): "
+                 f"{exc or type(exc).__name__}")
+            raise PermanentRenderError(str(exc)) from None
+        update("retrying", ("running",), last_error=str(exc) or type(exc).__name__)
+        raise RetryLater(5 * crashes, exc) from None
+    state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1
+    shutil.rmtree(outcome.staging, ignore_errors=True)
+    timings = outcome.manifest["timings"]
+    update("done", ("running",), frames=outcome.spec.frames, render_s=timings["render_total_s"],
+           wall_s=timings["wall_s"], upload_s=upload["upload_s"], streamed=upload["streamed"],
+           finished_at=time.time(), device=outcome.manifest["device"],
+           attempt=outcome.spec.attempt)
+    metrics.record_video(state.r, job.worker, outcome, upload)
+    return {"video": video, "status": "done", "frames": outcome.spec.frames,
+            "device": outcome.manifest["device"], "render_s": timings["render_total_s"],
+            "upload_s": upload["upload_s"]}
+
+
+def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
+                       ) -> tuple[RenderOutcome, dict]:
+    """Render (streaming frames while the lease holds), then upload and write the marker."""
+    storage, settings, video = farm.storage, farm.settings, job.video
+    staging = staging_dir(settings.scratch, video)
+    streamer = (FrameStreamer(storage, job.base, staging, video,
+                              may_write=lambda: not lease.lost)
+                if settings.stream_upload else None)
+
+    def abort() -> str | None:
+        return "the video's lease was lost (another worker owns it)" if lease.lost else None
+
+    try:
+        with shutdown.render_phase():  # a stopping worker hands the video back
+            outcome = _render(settings, spec, _attempt_budget(spec, job.soft_limit),
+                              streamer.frame_done if streamer else None, abort)
+    except RenderAborted as exc:
+        raise LeaseLost(str(exc)) from None
+    finally:
+        streamed = streamer.close() if streamer else {}
+
+    def fence() -> None:
+        if not lease.held():
+            raise LeaseLost(f"{video}: lease lost before the completion marker; not written")
+
+    fence()
+    upload = upload_video(storage, job.base, outcome.staging, video, outcome.spec.to_yaml(),
+                          outcome.manifest, streamed=streamed, fence=fence)
+    return outcome, upload
+
+
+def _hand_back(farm: Farm, video: str, update: Callable, reason: str) -> None:
+    """The worker is stopping (worker/shutdown.py) and the Blender child is already killed: the
+    video goes back to the queue at once, as it was (the adapter re-publishes the message with
+    its id, arguments, priority and retries; this delivery is acknowledged). Not counted against
+    the video; the lease is released (``deliver``) before the message is published."""
+    log.warning("%s: %s; handing the video back", video, reason)
+    staging = staging_dir(farm.settings.scratch, video)
+    if not _rendered_marker(staging).exists():  # a finished render may still be uploaded later
+        shutil.rmtree(staging, ignore_errors=True)
+    update("queued", ("running",))
+    raise Requeue(0, HANDED_BACK_STOPPING) from None
+
+
+def _rendered_marker(staging: Path) -> Path:
+    return staging / "rendered.json"
+
+
+def _reuse_staging(staging: Path, spec: VideoSpec) -> RenderOutcome | None:
+    """A finished render left by a delivery whose upload failed (same spec): upload it again."""
+    try:
+        saved = json.loads(_rendered_marker(staging).read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("input_digest") != spec.digest():
+        return None
+    return RenderOutcome(VideoSpec.from_dict(saved["spec"]), saved["manifest"], staging)
+
+
+def _render(settings: Settings, spec: VideoSpec, timeout: float | None,
+            progress: Progress | None, abort: Callable[[], str | None]) -> RenderOutcome:
+    staging = staging_dir(settings.scratch, spec.id)
+    outcome = _reuse_staging(staging, spec)
+    if outcome:
+        log.info("%s: reusing the finished render in %s", spec.id, staging)
+        return outcome
+    models, textures = settings.asset_roots()
+    try:
+        outcome = render_spec(spec, models, textures, settings.scratch, progress=progress,
+                              timeout=timeout, denylist=read_denylist(settings.denylist),
+                              abort=abort)
+        _rendered_marker(staging).write_text(json.dumps({
+            "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
+            "manifest": outcome.manifest}))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ScratchFull(f"{spec.id}: scratch disk full: {exc}") from None
+        raise
+    return outcome
+
+
+def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
+    """Refuse to start a render that cannot fit on the scratch disk."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    width, height = spec.resolution
+    need = spec.frames * width * height * 1.2 + SCRATCH_MARGIN
+    free = shutil.disk_usage(scratch).free
+    if free < need:
+        raise ScratchFull(f"{spec.id}: scratch {scratch} has {free / 2**20:.0f} MB free, "
+                          f"the render needs about {need / 2**20:.0f} MB")
+
+
+def _attempt_budget(spec: VideoSpec, soft: float | None) -> float | None:
+    """Seconds one render (one gate attempt) may take: its preset's one-attempt limit, within
+    what is left of the task's soft limit."""
+    try:
+        one = load_preset(spec.preset).time_limits(spec.frames, attempts=1)[0]
+    except SpecError:
+        one = None
+    budgets = [b for b in (one, soft - 30 if soft else None) if b]
+    return min(budgets) if budgets else None
+
+
+def _last_attempt(job: Job) -> int:
+    """The last attempt a delivery could sample (a retry of a gate failure starts after it)."""
+    if job.spec:
+        gate = job.spec.get("generation", {}).get("gate", {})
+        return int(gate.get("last_attempt", job.spec.get("attempt", 0)))
+    recipe = job.recipe or {}
+    preset = load_preset(recipe["preset"])
+    return recipe.get("first_attempt", 0) + preset.quality_gate.max_attempts - 1
