@@ -93,22 +93,51 @@ def test_worker_without_redis_never_renders_unpinned(farm):
     assert farm_state(farm).video("v00000")["gpu"] == "0"  # CUDA_VISIBLE_DEVICES of its render
 
 
-def test_worker_whose_gpu_lease_is_lost_exits_and_a_restart_repins(farm):
+def slow_spec(library, segment: int, folder: Path):
+    """An imported tiny-scene spec that takes ~25 s to render here (~1 s per frame)."""
+    base = generate_spec(library, load_preset("tiny"), segment, 0, 2021)
+    spec = replace(base, frames=24, resolution=(160, 120), source="imported",
+                   render=replace(base.render, samples=64))
+    save_spec(spec, folder / f"{spec.id}.yaml")
+    return spec, folder / f"{spec.id}.yaml"
+
+
+def wait_rendering(farm, worker: str, proc: subprocess.Popen, video: str) -> Path:
+    """Wait until ``worker`` has written the first frame of ``video``; its staging folder."""
+    staging = farm.folder / "scratch" / worker / f"{video}.staging"
+    first = staging / "JPEGImages" / video / "00000.jpg"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, farm.log(worker)[-3000:]
+        time.sleep(0.2)
+    return staging
+
+
+def test_worker_whose_gpu_lease_is_lost_exits_and_a_restart_repins(farm, library, tmp_path):
+    """The GPU lease taken by another holder mid-render: the worker stops rendering on a GPU it
+    no longer owns (hands the video back) and exits 75; restarted, it claims the GPU again and
+    renders the video; a deleted lease stops it too (never silently taken back)."""
     state = farm_state(farm)
+    spec, path = slow_spec(library, 22, tmp_path)
     w1 = farm.start_worker("w1", FARM_GPUS="0")
     wait_log(farm, "w1", "worker device: GPU 0")
+    farm.cli("enqueue", "--specs", str(path))
+    staging = wait_rendering(farm, "w1", w1, spec.id)
     [key] = gpu_lease_keys(state)
     state.r.set(key, "thief:1:feedbeef", px=8000)  # another holder (it expires in 8 s)
     assert wait_exit(w1, 30) == 75, farm.log("w1")[-3000:]
     assert "is now held by thief:1:feedbeef" in farm.log("w1")
+    assert f"{spec.id}: the worker is shutting down; handing the video back" in farm.log("w1")
+    assert not render_processes(str(staging))
 
     # restarted (like the container): waits for the GPU, claims it again, renders on it
     w1b = farm.start_worker("w1b", FARM_GPUS="0", FARM_GPU_CLAIM_TIMEOUT="60")
     wait_log(farm, "w1b", "worker device: GPU 0", timeout=60)
     assert "held by other workers; retrying" in farm.log("w1b")
-    farm.cli("enqueue", "--segment", "22", "--count", "1", "--preset", "tiny")
-    farm.wait_for(22, done=1, timeout=120)
-    assert state.video("w00000")["gpu"] == "0"
+    farm.wait_for(22, done=1, timeout=180)
+    info = state.video(spec.id)
+    assert info["gpu"] == "0" and info["uploads"] == "1"
+    assert "lost_deliveries" not in info and "crashes" not in info, info
 
     state.r.delete(key)  # a deleted lease is lost too: never silently taken back
     assert wait_exit(w1b, 30) == 75, farm.log("w1b")[-3000:]
@@ -157,42 +186,35 @@ def test_sigterm_hands_the_render_back_at_once(farm, library, tmp_path):
     lost delivery or crash counted."""
     from worker.celery_app import VISIBILITY_TIMEOUT
 
-    tiny = load_preset("tiny")
-    base = generate_spec(library, tiny, 20, 0, 2021)
-    # slow enough that finishing it would take far longer than a hand-back (~1 s per frame here)
-    spec = replace(base, frames=24, resolution=(160, 120), source="imported",
-                   render=replace(base.render, samples=64))
-    save_spec(spec, tmp_path / "slow.yaml")
+    spec, path = slow_spec(library, 20, tmp_path)  # finishing it would take far longer
     video = spec.id
     w1 = farm.start_worker("w1")
-    farm.cli("enqueue", "--specs", str(tmp_path / "slow.yaml"))
-    staging = farm.folder / "scratch" / "w1" / f"{video}.staging"
-    first = staging / "JPEGImages" / video / "00000.jpg"
-    deadline = time.monotonic() + 120
-    while not first.exists():
-        assert time.monotonic() < deadline and w1.poll() is None, farm.log("w1")[-3000:]
-        time.sleep(0.2)
+    farm.cli("enqueue", "--specs", str(path))
+    staging = wait_rendering(farm, "w1", w1, video)
     assert render_processes(str(staging))
     w2 = farm.start_worker("w2")
     stopped = time.monotonic()
     w1.send_signal(signal.SIGTERM)
     assert wait_exit(w1, 15) == 0, farm.log("w1")[-3000:]
     exit_s = time.monotonic() - stopped
+    assert f"{video}: the worker is shutting down; handing the video back" in farm.log("w1")
     assert exit_s < 10, f"the worker took {exit_s:.1f} s to stop"
     assert not render_processes(str(staging)), "Blender outlived its worker's shutdown"
-    assert f"{video}: the worker is shutting down; handing the video back" in farm.log("w1")
 
     status = farm.wait_for(20, done=1, timeout=240)
     assert status["failed"] == 0
     assert time.monotonic() - stopped < min(240, VISIBILITY_TIMEOUT / 10)
     assert w2.poll() is None and "handed back" not in farm.log("w2")
+    # acknowledged, not restored: one message, received once by the second worker
+    assert "Restoring" not in farm.log("w1")
+    assert farm.log("w2").count(f"[render-{video}-1] received") == 1
     info = farm_state(farm).video(video)
     assert info["uploads"] == "1"
     assert "lost_deliveries" not in info and "crashes" not in info, info
     r = farm_state(farm).r
-    assert r.llen("render") == 0 and r.hlen("unacked") == 0  # the original was acknowledged
-    frames = [k for k in farm.keys(f"bl30k/20/JPEGImages/{video}/")]
-    assert len(frames) == 24 and farm.keys(f"bl30k/20/done/{video}.json")
+    assert r.llen("render") == 0 and r.hlen("unacked") == 0
+    frames = farm.keys(f"bl30k/20/JPEGImages/{video}/")
+    assert len(frames) == spec.frames and farm.keys(f"bl30k/20/done/{video}.json")
 
 
 def test_stale_staging_folders_are_removed_at_task_start(farm):

@@ -44,7 +44,12 @@ def active_task_pids() -> list[int]:
     """Pool processes running a task right now (main process)."""
     from celery.worker import state
 
-    return sorted({r.worker_pid for r in list(state.active_requests) if r.worker_pid})
+    for _ in range(5):  # the set may change under a thread's feet (a lost GPU lease)
+        try:
+            return sorted({r.worker_pid for r in list(state.active_requests) if r.worker_pid})
+        except RuntimeError:
+            continue
+    return []
 
 
 def hand_back_active(*_args, **_kwargs) -> list[int]:
