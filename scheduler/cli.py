@@ -13,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
@@ -295,14 +296,25 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def broker_task_ids(r) -> set[str]:
-    """Task ids of every message Redis holds: queued (all priority lists) or unacknowledged."""
+    """Task ids a worker will still run: messages queued in a priority list, or held
+    unacknowledged with an ETA still ahead (a countdown retry, a deferral).
+
+    A message held unacknowledged without one belongs to a delivery in progress, which holds the
+    video's lease within seconds, or to a worker killed outright, whose message only returns
+    after the visibility timeout (hours): with the lease free for a while, that video counts as
+    stranded and is sent again as a new generation (the old message is dropped if it returns).
+    """
     ids = set()
     for key in r.scan_iter("render*"):
         if r.type(key) == "list":
             for raw in r.lrange(key, 0, -1):
                 ids.add(json.loads(raw)["headers"]["id"])
+    now = datetime.now(UTC)
     for raw in r.hvals("unacked"):
-        ids.add(json.loads(raw)[0]["headers"]["id"])
+        headers = json.loads(raw)[0]["headers"]
+        eta = headers.get("eta")
+        if eta and datetime.fromisoformat(eta).astimezone(UTC) > now:
+            ids.add(headers["id"])
     return ids
 
 
