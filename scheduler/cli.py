@@ -190,10 +190,12 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0
-                   ) -> dict:
+def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0,
+                   since: dict[str, float] | None = None) -> dict:
+    """A segment's counts, rates and ETA; ``since``: its stranded videos (``stranded_videos``)."""
     counts = ctx.state.counts(segment)
-    since = stranded_videos(ctx, [segment])[segment]
+    if since is None:
+        since = stranded_videos(ctx, [segment])[segment]
     stranded = sorted(v for v, t in since.items() if time.time() - t >= stranded_after)
     total = sum(counts.values())
     started = ctx.state.started(segment)
@@ -222,7 +224,9 @@ def _eta(seconds: int | None) -> str:
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     while True:
         segments = [args.segment] if args.segment is not None else ctx.state.segments()
-        rows = [segment_status(ctx, s, args.window, args.stranded_after) for s in segments]
+        stranded = stranded_videos(ctx, segments)  # one pass over the broker's messages
+        rows = [segment_status(ctx, s, args.window, args.stranded_after, stranded[s])
+                for s in segments]
         if args.json:
             print(json.dumps(rows))
         else:
