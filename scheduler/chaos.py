@@ -287,8 +287,9 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
                     start(name, **({"FARM_SCRATCH": str(full_scratch)} if name == "full" else {}))
             time.sleep(1.0)
         # Leftover messages (duplicates, superseded generations, a killed worker's message
-        # restored after the visibility timeout) must each be consumed as a no-op.
-        drain_by = time.monotonic() + (visibility_s or 0) + 3 * lease_ttl + 30
+        # restored after the visibility timeout) must each be consumed as a no-op. kombu sweeps
+        # visible unacknowledged messages back every 10th poll of 10 s, so allow ~100 s more.
+        drain_by = time.monotonic() + (visibility_s or 0) + 3 * lease_ttl + 120
         while _queue_left(state) and time.monotonic() < drain_by:
             time.sleep(1.0)
         time.sleep(2.0)  # let acknowledgements land
