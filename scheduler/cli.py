@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from farm.assets import AssetError, read_denylist
 from farm.config import ConfigError, Settings, load_settings, segment_base
+from farm.outputs import FOLDERS as OUTPUT_FOLDERS
 from farm.presets import load_preset
-from farm.spec import SpecError, VideoSpec, load_spec
+from farm.spec import DEFAULT_OUTPUTS, OUTPUTS, SpecError, VideoSpec, load_spec
 from farm.state import STATES, BrokerUnavailable, FarmState, connect
 from farm.storage import StorageError, join
 
@@ -309,8 +310,9 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
-    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames."""
-    videos = {}
+    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames, and
+    the outputs it has; ``outputs``: those of the whole segment (the union)."""
+    videos, every = {}, set()
     for video, m in sorted(manifests.items()):
         objects = {}
         for obj in m["objects"]:
@@ -318,27 +320,34 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
                       if f["objects"][obj["id"] - 1]["pixels"] > 0]
             objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
                                        "model": obj["model"], "frames": frames}
-        videos[video] = {"objects": objects}
-    return {"videos": videos}
+        outputs = list(m.get("outputs") or m.get("render_settings", {}).get("outputs")
+                       or DEFAULT_OUTPUTS)
+        every.update(outputs)
+        videos[video] = {"objects": objects, "outputs": outputs}
+    return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
 
 
 def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
-    """Problems per finished video: every frame's JPEG and mask, spec and manifest present."""
+    """Problems per finished video: every frame's JPEG and mask (and every file of the extra
+    outputs its marker lists: depth, flow, normals, camera, amodal masks), spec and manifest
+    present."""
     keys = storage.list(base)
     found: dict[tuple[str, str], int] = {}
     for key in keys:
         parts = key[len(base):].strip("/").split("/")
-        if len(parts) == 3 and parts[0] in ("JPEGImages", "Annotations"):
+        if len(parts) >= 3 and parts[0] in OUTPUT_FOLDERS.values():
             found[(parts[0], parts[1])] = found.get((parts[0], parts[1]), 0) + 1
     present = set(keys)
     problems = {}
     for video in sorted(videos):
         marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
         frames = marker.get("frames")
-        for folder in ("JPEGImages", "Annotations"):
-            if found.get((folder, video), 0) != frames:
-                problems[video] = (f"{folder} holds {found.get((folder, video), 0)} frames, "
-                                   f"marker says {frames}")
+        expected = marker.get("files") or {"JPEGImages": frames, "Annotations": frames}
+        for folder, count in expected.items():
+            if found.get((folder, video), 0) != count:
+                what = "frames" if folder in ("JPEGImages", "Annotations") else "files"
+                problems[video] = (f"{folder} holds {found.get((folder, video), 0)} {what}, "
+                                   f"marker says {count}")
         for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
             if key not in present:
                 problems[video] = f"missing {key}"
