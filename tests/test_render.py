@@ -28,7 +28,7 @@ pytestmark = pytest.mark.render
 def rendered(library, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("render")
     specs = [generate_spec(library, tiny, 0, i, 2021) for i in (3, 4)]
-    manifests = render_specs(specs, library.models_root, library.textures_root, out, quiet=True)
+    manifests, _ = render_specs(specs, library.models_root, library.textures_root, out, quiet=True)
     return out, specs, manifests
 
 
