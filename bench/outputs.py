@@ -1,0 +1,77 @@
+"""Cost of each extra output (depth, flow, normals, camera, amodal masks): s/frame and bytes/frame.
+
+One generated scene renders with RGB + masks alone (the baseline) and with each extra output on
+its own, then with all of them (``movi-like``), in a fresh Blender process each, as on a worker.
+Variants are interleaved over the repeats; the figures are medians. Per output:
+
+- ``extra_s_per_frame``: steady-state render s/frame (frames after the first) minus the
+  baseline's in the same repeat. The Depth/Normal/Vector passes come with the render, so this is
+  mostly noise for them; the amodal masks' extra view layers (1 sample per object) and the
+  Vector pass's motion sync (the scene at t-1 and t+1) are real costs.
+- ``encode_ms_per_frame``: reading the raw passes back and encoding the files (timed inside the
+  render process).
+- ``bytes_per_frame``: what the output adds to the dataset per frame (its files' sizes / frames).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from bench.render import bench_spec, render_bench
+from farm.outputs import FOLDERS
+from farm.spec import DEFAULT_OUTPUTS, OUTPUTS
+
+EXTRAS = [o for o in OUTPUTS if o not in DEFAULT_OUTPUTS]
+
+
+def _folder_bytes(staging: Path, output: str, video: str) -> tuple[int, int]:
+    root = staging / FOLDERS[output] / video
+    files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def _steady(manifest: dict) -> float:
+    times = manifest["timings"]["render_s"]
+    return statistics.mean(times[1:] or times)
+
+
+def bench_outputs(preset: str, frames: int, repeats: int, device: str = "AUTO") -> list[dict]:
+    base_spec = bench_spec(preset, 0, frames, device)
+    variants = {"rgb + masks (baseline)": DEFAULT_OUTPUTS,
+                **{o: (*DEFAULT_OUTPUTS, o) for o in EXTRAS},
+                "all (movi-like)": tuple(OUTPUTS)}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        baseline = None
+        for name, outs in variants.items():
+            spec = replace(base_spec, render=replace(base_spec.render, outputs=outs))
+            with tempfile.TemporaryDirectory() as tmp:
+                outcome = render_bench(spec, tmp)
+                m = outcome.manifest
+                steady = _steady(m)
+                baseline = steady if baseline is None else baseline
+                sizes = {o: _folder_bytes(outcome.staging, o, spec.id) for o in OUTPUTS}
+            encode = m["timings"].get("outputs_encode_s", {})
+            extra = [o for o in outs if o not in DEFAULT_OUTPUTS]
+            runs[name].append({
+                "s_per_frame": steady, "extra_s": steady - baseline,
+                "encode_ms": 1000 * sum(encode.get(o, 0.0) for o in extra) / spec.frames,
+                "bytes": sum(sizes[o][0] for o in extra or DEFAULT_OUTPUTS) / spec.frames,
+                "files": sum(sizes[o][1] for o in extra or DEFAULT_OUTPUTS) / spec.frames,
+                "device": m["device"]})
+    rows = []
+    for name, results in runs.items():
+        def med(key: str, results: list[dict] = results) -> float:
+            return statistics.median(r[key] for r in results)
+
+        rows.append({"bench": "outputs", "output": name, "preset": preset,
+                     "resolution": "x".join(map(str, base_spec.resolution)),
+                     "objects": len(base_spec.objects), "frames": frames, "repeats": repeats,
+                     "device": results[0]["device"], "s_per_frame": round(med("s_per_frame"), 3),
+                     "extra_s_per_frame": round(med("extra_s"), 3),
+                     "encode_ms_per_frame": round(med("encode_ms"), 1),
+                     "bytes_per_frame": round(med("bytes")), "files_per_frame": med("files")})
+    return rows
