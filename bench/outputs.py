@@ -1,7 +1,8 @@
 """Cost of each extra output (depth, flow, normals, camera, amodal masks): s/frame and bytes/frame.
 
-One generated scene renders with RGB + masks alone (the baseline) and with each extra output on
-its own, then with all of them (``movi-like``), in a fresh Blender process each, as on a worker.
+One generated scene (its first frames, with the dataset's motion) renders with RGB + masks alone
+(the baseline), with each extra output on its own, then with all of them (``movi-like``), in a
+fresh Blender process each, as on a worker.
 Variants are interleaved over the repeats; the figures are medians. Per output:
 
 - ``extra_s_per_frame``: steady-state render s/frame (frames after the first) minus the
@@ -22,9 +23,30 @@ from pathlib import Path
 
 from bench.render import bench_spec, render_bench
 from farm.outputs import FOLDERS
-from farm.spec import DEFAULT_OUTPUTS, OUTPUTS
+from farm.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
 
 EXTRAS = [o for o in OUTPUTS if o not in DEFAULT_OUTPUTS]
+
+
+def first_frames(spec: VideoSpec, frames: int) -> VideoSpec:
+    """The first ``frames`` frames of ``spec``'s full video, motion unchanged: every polynomial is
+    re-timed (t -> t * (frames - 1) / (full - 1)), so frame i is the full video's frame i. (A
+    spec merely cut to fewer frames spreads the whole trajectory over them: flow would be tens of
+    times the dataset's.)"""
+    s = (frames - 1) / (spec.frames - 1) if spec.frames > 1 and frames > 1 else 1.0
+
+    def poly(p: list) -> list:
+        return [[c * s ** k for c in row] for k, row in enumerate(p)]
+
+    return replace(
+        spec, frames=frames,
+        camera=replace(spec.camera, location_poly=poly(spec.camera.location_poly),
+                       look_at_poly=poly(spec.camera.look_at_poly)),
+        objects=[replace(o, location_poly=poly(o.location_poly),
+                         rotation_poly=poly(o.rotation_poly), scale_poly=poly(o.scale_poly))
+                 for o in spec.objects],
+        lights=[replace(li, location_poly=poly(li.location_poly),
+                        rotation_poly=poly(li.rotation_poly)) for li in spec.lights])
 
 
 def _folder_bytes(staging: Path, output: str, video: str) -> tuple[int, int]:
@@ -39,7 +61,7 @@ def _steady(manifest: dict) -> float:
 
 
 def bench_outputs(preset: str, frames: int, repeats: int, device: str = "AUTO") -> list[dict]:
-    base_spec = bench_spec(preset, 0, frames, device)
+    base_spec = first_frames(bench_spec(preset, 0, 10**6, device), frames)
     variants = {"rgb + masks (baseline)": DEFAULT_OUTPUTS,
                 **{o: (*DEFAULT_OUTPUTS, o) for o in EXTRAS},
                 "all (movi-like)": tuple(OUTPUTS)}

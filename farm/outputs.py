@@ -197,15 +197,21 @@ def flow_from_vector(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def encode_flow_png16(flow: np.ndarray) -> tuple[np.ndarray, list[float] | None]:
     """(H, W, 2) flow (NaN = undefined) -> uint16 (H, W, 3) and its [lo, hi] range (None when
     nothing is defined)."""
+    flow = np.asarray(flow, np.float32)
     valid = np.isfinite(flow).all(axis=-1)
     out = np.zeros(flow.shape[:2] + (3,), np.uint16)
-    if not valid.any():
+    every = bool(valid.all())
+    if not every and not valid.any():
         return out, None
-    lo, hi = float(flow[valid].min()), float(flow[valid].max())
+    values = flow if every else flow[valid]
+    lo, hi = float(values.min()), float(values.max())
     span = hi - lo if hi > lo else 1.0
-    q = np.round((np.where(valid[..., None], flow, lo) - lo) / span * 65535)
-    out[..., :2] = np.clip(q, 0, 65535)
-    out[..., 2] = np.where(valid, 65535, 0)
+    scaled = (flow if every else np.where(valid[..., None], flow, np.float32(lo))) - np.float32(lo)
+    scaled *= np.float32(65535 / span)
+    scaled += np.float32(0.5)  # round half up; values are >= 0
+    np.clip(scaled, 0, 65535, out=scaled)
+    out[..., :2] = scaled
+    out[..., 2] = valid * np.uint16(65535)
     return out, [lo, hi]
 
 
@@ -226,9 +232,12 @@ def decode_flow_png16(q: np.ndarray, flow_range: Sequence[float] | None) -> np.n
 def camera_normals(normal_world: np.ndarray, world_to_camera: np.ndarray) -> np.ndarray:
     """World-space normals (H, W, 3) -> unit normals in the OpenCV camera frame; pixels without a
     surface (|n| < 0.5: the pass is 0 there, or the pixel filter cancelled opposite normals) get 0."""
-    n = np.asarray(normal_world, np.float64) @ np.asarray(world_to_camera)[:3, :3].T
-    length = np.linalg.norm(n, axis=-1, keepdims=True)
-    return np.where(length > 0.5, n / np.maximum(length, 1e-12), 0.0).astype(np.float32)
+    rot = np.asarray(world_to_camera, np.float32)[:3, :3]
+    n = np.asarray(normal_world, np.float32) @ rot.T
+    length = np.sqrt(np.einsum("...i,...i->...", n, n))[..., None]
+    n /= np.maximum(length, np.float32(1e-12))
+    n[length[..., 0] <= 0.5] = 0.0
+    return n
 
 
 def encode_normals_png8(n: np.ndarray) -> np.ndarray:
