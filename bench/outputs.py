@@ -9,6 +9,8 @@ Variants are interleaved over the repeats; the figures are medians. Per output:
   baseline's in the same repeat. The Depth/Normal/Vector passes come with the render, so this is
   mostly noise for them; the amodal masks' extra view layers (1 sample per object) and the
   Vector pass's motion sync (the scene at t-1 and t+1) are real costs.
+- ``extra_cpu_s_per_frame``: the same in CPU seconds of the render process (all threads), which
+  other work on a shared machine disturbs much less than wall time.
 - ``encode_ms_per_frame``: reading the raw passes back and encoding the files (timed inside the
   render process).
 - ``bytes_per_frame``: what the output adds to the dataset per frame (its files' sizes / frames).
@@ -55,8 +57,8 @@ def _folder_bytes(staging: Path, output: str, video: str) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def _steady(manifest: dict) -> float:
-    times = manifest["timings"]["render_s"]
+def _steady(manifest: dict, key: str = "render_s") -> float:
+    times = manifest["timings"][key]
     return statistics.mean(times[1:] or times)
 
 
@@ -73,13 +75,14 @@ def bench_outputs(preset: str, frames: int, repeats: int, device: str = "AUTO") 
             with tempfile.TemporaryDirectory() as tmp:
                 outcome = render_bench(spec, tmp)
                 m = outcome.manifest
-                steady = _steady(m)
-                baseline = steady if baseline is None else baseline
+                steady, cpu = _steady(m), _steady(m, "render_cpu_s")
+                baseline = (steady, cpu) if baseline is None else baseline
                 sizes = {o: _folder_bytes(outcome.staging, o, spec.id) for o in OUTPUTS}
             encode = m["timings"].get("outputs_encode_s", {})
             extra = [o for o in outs if o not in DEFAULT_OUTPUTS]
             runs[name].append({
-                "s_per_frame": steady, "extra_s": steady - baseline,
+                "s_per_frame": steady, "extra_s": steady - baseline[0],
+                "cpu_s": cpu, "extra_cpu_s": cpu - baseline[1],
                 "encode_ms": 1000 * sum(encode.get(o, 0.0) for o in extra) / spec.frames,
                 "bytes": sum(sizes[o][0] for o in extra or DEFAULT_OUTPUTS) / spec.frames,
                 "files": sum(sizes[o][1] for o in extra or DEFAULT_OUTPUTS) / spec.frames,
@@ -94,6 +97,8 @@ def bench_outputs(preset: str, frames: int, repeats: int, device: str = "AUTO") 
                      "objects": len(base_spec.objects), "frames": frames, "repeats": repeats,
                      "device": results[0]["device"], "s_per_frame": round(med("s_per_frame"), 3),
                      "extra_s_per_frame": round(med("extra_s"), 3),
+                     "cpu_s_per_frame": round(med("cpu_s"), 3),
+                     "extra_cpu_s_per_frame": round(med("extra_cpu_s"), 3),
                      "encode_ms_per_frame": round(med("encode_ms"), 1),
                      "bytes_per_frame": round(med("bytes")), "files_per_frame": med("files")})
     return rows

@@ -6,7 +6,9 @@ float EXRs on scratch (``/dev/shm``), which are read back here and encoded by ``
 Amodal masks come from one extra view layer per object holding only that object (the other
 objects and the background excluded), rendered with 1 sample and no denoising in the same
 ``render()`` call; the compositor writes each layer's object-index pass as an 8-bit PNG, like the
-visible mask. The camera comes from Blender's camera object per frame.
+visible mask. The camera comes from Blender's camera object per frame. Reading and encoding a
+frame's files needs no bpy, so it runs in a thread while Blender renders the next frame (Blender
+releases the GIL while it renders).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _gather(scene: bpy.types.Scene, root: bpy.types.Object, name: str) -> bpy.ty
 
 
 class ExtraOutputs:
-    """Set up at scene build, then ``name_frame(i)`` before and ``collect(i)`` after each render."""
+    """Set up at scene build; ``name_frame`` before each render, then ``camera_now`` and
+    ``write`` after it, ``finish`` at the end."""
 
     def __init__(self, scene: bpy.types.Scene, spec: VideoSpec, tree: bpy.types.NodeTree,
                  layers: bpy.types.Node, index_node: bpy.types.Node, scratch: Path) -> None:
@@ -126,12 +129,17 @@ class ExtraOutputs:
         finally:
             path.unlink(missing_ok=True)
 
-    def collect(self, i: int, prefix: str, ids: np.ndarray, objects: list[dict],
-                staging: Path, timings: dict[str, float]) -> dict:
-        """Read this frame's raw passes and write its encoded outputs; returns the manifest's
-        per-frame additions (and adds amodal statistics to ``objects``)."""
+    def camera_now(self) -> np.ndarray:
+        """Blender's camera-to-world matrix at the current frame (call from the main thread)."""
         cam = np.array(self.scene.camera.matrix_world, dtype=float)
         self.camera_matrices.append(cam)
+        return cam
+
+    def write(self, i: int, prefix: str, cam: np.ndarray, objects: list[dict], staging: Path,
+              timings: dict[str, float]) -> dict:
+        """Read frame ``i``'s raw passes and write its encoded outputs; returns the manifest's
+        per-frame additions (and adds amodal statistics to ``objects``). No bpy here: it runs in
+        a thread while Blender renders the next frame."""
         raw = {name: self._take(self.scratch / f"{prefix}{name}.exr") for name in self.passes}
         amodal = {k: self._take(self.scratch / f"{prefix}amodal_{k:02d}.png")
                   for k in self.objects}
