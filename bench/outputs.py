@@ -11,8 +11,8 @@ Variants are interleaved over the repeats; the figures are medians. Per output:
   Vector pass's motion sync (the scene at t-1 and t+1) are real costs.
 - ``extra_cpu_s_per_frame``: the same in CPU seconds of the render process (all threads), which
   other work on a shared machine disturbs much less than wall time.
-- ``encode_ms_per_frame``: reading the raw passes back and encoding the files (timed inside the
-  render process).
+- ``encode_ms_per_frame``: reading the raw passes back and encoding the files, CPU time of the
+  encoding thread inside the render process (it runs while the next frame renders).
 - ``bytes_per_frame``: what the output adds to the dataset per frame (its files' sizes / frames).
 """
 
@@ -78,7 +78,7 @@ def bench_outputs(preset: str, frames: int, repeats: int, device: str = "AUTO") 
                 steady, cpu = _steady(m), _steady(m, "render_cpu_s")
                 baseline = (steady, cpu) if baseline is None else baseline
                 sizes = {o: _folder_bytes(outcome.staging, o, spec.id) for o in OUTPUTS}
-            encode = m["timings"].get("outputs_encode_s", {})
+            encode = m["timings"].get("outputs_encode_cpu_s", {})
             extra = [o for o in outs if o not in DEFAULT_OUTPUTS]
             runs[name].append({
                 "s_per_frame": steady, "extra_s": steady - baseline[0],

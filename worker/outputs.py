@@ -13,6 +13,7 @@ releases the GIL while it renders).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import bpy
@@ -24,6 +25,7 @@ from farm.codecs import read_exr
 from farm.spec import VideoSpec
 
 BACKGROUND_COLLECTION = "farm_background"
+PASS_OUTPUT = {"depth": "depth", "normal": "normals", "vector": "flow"}
 
 
 def _object_collection(k: int) -> str:
@@ -140,9 +142,14 @@ class ExtraOutputs:
         """Read frame ``i``'s raw passes and write its encoded outputs; returns the manifest's
         per-frame additions (and adds amodal statistics to ``objects``). No bpy here: it runs in
         a thread while Blender renders the next frame."""
-        raw = {name: self._take(self.scratch / f"{prefix}{name}.exr") for name in self.passes}
-        amodal = {k: self._take(self.scratch / f"{prefix}amodal_{k:02d}.png")
-                  for k in self.objects}
+        def take(name: str, output: str) -> np.ndarray:
+            t0 = time.thread_time()  # reading the raw pass counts towards its output's cost
+            array = self._take(self.scratch / name)
+            timings[output] = timings.get(output, 0.0) + time.thread_time() - t0
+            return array
+
+        raw = {name: take(f"{prefix}{name}.exr", PASS_OUTPUT[name]) for name in self.passes}
+        amodal = {k: take(f"{prefix}amodal_{k:02d}.png", "amodal") for k in self.objects}
         return fo.write_frame(
             staging, self.spec.id, i, self.spec.frames, self.spec.render,
             depth=raw["depth"][..., 0] if "depth" in raw else None,

@@ -111,7 +111,8 @@ def _read_index(path: Path) -> np.ndarray:
 def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
                  gate_check: Callable[[np.ndarray], str | None] | None = None,
                  on_frame: Callable[[int], None] | None = None) -> dict:
-    """Render ``spec`` into ``staging/JPEGImages/<id>`` and ``staging/Annotations/<id>``.
+    """Render ``spec`` into ``staging/JPEGImages/<id>`` and ``staging/Annotations/<id>`` (and the
+    extra outputs' folders the spec asks for, farm/outputs.py).
 
     ``gate_check`` receives the (frames_so_far, objects) pixel-count array after frame 0 and
     after the last frame; a returned reason aborts with GateRejected.
@@ -214,7 +215,7 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
         from farm.outputs import formats
 
         result["output_formats"] = formats(spec.render)
-        result["timings"]["outputs_encode_s"] = {o: round(s, 4) for o, s in output_s.items()}
+        result["timings"]["outputs_encode_cpu_s"] = {o: round(s, 4) for o, s in output_s.items()}
     if camera is not None:
         result["camera"] = camera
     return result
