@@ -165,8 +165,8 @@ class VideoSpec:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, RenderSettings):
-        return {k: v for k, v in value.__dict__.items()
-                if k not in _RENDER_EXTRA_DEFAULTS or v != _RENDER_EXTRA_DEFAULTS[k]}
+        return {k: v for k, v in value.__dict__.items() if k not in _RENDER_EXTRA_DEFAULTS
+                or (tuple(v) if isinstance(v, list) else v) != _RENDER_EXTRA_DEFAULTS[k]}
     if is_dataclass(value):
         return value.__dict__
     if isinstance(value, np.ndarray | np.generic):

@@ -32,11 +32,13 @@ def _object_collection(k: int) -> str:
     return f"farm_object_{k:02d}"
 
 
-def _gather(scene: bpy.types.Scene, root: bpy.types.Object, name: str) -> bpy.types.Collection:
-    """Move ``root`` and its children into a new collection ``name`` under the scene's."""
+def _gather(scene: bpy.types.Scene, pass_index: int, name: str) -> bpy.types.Collection:
+    """Move the meshes with ``pass_index`` (an object's parts; 0: the background) into a new
+    collection ``name`` under the scene's. Their parents (the objects' animated empties) stay in
+    the scene's own collection, which every view layer evaluates."""
     coll = bpy.data.collections.new(name)
     scene.collection.children.link(coll)
-    for obj in [root, *root.children_recursive]:
+    for obj in [o for o in scene.objects if o.type == "MESH" and o.pass_index == pass_index]:
         for user in list(obj.users_collection):
             user.objects.unlink(obj)
         coll.objects.link(obj)
@@ -90,8 +92,8 @@ class ExtraOutputs:
     def _amodal_layers(self, tree: bpy.types.NodeTree) -> None:
         scene = self.scene
         for k in self.objects:
-            _gather(scene, bpy.data.objects[f"obj_{k:02d}"], _object_collection(k))
-        _gather(scene, bpy.data.objects["background"], BACKGROUND_COLLECTION)
+            _gather(scene, k, _object_collection(k))
+        _gather(scene, 0, BACKGROUND_COLLECTION)
         main = scene.view_layers[0]
         for k in self.objects:
             layer = scene.view_layers.new(f"amodal_{k:02d}")
