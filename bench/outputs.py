@@ -3,7 +3,9 @@
 One generated scene (its first frames, with the dataset's motion) renders with RGB + masks alone
 (the baseline), with each extra output on its own, then with all of them (``movi-like``), in a
 fresh Blender process each, as on a worker.
-Variants are interleaved over the repeats; the figures are medians. Per output:
+Variants are interleaved over the repeats, each repeat starting with a different one; the figures
+are medians. The ``camera`` variant changes nothing in the render: its extra time shows the noise
+floor of the run. Per output:
 
 - ``extra_s_per_frame``: steady-state render s/frame (frames after the first) minus the
   baseline's in the same repeat. The Depth/Normal/Vector passes come with the render, so this is
@@ -68,25 +70,28 @@ def bench_outputs(preset: str, frames: int, repeats: int, device: str = "AUTO") 
                 **{o: (*DEFAULT_OUTPUTS, o) for o in EXTRAS},
                 "all (movi-like)": tuple(OUTPUTS)}
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        baseline = None
-        for name, outs in variants.items():
+    names = list(variants)
+    for r in range(repeats):
+        measured = {}
+        for name in names[r % len(names):] + names[:r % len(names)]:  # no variant always first
+            outs = variants[name]
             spec = replace(base_spec, render=replace(base_spec.render, outputs=outs))
             with tempfile.TemporaryDirectory() as tmp:
                 outcome = render_bench(spec, tmp)
                 m = outcome.manifest
-                steady, cpu = _steady(m), _steady(m, "render_cpu_s")
-                baseline = (steady, cpu) if baseline is None else baseline
                 sizes = {o: _folder_bytes(outcome.staging, o, spec.id) for o in OUTPUTS}
             encode = m["timings"].get("outputs_encode_cpu_s", {})
             extra = [o for o in outs if o not in DEFAULT_OUTPUTS]
-            runs[name].append({
-                "s_per_frame": steady, "extra_s": steady - baseline[0],
-                "cpu_s": cpu, "extra_cpu_s": cpu - baseline[1],
+            measured[name] = {
+                "s_per_frame": _steady(m), "cpu_s": _steady(m, "render_cpu_s"),
                 "encode_ms": 1000 * sum(encode.get(o, 0.0) for o in extra) / spec.frames,
                 "bytes": sum(sizes[o][0] for o in extra or DEFAULT_OUTPUTS) / spec.frames,
                 "files": sum(sizes[o][1] for o in extra or DEFAULT_OUTPUTS) / spec.frames,
-                "device": m["device"]})
+                "device": m["device"]}
+        base = measured[names[0]]
+        for name, row in measured.items():
+            runs[name].append({**row, "extra_s": row["s_per_frame"] - base["s_per_frame"],
+                               "extra_cpu_s": row["cpu_s"] - base["cpu_s"]})
     rows = []
     for name, results in runs.items():
         def med(key: str, results: list[dict] = results) -> float:
