@@ -1,4 +1,4 @@
-"""Benchmarks that print numbers: ``python -m bench all|specs|render|ablation|farm|quality``.
+"""Benchmarks that print numbers: ``python -m bench all|specs|render|ablation|outputs|farm|quality``.
 
 Results are printed as tables and written as JSON (``--json FILE``). ``all`` runs every part at
 sizes that finish in under 15 minutes on a 2-core CPU; see BENCHMARKS.md for the figures.
@@ -48,6 +48,12 @@ def bench_ablation_cmd(args: argparse.Namespace) -> list[dict]:
     return bench_ablation(args.preset, args.frames, args.repeats)
 
 
+def bench_outputs_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.outputs import bench_outputs
+
+    return bench_outputs(args.preset, args.frames, args.repeats, args.device)
+
+
 def bench_farm(args: argparse.Namespace) -> list[dict]:
     from bench.farm import bench_enqueue, bench_task_path, bench_upload, local_services
 
@@ -88,6 +94,8 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
             presets="preview,seed,bl30k,fast", frames=3, videos=1, devices=args.devices))),
         ("ablation", lambda: bench_ablation_cmd(argparse.Namespace(
             preset="preview", frames=6, repeats=2))),
+        ("outputs", lambda: bench_outputs_cmd(argparse.Namespace(
+            preset="preview", frames=3, repeats=1, device="AUTO"))),
         ("farm", lambda: bench_farm(argparse.Namespace(
             enqueue=5000, preset="bl30k", frames=3, videos=1))),
         ("quality", lambda: bench_quality_cmd(argparse.Namespace(
@@ -141,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     ablation.add_argument("--frames", type=int, default=6)
     ablation.add_argument("--repeats", type=int, default=2)
     ablation.set_defaults(func=bench_ablation_cmd)
+    outputs = sub.add_parser("outputs", help="s/frame and bytes/frame of each extra output")
+    outputs.add_argument("--preset", default="preview")
+    outputs.add_argument("--frames", type=int, default=4)
+    outputs.add_argument("--repeats", type=int, default=2)
+    outputs.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
+    outputs.set_defaults(func=bench_outputs_cmd)
     quality = sub.add_parser("quality", help="PSNR/SSIM of settings vs a high-sample reference")
     quality.add_argument("--scenes", type=int, default=3)
     quality.add_argument("--width", type=int, default=384)

@@ -33,6 +33,11 @@ DENOISE_PREFILTERS = ("NONE", "FAST", "ACCURATE")
 DENOISE_QUALITIES = ("HIGH", "BALANCED", "FAST")
 DEVICES = ("AUTO", "CPU", "GPU", "CUDA", "OPTIX")
 UP_AXES = ("Y", "Z")
+# Outputs a render can write (farm/outputs.py documents each); rgb and masks are always written.
+OUTPUTS = ("rgb", "masks", "depth", "flow", "normals", "camera", "amodal")
+DEFAULT_OUTPUTS = ("rgb", "masks")
+DEPTH_FORMATS = ("png16", "exr")
+FLOW_FORMATS = ("png16", "flo")
 
 
 class SpecError(ValueError):
@@ -61,6 +66,15 @@ class RenderSettings:
     max_bounces: int = 12
     max_texture_size: int = 0  # 0 = keep textures at full resolution
     device: str = "AUTO"
+    # Extra outputs from the same render (farm/outputs.py); the defaults (RGB + masks, the BL30K
+    # outputs) are left out of the serialised spec, so specs and digests without extras are
+    # unchanged.
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    depth_format: str = "png16"
+    flow_format: str = "png16"
+
+
+_RENDER_EXTRA_DEFAULTS = {"outputs": DEFAULT_OUTPUTS, "depth_format": "png16", "flow_format": "png16"}
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,9 @@ class VideoSpec:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, RenderSettings):
+        return {k: v for k, v in value.__dict__.items() if k not in _RENDER_EXTRA_DEFAULTS
+                or (tuple(v) if isinstance(v, list) else v) != _RENDER_EXTRA_DEFAULTS[k]}
     if is_dataclass(value):
         return value.__dict__
     if isinstance(value, np.ndarray | np.generic):
@@ -304,7 +321,26 @@ def _parse_render(data: Any) -> RenderSettings:
         max_bounces=_integer(d["max_bounces"], "render.max_bounces", 0, 128),
         max_texture_size=_integer(d["max_texture_size"], "render.max_texture_size", 0, 16384),
         device=_choice(d["device"], "render.device", DEVICES),
+        outputs=_outputs(d["outputs"]),
+        depth_format=_choice(d["depth_format"], "render.depth_format", DEPTH_FORMATS),
+        flow_format=_choice(d["flow_format"], "render.flow_format", FLOW_FORMATS),
     )
+
+
+def _outputs(value: Any) -> tuple[str, ...]:
+    """A list of known output names including rgb and masks; returned in canonical order."""
+    name = "render.outputs"
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise SpecError(name, f"expected a list of names among {', '.join(OUTPUTS)}")
+    unknown = sorted(set(value) - set(OUTPUTS))
+    if unknown:
+        raise SpecError(name, f"unknown output(s) {', '.join(unknown)} (known: {', '.join(OUTPUTS)})")
+    if len(set(value)) != len(value):
+        raise SpecError(name, "an output is listed twice")
+    missing = [o for o in DEFAULT_OUTPUTS if o not in value]
+    if missing:
+        raise SpecError(name, f"must include {', '.join(missing)} (every render writes them)")
+    return tuple(o for o in OUTPUTS if o in value)
 
 
 def _parse_object(data: Any, name: str) -> ObjectSpec:

@@ -1,8 +1,10 @@
 """Output storage: a local directory or an S3-compatible bucket behind one small interface.
 
 Layout under a base prefix (``<prefix>/<segment>`` on the farm, the output folder locally):
-``JPEGImages/<video>/00000.jpg``, ``Annotations/<video>/00000.png``, ``specs/<video>.yaml``,
-``manifests/<video>.json`` and, written last, the completion marker ``done/<video>.json``.
+``JPEGImages/<video>/00000.jpg``, ``Annotations/<video>/00000.png``, the extra outputs a spec asks
+for (``Depth/``, ``Flow/``, ``Normals/``, ``Camera/``, ``AmodalAnnotations/``, see
+farm/outputs.py), ``specs/<video>.yaml``, ``manifests/<video>.json`` and, written last, the
+completion marker ``done/<video>.json``, which lists the files each output folder must hold.
 A video counts as present only when its marker exists.
 """
 
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
+
+from farm.outputs import FOLDERS, folder_counts
 
 UPLOAD_THREADS = 16
 
@@ -229,6 +233,7 @@ class S3Storage:
 
 def video_keys(base: str, video: str) -> dict[str, str]:
     return {
+        "base": base,
         "images": join(base, "JPEGImages", video),
         "masks": join(base, "Annotations", video),
         "spec": join(base, "specs", f"{video}.yaml"),
@@ -242,12 +247,14 @@ def is_done(storage: Storage, base: str, video: str) -> bool:
 
 
 def remove_frames(storage: Storage, base: str, video: str) -> int:
-    """Delete a video's frames (e.g. streamed by an attempt that then failed); returns the count.
+    """Delete a video's frames and extra outputs (e.g. streamed by an attempt that then failed);
+    returns the count.
 
-    Loaders that list ``JPEGImages/`` and ``Annotations/`` folders must never see them.
+    Loaders that list ``JPEGImages/``, ``Annotations/`` (or the extra outputs' folders) must never
+    see them.
     """
-    keys = video_keys(base, video)
-    frames = storage.list(keys["images"] + "/") + storage.list(keys["masks"] + "/")
+    frames = [key for folder in FOLDERS.values()
+              for key in storage.list(join(base, folder, video) + "/")]
     storage.delete(frames)
     return len(frames)
 
@@ -282,9 +289,9 @@ class FrameStreamer:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stream")
 
     def frame_done(self, done: int, _total: int = 0) -> None:
-        """Progress callback: frame ``done - 1`` is written (JPEG and mask)."""
+        """Progress callback: frame ``done - 1`` is written (JPEG, mask and extra outputs)."""
         name = f"{done - 1:05d}"
-        for key, path in _frame_files(self.staging, self.video, self.keys, [name]):
+        for key, path in _frame_files(self.staging, self.video, self.keys["base"], [name]):
             self._pool.submit(self._put, key, path)
 
     def _put(self, key: str, path: Path) -> None:
@@ -306,17 +313,20 @@ class FrameStreamer:
         return dict(self.sent)
 
 
-def _frame_files(staging: Path, video: str, keys: dict[str, str],
+def _frame_files(staging: Path, video: str, base: str,
                  names: list[str] | None = None) -> list[tuple[str, Path]]:
-    """(key, path) of the staged JPEGs and masks: all, or the frames named (``00007``)."""
-    images, masks = staging / "JPEGImages" / video, staging / "Annotations" / video
-    if names is None:
-        jpgs, pngs = sorted(images.glob("*.jpg")), sorted(masks.glob("*.png"))
-    else:
-        jpgs = [images / f"{n}.jpg" for n in names]
-        pngs = [masks / f"{n}.png" for n in names]
-    return ([(join(keys["images"], p.name), p) for p in jpgs]
-            + [(join(keys["masks"], p.name), p) for p in pngs])
+    """(key, path) of the staged files of every output folder (``JPEGImages/<video>/...``,
+    ``Flow/<video>/forward/...``): all, or those of the frames named (``00007``)."""
+    files: list[Path] = []
+    for folder in FOLDERS.values():
+        root = staging / folder / video
+        if not root.is_dir():
+            continue
+        if names is None:
+            files += sorted(p for p in root.rglob("*") if p.is_file())
+        else:
+            files += sorted(p for n in names for p in root.rglob(f"{n}.*"))
+    return [(join(base, str(p.relative_to(staging))), p) for p in files]
 
 
 def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_yaml: str,
@@ -333,7 +343,7 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     """
     keys = video_keys(base, video)
     t0 = time.perf_counter()
-    files = _frame_files(staging, video, keys)
+    files = _frame_files(staging, video, base)
     streamed = streamed or {}
     todo = [(k, p) for k, p in files if p not in streamed or streamed[p] != _signature(p)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -348,6 +358,13 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     marker = {"video": video, "frames": frames, "spec_digest": manifest.get("spec_digest"),
               "finished_at": time.time(),
               "checksums": {k[len(base):].lstrip("/"): d for k, d in digests.items()}}
+    settings = manifest.get("render_settings", {})
+    if list(settings.get("outputs", ["rgb", "masks"])) != ["rgb", "masks"]:
+        # What each output folder must hold (finalize's completeness check): from what the
+        # spec asked for, not from what happened to be staged.
+        marker["outputs"] = list(settings["outputs"])
+        marker["files"] = folder_counts(settings, manifest.get("num_frames", frames),
+                                        len(manifest.get("objects", [])))
     if fence:
         fence()
     storage.put_bytes(keys["marker"], json.dumps(marker).encode())
@@ -393,7 +410,9 @@ def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str)
     if not isinstance(recorded, dict):
         return None  # a marker from before checksums were recorded: names only
     for name in sorted(want):
-        key = f"{name.split('/')[0]}/{video}/{name.split('/')[1]}"
-        if recorded.get(key) != stored[name]:
-            return f"{key} is not the frame its marker records (another delivery wrote it)"
+        if f"{name.split('/')[0]}/{video}/{name.split('/')[1]}" not in recorded:
+            return f"the marker records no checksum for {name}"
+    for rel, digest in sorted(recorded.items()):  # frames and every extra output's files
+        if checksums.get(join(base, rel)) != digest:
+            return f"{rel} is not the file its marker records (another delivery wrote it)"
     return None

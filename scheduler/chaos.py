@@ -2,10 +2,15 @@
 checked, not assumed.
 
 Faults: ``kill -9`` of whole workers in the middle of a render (restarted like a container
-would be), a Redis restart (AOF persistence), the S3 server unreachable for a while, and a worker
-whose scratch disk is full (a tiny tmpfs; skipped where mounting is not permitted). Checks: every
-video present exactly once with all frames, spec, manifest and marker; no marker without its
-frames; no video rendered by two live processes at once; the queue drained.
+would be), a worker frozen (SIGSTOP) past its lease mid-render and then resumed (the zombie-lease
+case), duplicate messages for running videos, cancel + re-enqueue of queued videos, a Redis
+restart (AOF persistence), SIGTERM redeploys of every worker, S3 answering 503 to HEAD requests
+for a while, the S3 server unreachable for a while, and a worker whose scratch disk is full (a
+tiny tmpfs; skipped where mounting is not permitted). The farm's reconciler service runs as in
+production. Checks: every video done exactly once (one upload), every frame's name and MD5 the
+ones its marker records (no mixed output), spec and manifest present, nothing pending without a
+message (stranded), no video rendered by two live processes of this farm at once, the queue
+drained.
 
 ``python -m scheduler chaos --videos 24 --workers 3``
 """
@@ -26,8 +31,17 @@ from pathlib import Path
 
 from farm.state import FarmState, connect
 from farm.storage import S3Storage
-from scheduler.faults import FaultProxy
-from scheduler.local import ROOT, farm_env, free_port, start_redis, start_s3, start_worker, stop
+from scheduler.faults import HttpFaultProxy
+from scheduler.local import (
+    ROOT,
+    farm_env,
+    free_port,
+    start_reconciler,
+    start_redis,
+    start_s3,
+    start_worker,
+    stop,
+)
 
 SEGMENT = 7
 BUCKET = "chaos"
@@ -39,10 +53,13 @@ class Report:
     faults: Counter = field(default_factory=Counter)
     skipped: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    mixed: dict[str, str] = field(default_factory=dict)  # frames not the ones the marker records
+    stranded: list[str] = field(default_factory=list)  # pending with no message, no lease
     incomplete: dict[str, str] = field(default_factory=dict)
     duplicates: list[str] = field(default_factory=list)
     concurrent: set[str] = field(default_factory=set)
     queue_left: int = 0
+    leftover: list[str] = field(default_factory=list)  # messages left in the broker
     worker_restarts: int = 0  # workers that died on their own (not killed by us) and restarted
     resent: int = 0  # videos re-sent by reconcile after the broker lost their message
     failed: dict[str, str] = field(default_factory=dict)
@@ -50,13 +67,14 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.incomplete or self.duplicates or self.concurrent
-                    or self.queue_left)
+        return not (self.lost or self.mixed or self.stranded or self.incomplete
+                    or self.duplicates or self.concurrent or self.queue_left)
 
     def summary(self) -> str:
         faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
         return (f"faults: {faults or 'none'}; videos={self.videos} lost={len(self.lost)} "
-                f"duplicates={len(self.duplicates)} concurrent={len(self.concurrent)} "
+                f"duplicates={len(self.duplicates)} mixed={len(self.mixed)} "
+                f"stranded={len(self.stranded)} concurrent={len(self.concurrent)} "
                 f"incomplete={len(self.incomplete)} failed={len(self.failed)} "
                 f"queue_left={self.queue_left} worker_restarts={self.worker_restarts} "
                 f"resent={self.resent} wall={self.wall_s:.0f}s")
@@ -120,8 +138,12 @@ def _mount_tiny_tmpfs(path: Path) -> bool:
 
 def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = "tiny",
               s3_outage_s: float = 8.0, timeout_s: float = 900.0, folder: Path | None = None,
-              log=print) -> Report:
-    """Run the farm under faults and return the checked end state."""
+              log=print, lease_ttl: int = 5, visibility_s: float | None = 20.0) -> Report:
+    """Run the farm under faults and return the checked end state.
+
+    ``visibility_s=None`` keeps the broker's visibility timeout derived from the presets (as in
+    production); with a lease of 90 s that is the production-like round.
+    """
     folder = Path(folder or tempfile.mkdtemp(prefix="farm-chaos-"))
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(videos)
@@ -136,24 +158,38 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
     try:
         services.append(start_redis(folder / "redis", redis_port, password))
         services.append(start_s3(s3_port, folder / "s3.log"))
-        proxy = FaultProxy(s3_port)
-        proxy.down = False
+        proxy = HttpFaultProxy(s3_port)
         env = {**os.environ, **farm_env(redis_port, password, proxy.port, BUCKET,
                                          folder / "scratch"),
-               "FARM_GPUS": "none", "FARM_LEASE_TTL": "5", "FARM_VISIBILITY_TIMEOUT": "20",
-               # redelivery within seconds on purpose: the video lease de-duplicates
-               "FARM_SHORT_VISIBILITY_OK": "1",
+               "FARM_GPUS": "none", "FARM_LEASE_TTL": str(int(lease_ttl)),
                "FARM_RETRY_BACKOFF": "1", "FARM_RETRY_BACKOFF_MAX": "4",
-               "FARM_MAX_DELIVERIES": str(kills + 2), "FARM_SCRATCH_FULL_PAUSE": "3"}
-        state = FarmState(connect(f"redis://:{password}@127.0.0.1:{redis_port}/0"))
+               "FARM_MAX_DELIVERIES": str(kills + 3), "FARM_SCRATCH_FULL_PAUSE": "3"}
+        if visibility_s is not None:
+            # redelivery within seconds on purpose: the video lease de-duplicates
+            env |= {"FARM_VISIBILITY_TIMEOUT": str(int(visibility_s)),
+                    "FARM_SHORT_VISIBILITY_OK": "1"}
+        broker = f"redis://:{password}@127.0.0.1:{redis_port}/0"
+        state = FarmState(connect(broker))
 
         def scheduler(*args: str) -> str:
-            return subprocess.run([sys.executable, "-m", "scheduler", "-q", *args], env=env,
-                                  cwd=ROOT, check=True, capture_output=True, text=True).stdout
+            proc = subprocess.run([sys.executable, "-m", "scheduler", "-q", *args], env=env,
+                                  cwd=ROOT, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"scheduler {' '.join(args)} failed: {proc.stderr.strip()}")
+            return proc.stdout
 
         def start(name: str, **extra: str) -> None:
             pool[name] = start_worker({**env, **extra}, name, folder / f"{name}.log",
                                       own_session=True)
+
+        def done() -> int:
+            try:
+                return state.counts(SEGMENT).get("done", 0)
+            except Exception:  # noqa: BLE001 - Redis may be restarting
+                return -1
+
+        def rendering() -> str | None:
+            return _rendering_worker({k: v for k, v in pool.items() if k != "full"})
 
         scheduler("init-storage")
         for i in range(workers):
@@ -163,20 +199,25 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
             report.faults["full_scratch_worker"] += 1
         else:
             report.skipped.append("full scratch disk (mounting a tmpfs is not permitted here)")
+        services.append(start_reconciler(env, folder / "reconciler.log", every_s=3.0,
+                                         min_age_s=lease_ttl + 5))
         monitor.start()
         scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(videos), "--preset", preset)
         log(f"chaos: {videos} videos, {workers} workers, state in {folder}")
 
-        def done() -> int:
-            try:
-                return state.counts(SEGMENT).get("done", 0)
-            except Exception:  # noqa: BLE001 - Redis may be restarting
-                return -1
+        queued = sorted(v for v, st in state.states(SEGMENT).items() if st == "queued")[-2:]
+        if queued:
+            log(f"chaos: cancel + re-enqueue {' '.join(queued)} while queued")
+            scheduler("cancel", "--segment", str(SEGMENT), "--video", *queued)
+            scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(videos), "--preset",
+                      preset)
+            report.faults["cancel_reenqueue"] += 1
+
 
         # the fault schedule, driven by progress so every fault lands mid-run
         killed = 0
         while killed < kills and time.monotonic() - started < timeout_s / 2:
-            victim = _rendering_worker({k: v for k, v in pool.items() if k != "full"})
+            victim = rendering()
             if victim:
                 os.killpg(pool[victim].pid, signal.SIGKILL)
                 pool[victim].wait()
@@ -187,6 +228,37 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
                 start(victim)  # like a container restart
                 time.sleep(2.0)
             time.sleep(0.1)
+
+        victim = _wait_for(rendering, timeout_s / 4)
+        if victim:
+            running = [v for v, st in state.states(SEGMENT).items() if st == "running"]
+            log(f"chaos: freezing {victim} for {lease_ttl + 3:.0f} s (lease {lease_ttl:.0f} s)"
+                f" and sending duplicates of {' '.join(running)} ({done()} done)")
+            os.killpg(pool[victim].pid, signal.SIGSTOP)
+            for video in running:  # a duplicate of every running video's live message
+                _publish_duplicate(broker, state, video)
+                report.faults["duplicate_message"] += 1
+            time.sleep(lease_ttl + 3)
+            os.killpg(pool[victim].pid, signal.SIGCONT)
+            report.faults["worker_freeze"] += 1
+
+        log(f"chaos: S3 answers 503 to HEAD for {s3_outage_s:.0f} s ({done()} done)")
+        proxy.fail_heads = True
+        time.sleep(s3_outage_s)
+        proxy.fail_heads = False
+        report.faults["s3_head_503"] += 1
+
+        log(f"chaos: SIGTERM redeploy of every worker ({done()} done)")
+        for name in [n for n in pool if n != "full"]:
+            pool[name].send_signal(signal.SIGTERM)
+        for name in [n for n in pool if n != "full"]:
+            try:
+                pool[name].wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(pool[name].pid, signal.SIGKILL)
+                pool[name].wait()
+            start(name)
+        report.faults["sigterm_redeploy"] += 1
 
         log(f"chaos: restarting Redis ({done()} done)")
         services[0].terminate()
@@ -202,10 +274,8 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         proxy.down = False
         report.faults["s3_outage"] += 1
 
-        # Like an operator with `docker compose` restart policies and a periodic reconcile:
-        # restart workers that died, re-send videos whose message the broker lost.
+        # Like compose's restart policy: restart workers that died on their own.
         deadline = started + timeout_s
-        last_reconcile = time.monotonic()
         while time.monotonic() < deadline:
             counts = state.counts(SEGMENT)
             if counts.get("done", 0) + counts.get("failed", 0) >= videos:
@@ -215,23 +285,24 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
                     log(f"chaos: {name} exited with {proc.returncode}; restarting it")
                     report.worker_restarts += 1
                     start(name, **({"FARM_SCRATCH": str(full_scratch)} if name == "full" else {}))
-            if time.monotonic() - last_reconcile > 15:
-                out = scheduler("reconcile", "--segment", str(SEGMENT)).strip()
-                resent = int(out.split()[1])
-                report.resent += resent
-                if resent:
-                    log(f"chaos: {out}")
-                last_reconcile = time.monotonic()
+            time.sleep(1.0)
+        # Leftover messages (duplicates, superseded generations, a killed worker's message
+        # restored after the visibility timeout) must each be consumed as a no-op. kombu sweeps
+        # visible unacknowledged messages back every 10th poll of 10 s, so allow ~100 s more.
+        drain_by = time.monotonic() + (visibility_s or 0) + 3 * lease_ttl + 120
+        while _queue_left(state) and time.monotonic() < drain_by:
             time.sleep(1.0)
         time.sleep(2.0)  # let acknowledgements land
         monitor.stop()
+        report.resent = _resent(folder / "reconciler.log")
         _check(report, state, S3Storage(BUCKET, "bl30k", endpoint_url=f"http://127.0.0.1:{s3_port}",
-                                        access_key="x", secret_key="x"), monitor)
+                                        access_key="x", secret_key="x"), monitor, env)
     finally:
         if monitor.is_alive():
             monitor.stop()
         for proc in pool.values():
             if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         stop(services)
@@ -242,7 +313,44 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
     return report
 
 
-def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor) -> None:
+def _wait_for(probe, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    return None
+
+
+def _publish_duplicate(broker: str, state: FarmState, video: str) -> None:
+    """A second copy of the video's live message (same task id and generation)."""
+    from celery import Celery
+
+    from worker.celery_app import TASK_NAME, task_id
+
+    app = Celery("chaos", broker=broker)
+    app.conf.broker_transport_options = {"priority_steps": list(range(10)), "sep": ":",
+                                         "queue_order_strategy": "priority"}
+    generation = state.generation(video)
+    app.send_task(TASK_NAME, kwargs={"video": video, "segment": SEGMENT,
+                                     "spec": state.spec(SEGMENT, video),
+                                     "generation": generation},
+                  task_id=task_id(video, generation), queue="render", priority=5,
+                  ignore_result=True)
+
+
+def _resent(log_file: Path) -> int:
+    """Videos the reconciler service re-sent, from its log."""
+    try:
+        lines = log_file.read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines if line.startswith("re-sent "))
+
+
+def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor,
+           env: dict) -> None:
     from farm.sampling import video_id
     from scheduler.cli import check_videos
 
@@ -251,14 +359,47 @@ def _check(report: Report, state: FarmState, storage: S3Storage, monitor: Render
     keys = storage.list(base)
     markers = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if "/done/" in f"/{k}"}
     report.lost = sorted(expected - markers)
-    report.incomplete = check_videos(storage, base, markers)
+    problems = check_videos(storage, base, markers)  # names and MD5s against each marker
+    report.mixed = {v: p for v, p in problems.items() if not p.startswith("missing ")}
+    report.incomplete = {v: p for v, p in problems.items() if p.startswith("missing ")}
+    status = subprocess.run([sys.executable, "-m", "scheduler", "-q", "status", "--segment",
+                             str(SEGMENT), "--json", "--stranded-after", "0"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    report.stranded = json.loads(status)[0]["stranded"]
     report.failed = {v: state.video(v).get("last_error", "") for v in
                      state.videos_in(SEGMENT, "failed")}
     uploads = {v: int(state.video(v).get("uploads", 0)) for v in expected}
     report.duplicates = sorted(v for v, n in uploads.items() if n > 1)
     report.concurrent = monitor.violations
-    queues = [k for k in state.r.keys("render*") if state.r.type(k) == "list"]
-    report.queue_left = sum(state.r.llen(q) for q in queues) + state.r.hlen("unacked")
+    report.queue_left = _queue_left(state)
+    if report.queue_left:
+        report.leftover = _leftover(state)
+
+
+def _leftover(state: FarmState) -> list[str]:
+    """Task ids (and ETAs) of the messages still queued or unacknowledged."""
+    found = []
+    for key in state.r.keys("render*"):
+        if state.r.type(key) == "list":
+            found += [f"queued {json.loads(raw)['headers']['id']}"
+                      for raw in state.r.lrange(key, 0, -1)]
+    for tag, raw in state.r.hgetall("unacked").items():
+        headers = json.loads(raw)[0]["headers"]
+        since = state.r.zscore("unacked_index", tag)
+        found.append(f"unacked {headers['id']} eta {headers.get('eta')}, "
+                     + (f"held {time.time() - since:.0f} s" if since else "not in unacked_index"))
+    if found and state.r.exists("unacked_mutex"):
+        found.append(f"kombu's unacked_mutex held, {state.r.ttl('unacked_mutex')} s left")
+    return found
+
+
+def _queue_left(state: FarmState) -> int:
+    """Messages still queued or unacknowledged."""
+    try:
+        queues = [k for k in state.r.keys("render*") if state.r.type(k) == "list"]
+        return sum(state.r.llen(q) for q in queues) + state.r.hlen("unacked")
+    except Exception:  # noqa: BLE001 - Redis may be restarting
+        return -1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,15 +411,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--s3-outage", type=float, default=10.0)
+    ap.add_argument("--lease-ttl", type=int, default=5, help="FARM_LEASE_TTL of the workers")
+    ap.add_argument("--production-visibility", action="store_true",
+                    help="keep the visibility timeout derived from the presets (production-like; "
+                         "default: 20 s so redeliveries happen within the run)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="give up after this long")
     ap.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args(argv)
     report = run_chaos(args.videos, args.workers, args.kills, args.preset, args.s3_outage,
-                       folder=args.dir)
+                       timeout_s=args.timeout, folder=args.dir, lease_ttl=args.lease_ttl,
+                       visibility_s=None if args.production_visibility else 20.0)
     for note in report.skipped:
         print(f"skipped: {note}")
-    for video, problem in report.incomplete.items():
+    for video, problem in {**report.mixed, **report.incomplete}.items():
         print(f"incomplete: {video}: {problem}")
+    for video in report.stranded:
+        print(f"stranded: {video}")
+    for message in report.leftover:
+        print(f"left in the broker: {message}")
     for video, error in report.failed.items():
         print(f"failed: {video}: {error}")
     print(report.summary())

@@ -13,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
@@ -21,8 +22,9 @@ from tqdm import tqdm
 from farm import metrics
 from farm.assets import AssetError, read_denylist
 from farm.config import ConfigError, Settings, load_settings, segment_base
+from farm.outputs import FOLDERS as OUTPUT_FOLDERS
 from farm.presets import load_preset
-from farm.spec import SpecError, VideoSpec, load_spec
+from farm.spec import DEFAULT_OUTPUTS, OUTPUTS, SpecError, VideoSpec, load_spec
 from farm.state import STATES, BrokerUnavailable, FarmState, connect
 from farm.storage import StorageError, join, remove_frames, verify_video
 
@@ -189,10 +191,12 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0
-                   ) -> dict:
+def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0,
+                   since: dict[str, float] | None = None) -> dict:
+    """A segment's counts, rates and ETA; ``since``: its stranded videos (``stranded_videos``)."""
     counts = ctx.state.counts(segment)
-    since = stranded_videos(ctx, [segment])[segment]
+    if since is None:
+        since = stranded_videos(ctx, [segment])[segment]
     stranded = sorted(v for v, t in since.items() if time.time() - t >= stranded_after)
     total = sum(counts.values())
     started = ctx.state.started(segment)
@@ -221,7 +225,9 @@ def _eta(seconds: int | None) -> str:
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     while True:
         segments = [args.segment] if args.segment is not None else ctx.state.segments()
-        rows = [segment_status(ctx, s, args.window, args.stranded_after) for s in segments]
+        stranded = stranded_videos(ctx, segments)  # one pass over the broker's messages
+        rows = [segment_status(ctx, s, args.window, args.stranded_after, stranded[s])
+                for s in segments]
         if args.json:
             print(json.dumps(rows))
         else:
@@ -295,14 +301,25 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def broker_task_ids(r) -> set[str]:
-    """Task ids of every message Redis holds: queued (all priority lists) or unacknowledged."""
+    """Task ids a worker will still run: messages queued in a priority list, or held
+    unacknowledged with an ETA still ahead (a countdown retry, a deferral).
+
+    A message held unacknowledged without one belongs to a delivery in progress, which holds the
+    video's lease within seconds, or to a worker killed outright, whose message only returns
+    after the visibility timeout (hours): with the lease free for a while, that video counts as
+    stranded and is sent again as a new generation (the old message is dropped if it returns).
+    """
     ids = set()
     for key in r.scan_iter("render*"):
         if r.type(key) == "list":
             for raw in r.lrange(key, 0, -1):
                 ids.add(json.loads(raw)["headers"]["id"])
+    now = datetime.now(UTC)
     for raw in r.hvals("unacked"):
-        ids.add(json.loads(raw)[0]["headers"]["id"])
+        headers = json.loads(raw)[0]["headers"]
+        eta = headers.get("eta")
+        if eta and datetime.fromisoformat(eta).astimezone(UTC) > now:
+            ids.add(headers["id"])
     return ids
 
 
@@ -383,8 +400,9 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
-    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames."""
-    videos = {}
+    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames, and
+    the outputs it has; ``outputs``: those of the whole segment (the union)."""
+    videos, every = {}, set()
     for video, m in sorted(manifests.items()):
         objects = {}
         for obj in m["objects"]:
@@ -392,18 +410,32 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
                       if f["objects"][obj["id"] - 1]["pixels"] > 0]
             objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
                                        "model": obj["model"], "frames": frames}
-        videos[video] = {"objects": objects}
-    return {"videos": videos}
+        outputs = list(m.get("outputs") or m.get("render_settings", {}).get("outputs")
+                       or DEFAULT_OUTPUTS)
+        every.update(outputs)
+        videos[video] = {"objects": objects, "outputs": outputs}
+    return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
 
 
 def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
-    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, each the
-    content the marker records (MD5), and its spec and manifest are present."""
+    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, every file
+    (frames and the extra outputs: depth, flow, normals, camera, amodal masks) the content the
+    marker records (MD5), each extra folder as many files as the marker lists, and its spec and
+    manifest present."""
     checksums = storage.checksums(base)
+    counts: dict[tuple[str, str], int] = {}
+    for key in checksums:
+        parts = key[len(base):].strip("/").split("/")
+        if len(parts) >= 3 and parts[0] in OUTPUT_FOLDERS.values():
+            counts[(parts[0], parts[1])] = counts.get((parts[0], parts[1]), 0) + 1
     problems = {}
     for video in sorted(videos):
         marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
         problem = verify_video(marker, checksums, base, video)
+        for folder, count in (marker.get("files") or {}).items():
+            if problem is None and counts.get((folder, video), 0) != count:
+                problem = (f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
+                           f"{count}")
         for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
             if problem is None and key not in checksums:
                 problem = f"missing {key}"

@@ -121,10 +121,11 @@ def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait()
 
 
-def start_reconciler(env: dict, log: Path, every_s: float = 30.0) -> subprocess.Popen:
+def start_reconciler(env: dict, log: Path, every_s: float = 30.0, min_age_s: float = 60.0
+                     ) -> subprocess.Popen:
     """The sweep that re-sends pending videos whose message was lost (``reconcile --every``)."""
-    return spawn([sys.executable, "-m", "scheduler", "reconcile", "--every", str(every_s)], log,
-                 env=env, cwd=ROOT)
+    return spawn([sys.executable, "-m", "scheduler", "reconcile", "--every", str(every_s),
+                  "--min-age", str(min_age_s)], log, env=env, cwd=ROOT)
 
 
 def start_monitoring(args, env: dict, flower_auth: str, folder: Path) -> list[subprocess.Popen]:

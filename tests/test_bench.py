@@ -36,6 +36,18 @@ def test_render_and_ablation(tmp_path):
     assert len(masks) == 3 and masks["RGB alone (no index pass, no masks)"] == 0
 
 
+def test_outputs_bench_costs_each_output(tmp_path):
+    rows = bench(tmp_path, "outputs", "--preset", "tiny", "--frames", "2", "--repeats", "1")
+    by = {r["output"]: r for r in rows}
+    assert list(by) == ["rgb + masks (baseline)", "depth", "flow", "normals", "camera", "amodal",
+                        "all (movi-like)"]
+    assert by["rgb + masks (baseline)"]["extra_s_per_frame"] == 0
+    assert by["flow"]["files_per_frame"] == 2 and by["camera"]["files_per_frame"] == 0.5
+    assert by["amodal"]["files_per_frame"] == by["amodal"]["objects"]
+    assert all(r["bytes_per_frame"] > 0 for r in rows)
+    assert by["all (movi-like)"]["encode_ms_per_frame"] > by["depth"]["encode_ms_per_frame"] > 0
+
+
 def test_farm_bench_streams_uploads_and_compares_with_the_aws_cli(tmp_path):
     rows = bench(tmp_path, "farm", "--enqueue", "20", "--preset", "tiny", "--frames", "2")
     by = {}

@@ -9,6 +9,7 @@ import shutil
 import signal
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -99,6 +100,45 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
                 "JPEGImages/00002.jpg)") in proc.stdout
     finally:
         stop([flower])
+
+
+def test_movi_like_video_through_the_farm(farm, tmp_path):
+    """A video with every extra output (tiny-movi: movi-like's outputs at test size): rendered by
+    a worker, every output folder uploaded, finalize checks them and lists them in meta.json, and
+    the loader reads the bucket's copy."""
+    from farm import outputs as fo
+    from farm.spec import OUTPUTS
+
+    farm.start_worker("w1")
+    farm.cli("enqueue", "--segment", "3", "--count", "1", "--preset", "tiny-movi")
+    farm.wait_for(3, done=1, timeout=240)
+    video, base = "d00000", "bl30k/3"
+    manifest = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key=f"{base}/manifests/{video}.json")
+                          ["Body"].read())
+    settings, k = manifest["render_settings"], len(manifest["objects"])
+    assert manifest["outputs"] == list(OUTPUTS)
+    want = {f"{base}/{f}" for i in range(3) for f in fo.frame_files(settings, video, i, k)}
+    want |= {f"{base}/{f}" for f in fo.video_files(settings, video)}
+    want |= {f"{base}/specs/{video}.yaml", f"{base}/manifests/{video}.json",
+             f"{base}/done/{video}.json"}
+    assert set(video_keys(farm, 3, video)) == want
+    assert "1 videos complete" in farm.cli("finalize", "--segment", "3").stdout
+    meta = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key=f"{base}/meta.json")["Body"].read())
+    assert meta["outputs"] == list(OUTPUTS) == meta["videos"][video]["outputs"]
+
+    local = tmp_path / "copy"  # a user's copy of the segment (aws s3 sync)
+    for key in want:
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(farm.s3.get_object(Bucket=farm.bucket, Key=key)["Body"].read())
+    got = fo.load_video_outputs(local / base, video)
+    assert got["depth"].shape == (3, 48, 64) and got["amodal"].shape == (3, k, 48, 64)
+    visible = got["masks"][:, None] == np.arange(1, k + 1)[None, :, None, None]
+    assert not (visible & ~got["amodal"]).any()
+
+    farm.s3.delete_object(Bucket=farm.bucket, Key=f"{base}/Flow/{video}/backward/00001.png")
+    proc = farm.cli("finalize", "--segment", "3", check=False)
+    assert proc.returncode == 1
+    assert f"{video}: Flow holds 5 files, marker says 6" in proc.stdout
 
 
 def test_transient_storage_error_then_success(farm):

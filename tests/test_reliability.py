@@ -22,13 +22,18 @@ pytestmark = [pytest.mark.services, pytest.mark.render]
 
 
 def test_chaos_ci_sized(tmp_path):
-    """kill -9 mid-render, Redis restart, S3 outage, a full scratch disk: nothing lost or doubled."""
-    report = run_chaos(videos=6, workers=2, kills=1, s3_outage_s=5, timeout_s=480,
+    """kill -9 and a freeze past the lease mid-render, duplicate messages, cancel + re-enqueue,
+    HEAD 503s, a Redis restart, SIGTERM redeploys, an S3 outage, a full scratch disk: nothing
+    lost, doubled, mixed or stranded."""
+    report = run_chaos(videos=8, workers=2, kills=1, s3_outage_s=5, timeout_s=480,
                        folder=tmp_path, log=print)
     print(report.summary())
-    assert report.faults["worker_kill9"] == 1
-    assert report.faults["redis_restart"] == 1 and report.faults["s3_outage"] == 1
+    for fault in ("worker_kill9", "worker_freeze", "cancel_reenqueue", "s3_head_503",
+                  "redis_restart", "sigterm_redeploy", "s3_outage"):
+        assert report.faults[fault] == 1, fault
+    assert report.faults["duplicate_message"] >= 1
     assert report.lost == [] and report.duplicates == [] and report.concurrent == set()
+    assert report.mixed == {} and report.stranded == []
     assert report.incomplete == {} and report.failed == {} and report.queue_left == 0
 
 

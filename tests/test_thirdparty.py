@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -218,13 +219,18 @@ def test_blender_imports_with_the_up_axis_and_normalises(tree):
     assert faces["90000005/monastery"] == 124990 - 201
 
 
-def _render_tree(models: Path, pack, tiny, problems, out: Path) -> list[tuple[VideoSpec, dict]]:
+def _render_tree(models: Path, pack, tiny, problems, out: Path, keep_gate_failures: bool = False
+                 ) -> list[tuple[VideoSpec, dict]]:
     """Generate and render VIDEOS from ``models`` minus the check's denylist, resampling on the
-    gate like the farm; returns each final spec with its manifest."""
+    gate like the farm; returns each final spec with its manifest. Without
+    ``keep_gate_failures`` every video must pass (a failing one is not written)."""
     deny = {p.item for p in problems if not p.warning}
     lib = AssetLibrary.open(models, pack.textures, denylist=deny)
-    specs = [generate_spec(lib, tiny, 0, i, 2021) for i in VIDEOS]
-    manifests = render_specs(specs, models, pack.textures, out, quiet=True, denylist=deny)
+    specs = [replace(generate_spec(lib, tiny, 0, i, 2021), keep_gate_failures=keep_gate_failures)
+             for i in VIDEOS]
+    manifests, failed = render_specs(specs, models, pack.textures, out, quiet=True,
+                                     denylist=deny)
+    assert not failed, failed
     return [(load_spec(out / "specs" / f"{m['video']}.yaml"), m) for m in manifests]
 
 
@@ -247,7 +253,7 @@ def test_normalised_third_party_videos_pass_the_quality_gate(tree, pack, tiny, p
 def test_without_normalisation_the_same_tree_fails_the_gate(raw_tree, pack, tiny, problems,
                                                             tmp_path):
     """The control: the same meshes declared normalised are rendered at their own size."""
-    renders = _render_tree(raw_tree, pack, tiny, problems, tmp_path)
+    renders = _render_tree(raw_tree, pack, tiny, problems, tmp_path, keep_gate_failures=True)
     failed = [spec.id for spec, manifest in renders if not manifest["gate"]["passed"]]
     assert len(failed) >= len(VIDEOS) / 2, failed
     frame0 = [o["pixels"] for _, m in renders for o in m["frames"][0]["objects"]]

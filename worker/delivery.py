@@ -30,6 +30,7 @@ import redis
 from farm import metrics
 from farm.assets import AssetError, AssetLibrary, read_denylist
 from farm.config import Settings
+from farm.outputs import scratch_bytes_per_pixel
 from farm.presets import load_preset
 from farm.sampling import generate_spec
 from farm.spec import SpecError, VideoSpec
@@ -357,7 +358,8 @@ def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
     """Refuse to start a render that cannot fit on the scratch disk."""
     scratch.mkdir(parents=True, exist_ok=True)
     width, height = spec.resolution
-    need = spec.frames * width * height * 1.2 + SCRATCH_MARGIN
+    per_pixel = scratch_bytes_per_pixel(spec.render, len(spec.objects))  # 1.2: JPEG + mask
+    need = spec.frames * width * height * per_pixel + SCRATCH_MARGIN
     free = shutil.disk_usage(scratch).free
     if free < need:
         raise ScratchFull(f"{spec.id}: scratch {scratch} has {free / 2**20:.0f} MB free, "

@@ -4,7 +4,7 @@
 (``worker.render_main``), resample a generated spec deterministically when its rendered masks fail
 the quality gate (failing the video, ``GateFailed``, when no attempt passes), and return the final
 spec, the manifest and the staging folder holding
-``JPEGImages/<video>`` and ``Annotations/<video>``.
+``JPEGImages/<video>`` and ``Annotations/<video>`` (and any extra outputs, farm/outputs.py).
 """
 
 from __future__ import annotations
