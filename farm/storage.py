@@ -413,6 +413,9 @@ def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str)
         if f"{name.split('/')[0]}/{video}/{name.split('/')[1]}" not in recorded:
             return f"the marker records no checksum for {name}"
     for rel, digest in sorted(recorded.items()):  # frames and every extra output's files
-        if checksums.get(join(base, rel)) != digest:
+        stored_digest = checksums.get(join(base, rel))
+        if stored_digest is None:
+            return f"{rel} is missing"
+        if stored_digest != digest:
             return f"{rel} is not the file its marker records (another delivery wrote it)"
     return None

@@ -431,11 +431,10 @@ def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
     problems = {}
     for video in sorted(videos):
         marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
-        problem = verify_video(marker, checksums, base, video)
-        for folder, count in (marker.get("files") or {}).items():
-            if problem is None and counts.get((folder, video), 0) != count:
-                problem = (f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
-                           f"{count}")
+        problem = next((f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
+                        f"{count}" for folder, count in (marker.get("files") or {}).items()
+                        if counts.get((folder, video), 0) != count), None)
+        problem = problem or verify_video(marker, checksums, base, video)
         for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
             if problem is None and key not in checksums:
                 problem = f"missing {key}"

@@ -174,7 +174,7 @@ def test_finalize_proves_frames_belong_to_the_marker_and_requeues_mixed_ones(far
     farm.s3.put_object(Bucket=farm.bucket, Key=key, Body=other["Body"].read() + b"\0")
     proc = farm.cli("finalize", "--segment", "14", check=False)
     assert proc.returncode == 1
-    assert "o00001: Annotations/o00001/00001.png is not the frame its marker records" in proc.stdout
+    assert "o00001: Annotations/o00001/00001.png is not the file its marker records" in proc.stdout
     out = farm.cli("finalize", "--segment", "14", "--requeue", check=False).stdout
     assert "re-enqueued 1 videos whose frames do not match their marker" in out
     farm.wait_for(14, done=2, queued=0, running=0, timeout=120)
