@@ -84,10 +84,13 @@ def start_worker(env: dict, name: str, log: Path, concurrency: int = 1,
 
 
 def start_flower(env: dict, port: int, auth: str, folder: Path) -> subprocess.Popen:
+    """Flower with basic auth; the login goes through its environment (Flower reads FLOWER_*
+    variables as options), not its command line, which `ps` shows to every user."""
     proc = spawn(
         [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
-         f"--port={port}", "--address=127.0.0.1", f"--basic-auth={auth}", "--persistent=True",
-         f"--db={folder / 'flower.db'}"], folder / "flower.log", env=env, cwd=ROOT)
+         f"--port={port}", "--address=127.0.0.1", "--persistent=True",
+         f"--db={folder / 'flower.db'}"], folder / "flower.log",
+        env={**env, "FLOWER_BASIC_AUTH": auth}, cwd=ROOT)
     wait_port(port, proc, "flower", timeout=60)
     return proc
 
