@@ -102,7 +102,7 @@ class RenderMonitor(threading.Thread):
                     args = (proc / "cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if b"worker.render_main" in args and b"--spec" in args:
+                if b"worker.render_main" in args and b"--spec" in args and _running(proc):
                     spec = Path(args[args.index(b"--spec") + 1].decode())
                     if spec.is_relative_to(self.root):
                         live[spec.parent.name.removesuffix(".staging")] += 1
@@ -112,6 +112,15 @@ class RenderMonitor(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+
+def _running(proc: Path) -> bool:
+    """Not stopped (a worker frozen with SIGSTOP renders nothing until it resumes, and then its
+    lost lease stops its render at once)."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _rendering_worker(workers: dict[str, subprocess.Popen]) -> str | None:
