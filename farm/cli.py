@@ -65,7 +65,7 @@ def cmd_assets_check(args: argparse.Namespace) -> int:
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
-    from farm.specgen import generate_many
+    from farm.specgen import write_many
 
     lib, preset = open_library(args), load_preset(args.preset)
     out = Path(args.out)
@@ -73,12 +73,11 @@ def cmd_specs(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     failed_gate = 0
     with tqdm(total=len(indices), unit="spec", disable=args.quiet) as bar:
-        for chunk in generate_many(lib, preset, args.segment, indices, args.seed,
-                                   workers=args.workers, denylist=read_denylist(args.denylist)):
-            for spec in chunk:
-                save_spec(spec, out / f"{spec.id}.yaml")
-                failed_gate += not spec.generation["gate"]["passed"]
-            bar.update(len(chunk))
+        for written, failed in write_many(lib, preset, args.segment, indices, args.seed, out,
+                                          workers=args.workers,
+                                          denylist=read_denylist(args.denylist)):
+            failed_gate += failed
+            bar.update(written)
     dt = time.perf_counter() - t0
     print(f"wrote {len(indices)} specs to {out} in {dt:.2f} s ({len(indices) / dt:.0f} specs/s)"
           + (f"; {failed_gate} did not pass the geometric gate" if failed_gate else ""))
