@@ -6,7 +6,9 @@ import argparse
 import os
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,39 +141,54 @@ def cmd_import_original(args: argparse.Namespace) -> int:
 
 
 def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path,
-                 quiet: bool = False, denylist: set[str] | None = None
-                 ) -> tuple[list[dict], list[str]]:
-    """Render specs one after another into ``out`` (BL30K layout).
+                 quiet: bool = False, denylist: set[str] | None = None,
+                 renders: int | None = None) -> tuple[list[dict], list[str]]:
+    """Render specs into ``out`` (BL30K layout), ``renders`` at a time (default
+    ``FARM_RENDERS_PER_GPU``: 1 on a CPU, 2 on a GPU), in long-lived render processes.
 
-    Returns the manifests of the videos written and the messages of those that failed the
-    quality gate (not written).
+    Returns the manifests of the videos written (in the order of ``specs``) and the messages of
+    those that failed the quality gate (not written).
     """
+    from worker.pool import RenderPool, renders_per_device
     from worker.runner import GateFailed, render_spec
 
     storage = LocalStorage(out)
     scratch = out / ".scratch"
-    manifests, failed = [], []
+    size = max(1, min(renders or renders_per_device(), len(specs)))
+    lock = threading.Lock()
     total = sum(s.frames for s in specs)
-    with tqdm(total=total, unit="frame", disable=quiet) as bar:
-        for spec in specs:
-            bar.set_description(spec.id)
-            base = bar.n
+    with tqdm(total=total, unit="frame", disable=quiet) as bar, RenderPool(size) as pool:
 
-            def progress(done: int, _total: int, base: int = base) -> None:
-                bar.update(base + done - bar.n)
+        def one(spec: VideoSpec) -> tuple[str, dict | str]:
+            seen = 0
 
+            def progress(done: int, _total: int) -> None:
+                nonlocal seen
+                with lock:
+                    bar.update(max(0, done - seen))
+                    seen = max(seen, done)
+
+            if size == 1:
+                bar.set_description(spec.id)
             try:
                 outcome = render_spec(spec, models, textures, scratch, progress=progress,
-                                      denylist=denylist)
+                                      denylist=denylist, pool=pool)
             except GateFailed as exc:
-                failed.append(str(exc))
-                continue
+                return "failed", str(exc)
             upload_video(storage, "", outcome.staging, outcome.spec.id, outcome.spec.to_yaml(),
                          outcome.manifest)
             shutil.rmtree(outcome.staging, ignore_errors=True)
-            manifests.append(outcome.manifest)
-            bar.update(base + spec.frames - bar.n)
+            progress(spec.frames, spec.frames)
+            return "ok", outcome.manifest
+
+        if size == 1:
+            results = [one(spec) for spec in specs]
+        else:  # the pool's processes were started by this thread, which outlives them
+            with ThreadPoolExecutor(size) as ex:
+                results = list(ex.map(one, specs))
     shutil.rmtree(scratch, ignore_errors=True)
+    manifests = [r for kind, r in results if kind == "ok"]
+    failed = [r for kind, r in results if kind == "failed"]
     return manifests, failed
 
 
