@@ -91,6 +91,7 @@ class JobResult:
     killed: str | None = None
     tail: list[str] = field(default_factory=list)
     log: Path | None = None
+    process: dict = field(default_factory=lambda: {"design": "oneshot"})
 
 
 class _Watch:
@@ -253,7 +254,9 @@ class RenderProcess:
             self.rss_mb = _vm_rss_mb(self.pid)
             if self.baseline_rss_mb is None:
                 self.baseline_rss_mb = self.rss_mb
-        return JobResult(code, done["payload"], peak, None, _tail(log), log)
+        return JobResult(code, done["payload"], peak, None, _tail(log), log,
+                         {"design": "server", "pid": self.pid, "video": self.videos,
+                          "ready_s": self.ready_s})
 
     def worn_out(self, max_videos: int, max_growth_mb: float, max_rss: float | None) -> str | None:
         """Why this process should be replaced before the next video (None: it may go on)."""
@@ -347,8 +350,9 @@ class RenderPool:
             try:
                 result = proc.run(spec_file, models, textures, staging, gate, timeout, progress,
                                   cap)
-            except BaseException:
-                self._slots[slot] = None  # killed by run(); the next video starts a fresh one
+            except BaseException:  # a soft time limit, a shutdown: this process goes
+                proc.kill()
+                self._slots[slot] = None  # the next video starts a fresh one
                 raise
             why = (("died" if result.killed is None else result.killed) if not proc.alive
                    else proc.worn_out(self.max_videos, self.max_growth_mb, cap))

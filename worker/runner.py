@@ -207,7 +207,8 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
         raise RenderCrash(f"{spec.id}: Blender process killed: {job.killed} (models: {models})")
     code, result = job.code, job.payload
     if code == EXIT_OK and result.get("status") == "ok":
-        return {**result["render"], "peak_rss_mb": round(job.peak_rss_mb)}
+        return {**result["render"], "peak_rss_mb": round(job.peak_rss_mb),
+                "render_process": job.process}
     if code == EXIT_GATE:
         return {"rejected": result.get("reason", "quality gate")}
     message = result.get("message") or "\n".join(job.tail)

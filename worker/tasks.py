@@ -31,6 +31,7 @@ from farm.spec import SpecError, VideoSpec
 from farm.state import BrokerUnavailable, FarmState, Lease, connect
 from farm.storage import FrameStreamer, StorageError, is_done, join, remove_frames, upload_video
 from worker.celery_app import TASK_NAME, app, settings
+from worker.pool import worker_pool
 from worker.runner import (
     GateFailed,
     PermanentRenderError,
@@ -72,7 +73,8 @@ def _render(spec: VideoSpec, timeout: float | None, progress: Progress | None) -
     models, textures = settings.asset_roots()
     try:
         outcome = render_spec(spec, models, textures, settings.scratch, progress=progress,
-                              timeout=timeout, denylist=read_denylist(settings.denylist))
+                              timeout=timeout, denylist=read_denylist(settings.denylist),
+                              pool=worker_pool())
         _rendered_marker(staging).write_text(json.dumps({
             "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
             "manifest": outcome.manifest}))
