@@ -295,6 +295,19 @@ def test_worker_healthcheck_pings_its_own_celery_node(services):
     assert "-d worker@$HOSTNAME" in test
     assert "--hostname=worker@%h" in dockerfile_cmd(DOCKERFILES["worker"])
     assert health["interval"] == "60s" and health.get("start_period")
+    # ready only after the render warm-up (its health file), which may compile GPU kernels
+    assert test.startswith("CMD-SHELL python -m worker.warmup --check && ") or \
+        test.startswith("CMD-SHELL python -m worker.warmup --check >/dev/null && ")
+    assert int(health["start_period"].rstrip("s")) >= 600
+
+
+def test_worker_kernel_cache_is_a_per_host_volume(services, raw_compose):
+    worker = services["worker"]
+    assert "kernel-cache:/kernel-cache" in worker["volumes"]
+    assert "kernel-cache" in raw_compose["volumes"]
+    env = env_of(worker)
+    assert env["FARM_KERNEL_CACHE"] == "/kernel-cache"
+    assert int(env["FARM_RENDERS_PER_GPU"]) >= 1
 
 
 def test_worker_mounts_assets_read_only(services, env_example):
@@ -530,8 +543,8 @@ def test_worker_dockerfile(services):
     for part in ("pyproject.toml", "farm/", "worker/", "scheduler/", "configs/", "bench/"):
         assert part in copied
     assert dockerfile_cmd(DOCKERFILES["worker"]) == (
-        "celery -A worker.celery_app worker --loglevel=INFO --concurrency=1 -E -Q render "
-        "--hostname=worker@%h")
+        "celery -A worker.celery_app worker --loglevel=INFO -E -Q render --hostname=worker@%h")
+    assert "FARM_KERNEL_CACHE=/kernel-cache" in env and "/kernel-cache" in run
 
 
 def test_scheduler_dockerfile():

@@ -106,6 +106,9 @@ def _release_gpu(**_kwargs) -> None:
 
 
 # --- Render warm-up and long-lived render processes (worker/warmup.py, worker/pool.py) ---------
+# Videos at once per worker (= per GPU): FARM_RENDERS_PER_GPU (compose: 2), unless -c is given.
+app.conf.worker_concurrency = int(os.environ.get("FARM_RENDERS_PER_GPU") or 1)
+
 # worker_init runs in the main process before the pool and the consumer exist, after _pin_gpu
 # above (receivers run in the order they were connected): the warm-up compiles and caches the
 # render kernels and checks the device before any message is taken, outside every task's time
