@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -149,7 +150,7 @@ def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path
     Returns the manifests of the videos written (in the order of ``specs``) and the messages of
     those that failed the quality gate (not written).
     """
-    from worker.pool import RenderPool, renders_per_device
+    from worker.pool import RenderPool, render_design, renders_per_device
     from worker.runner import GateFailed, render_spec
 
     storage = LocalStorage(out)
@@ -157,7 +158,9 @@ def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path
     size = max(1, min(renders or renders_per_device(), len(specs)))
     lock = threading.Lock()
     total = sum(s.frames for s in specs)
-    with tqdm(total=total, unit="frame", disable=quiet) as bar, RenderPool(size) as pool:
+    oneshot = render_design() == "oneshot"  # FARM_RENDER_PROCESS=oneshot: the old design
+    with tqdm(total=total, unit="frame", disable=quiet) as bar, \
+            contextlib.nullcontext() if oneshot else RenderPool(size) as pool:
 
         def one(spec: VideoSpec) -> tuple[str, dict | str]:
             seen = 0

@@ -51,6 +51,26 @@ def test_one_process_renders_many_videos_like_fresh_processes(library, tiny, tmp
         assert "render device: CPU" in (out.staging / "render.log").read_text()  # per-video log
 
 
+def test_animation_render_loop_writes_what_the_per_frame_loop_wrote(library, tiny, tmp_path):
+    """Frames 1.. now come from one animation render with masks encoded beside it; the previous
+    loop (a render call per frame, masks encoded between them) is kept as a benchmark ablation:
+    both write the same pixels, masks and manifest frames."""
+    spec = replace(generate_spec(library, tiny, 0, 21, 2021), frames=6)
+    roots = (library.models_root, library.textures_root)
+    new = render_spec(spec, *roots, tmp_path / "new", resample=False)
+    old = render_spec(spec, *roots, tmp_path / "old", resample=False,
+                      env={"FARM_BENCH_ABLATE": "per-frame-calls,serial-masks"})
+    rgb_new, masks_new, names_new = _frames(new.staging, spec.id)
+    rgb_old, masks_old, names_old = _frames(old.staging, spec.id)
+    assert names_new == names_old and len(names_new) == 12
+    for a, b in zip(rgb_new + masks_new, rgb_old + masks_old, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert new.manifest["frames"] == old.manifest["frames"]
+    for manifest in (new.manifest, old.manifest):
+        t = manifest["timings"]
+        assert len(t["render_s"]) == len(t["frame_s"]) == len(t["encode_s"]) == 6
+
+
 def test_a_failed_video_costs_only_itself(library, pack, tiny, tmp_path):
     """A broken mesh fails its video (a permanent error, as before) and the process that tried
     it exits; killing the process mid-video fails that video as a crash. Either way the next

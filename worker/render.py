@@ -6,6 +6,7 @@ a scratch directory in the same render as the RGB; we re-save it as a DAVIS pale
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -26,10 +27,12 @@ from worker.scene import build_scene
 
 def ablations() -> frozenset[str]:
     """FARM_BENCH_ABLATE, for benchmarks only: ``no-mask`` renders RGB alone (no index pass, no
-    masks written), ``no-persistent`` re-syncs the whole scene every frame."""
+    masks written), ``no-persistent`` re-syncs the whole scene every frame, ``serial-masks``
+    encodes each frame's mask on the render thread between two renders, ``per-frame-calls``
+    renders every frame with its own render call (those two: the previous loop)."""
     raw = os.environ.get("FARM_BENCH_ABLATE", "")
     found = {a.strip() for a in raw.split(",") if a.strip()}
-    unknown = found - {"no-mask", "no-persistent"}
+    unknown = found - {"no-mask", "no-persistent", "serial-masks", "per-frame-calls"}
     if unknown:
         raise ValueError(f"FARM_BENCH_ABLATE: unknown {sorted(unknown)}")
     return frozenset(found)
@@ -96,12 +99,17 @@ def add_index_output(scene: bpy.types.Scene, mask_dir: Path) -> bpy.types.Node:
 
 
 def _read_index(mask_dir: Path, frame: int) -> np.ndarray:
-    files = sorted(mask_dir.glob(f"index_{frame:05d}_*.png"))
-    if len(files) != 1:
-        raise RuntimeError(f"expected one index image of frame {frame} in {mask_dir}, "
-                           f"found {len(files)}")
-    ids = np.asarray(Image.open(files[0]))
-    files[0].unlink()
+    """The index image of ``frame``: ``index_00007_index.png`` from a still render (named per
+    frame by us), ``index_index0007.png`` from an animation render (numbered by Blender)."""
+    found = [mask_dir / f"index_index{frame:04d}.png",
+             *sorted(mask_dir.glob(f"index_{frame:05d}_*.png"))]
+    found = [p for p in found if p.is_file()]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one index image of frame {frame} in {mask_dir}, found "
+                           f"{len(found)} ({sorted(p.name for p in mask_dir.iterdir())[:5]})")
+    path = found[0]
+    ids = np.asarray(Image.open(path))
+    path.unlink()
     return ids if ids.ndim == 2 else ids[..., 0]
 
 
@@ -115,11 +123,13 @@ class MaskWriter:
     """
 
     def __init__(self, mask_dir: Path, ann_dir: Path, num_objects: int,
-                 on_frame: Callable[[int], None] | None) -> None:
+                 on_frame: Callable[[int], None] | None, serial: bool = False) -> None:
         self.mask_dir, self.ann_dir, self.k, self.on_frame = mask_dir, ann_dir, num_objects, on_frame
+        self.serial = serial  # encode on the caller's thread (the benchmarks' old loop)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="masks")
         self._futures: list[Future] = []
         self.encode_s: list[float] = []
+        self.done_at = 0.0  # perf_counter when the last mask was written
 
     def _one(self, i: int) -> list[dict]:
         t0 = time.perf_counter()
@@ -129,12 +139,21 @@ class MaskWriter:
                                f"{self.k} objects")
         save_mask(ids, self.ann_dir / f"{i:05d}.png")
         stats = object_stats(ids, self.k)
-        self.encode_s.append(time.perf_counter() - t0)
+        self.done_at = time.perf_counter()
+        self.encode_s.append(self.done_at - t0)
         if self.on_frame:
             self.on_frame(i)
         return stats
 
     def submit(self, i: int) -> None:
+        if self.serial:
+            future: Future = Future()
+            try:
+                future.set_result(self._one(i))
+            except Exception as exc:  # noqa: BLE001 - raised by check()/frames() like the thread's
+                future.set_exception(exc)
+            self._futures.append(future)
+            return
         self._futures.append(self._pool.submit(self._one, i))
 
     def check(self) -> None:
@@ -172,29 +191,75 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     mask_dir = Path(tempfile.mkdtemp(prefix="farm-index-", dir=shm))
     node = None if "no-mask" in ablate else add_index_output(scene, mask_dir)
-    writer = MaskWriter(mask_dir, ann_dir, len(spec.objects), on_frame) if node else None
+    writer = (MaskWriter(mask_dir, ann_dir, len(spec.objects), on_frame,
+                         serial="serial-masks" in ablate) if node else None)
     render_s: list[float] = []
+    starts: list[float] = []  # perf_counter at the start of each frame
     frames: list[list[dict]] = []
-    try:
-        for i in range(spec.frames):
-            scene.frame_set(i)
-            scene.render.filepath = str(jpg_dir / f"{i:05d}.jpg")
-            if node is not None:
-                node.file_name = f"index_{i:05d}_"
-            t1 = time.perf_counter()
-            bpy.ops.render.render(write_still=True)
-            render_s.append(time.perf_counter() - t1)
-            if writer is None:  # only in the RGB-alone benchmark ablation
-                if on_frame:
-                    on_frame(i)
-                continue
-            writer.submit(i)
+
+    def gate(i: int) -> None:
+        nonlocal frames
+        if gate_check and writer is not None and i in (0, spec.frames - 1):
+            frames = writer.frames()
+            reason = gate_check(np.array([[o["pixels"] for o in f] for f in frames]))
+            if reason:
+                raise GateRejected(reason)
+
+    def finished(i: int) -> None:
+        """Frame ``i`` is rendered and written: its mask goes to the writer."""
+        if writer is None:  # only in the RGB-alone benchmark ablation
+            if on_frame:
+                on_frame(i)
+            return
+        writer.submit(i)
+
+    def still(i: int) -> None:
+        starts.append(time.perf_counter())
+        scene.frame_set(i)
+        scene.render.filepath = str(jpg_dir / f"{i:05d}.jpg")
+        if node is not None:
+            node.file_name = f"index_{i:05d}_"
+        bpy.ops.render.render(write_still=True)
+        render_s.append(time.perf_counter() - starts[-1])
+        finished(i)
+        if writer is not None:
             writer.check()
-            if gate_check and i in (0, spec.frames - 1):
-                frames = writer.frames()
-                reason = gate_check(np.array([[o["pixels"] for o in f] for f in frames]))
-                if reason:
-                    raise GateRejected(reason)
+        gate(i)
+
+    def pre(*_args) -> None:
+        starts.append(time.perf_counter())
+
+    def written(scene_: bpy.types.Scene, *_args) -> None:
+        render_s.append(time.perf_counter() - starts[-1])
+        finished(scene_.frame_current)
+
+    try:
+        still(0)  # alone: the gate checks the first frame's masks before the rest is rendered
+        if spec.frames > 1 and "per-frame-calls" in ablate:
+            for i in range(1, spec.frames):
+                still(i)
+        elif spec.frames > 1:
+            # Frames 1.. in one animation render: Blender sets up the render (result buffers,
+            # compositor, output) once instead of once per frame. Handlers can neither raise nor
+            # abort it: mask errors and the last gate check surface when it returns.
+            scene.frame_start, scene.frame_end = 1, spec.frames - 1
+            scene.render.filepath = str(jpg_dir / "#####")  # 00001.jpg ...
+            if node is not None:
+                node.file_name = "index_"  # Blender appends the frame: index_index0001.png
+            handlers = bpy.app.handlers
+            handlers.render_pre.append(pre)
+            handlers.render_write.append(written)
+            try:
+                bpy.ops.render.render(animation=True)
+            finally:
+                handlers.render_pre.remove(pre)
+                handlers.render_write.remove(written)
+            if len(render_s) != spec.frames:
+                full = shutil.disk_usage(jpg_dir).free < 2**20  # Blender only logs write errors
+                raise RuntimeError(f"the animation render wrote {len(render_s) - 1} of "
+                                   f"{spec.frames - 1} frames"
+                                   + (f": {os.strerror(errno.ENOSPC)}" if full else ""))
+            gate(spec.frames - 1)
         if writer is not None:
             frames = writer.frames()
     finally:
@@ -202,6 +267,10 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
             writer.close()
         shutil.rmtree(mask_dir, ignore_errors=True)
     encode_s = writer.encode_s if writer is not None else []
+    # Per frame, from its start to the next one's (the last: to its mask written): the loop's
+    # whole cost per frame, path tracing included, as a video of n frames pays it n times.
+    ends = [*starts[1:], max(writer.done_at if writer else 0.0, starts[-1] + render_s[-1])]
+    frame_s = [b - a for a, b in zip(starts, ends, strict=True)]
     return {
         "blender_version": bpy.app.version_string,
         "device": device,
@@ -210,6 +279,7 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
             "scene_build_s": round(build_s, 4),
             "render_s": [round(x, 4) for x in render_s],
             "encode_s": [round(x, 4) for x in encode_s],
+            "frame_s": [round(x, 4) for x in frame_s],
             "render_total_s": round(sum(render_s), 3),
         },
     }
