@@ -84,7 +84,8 @@ def bench_gpu_cmd(args: argparse.Namespace) -> list[dict]:
     from bench.gpu import bench_gpu
 
     return bench_gpu(args.preset, args.videos, args.frames, args.device, args.path, args.configs,
-                     args.cold, args.marginal, not args.no_first_frame)
+                     args.cold, args.marginal, not args.no_first_frame, args.repeats,
+                     args.loop_frames)
 
 
 def bench_all(args: argparse.Namespace) -> list[dict]:
@@ -99,7 +100,8 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
             enqueue=5000, preset="bl30k", frames=3, videos=1))),
         ("gpu", lambda: bench_gpu_cmd(argparse.Namespace(
             preset="tiny", videos=8, frames=3, device="AUTO", path="both",
-            configs="oneshot:1,server:1", cold=False, marginal=True, no_first_frame=False))),
+            configs="oneshot:1,server:1", cold=False, marginal=True, no_first_frame=False,
+            repeats=2, loop_frames=24))),
         ("quality", lambda: bench_quality_cmd(argparse.Namespace(
             scenes=3, width=384, height=256, reference_samples=2048, settings=";".join(SHORTLIST),
             device="AUTO"))),
@@ -188,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--marginal", action="store_true",
                      help="also farm render with 1 and --videos specs, old and new design")
     gpu.add_argument("--no-first-frame", action="store_true", help="skip the first-frame rows")
+    gpu.add_argument("--repeats", type=int, default=2, help="--marginal: interleaved repeats")
+    gpu.add_argument("--loop-frames", type=int, default=24,
+                     help="--marginal: frames per video of the render-loop comparison")
     gpu.set_defaults(func=bench_gpu_cmd)
     every = sub.add_parser("all", help="all of the above at sizes that fit 15 minutes")
     every.add_argument("--devices", default="auto")

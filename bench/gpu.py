@@ -295,7 +295,7 @@ def bench_throughput(preset: str, videos: int, frames: int, device: str, path: s
                              "marginal_s_per_video": round(marginal, 3) if marginal else None,
                              "videos_per_hour": round(3600 * videos / wall, 1),
                              **_summary(manifests),
-                             "gpu_busy": sampler.busy(t_wall1 - wall, t_wall1)})
+                             "gpu_busy": sampler.busy(t_wall1 - wall, t_wall1) or "-"})
         finally:
             if services is not None:
                 services.__exit__(None, None, None)
@@ -371,12 +371,14 @@ def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats:
 
 
 def bench_gpu(preset: str, videos: int, frames: int, device: str, path: str, config_text: str,
-              cold: bool, marginal: bool, first_frame: bool = True) -> list[dict]:
+              cold: bool, marginal: bool, first_frame: bool = True, repeats: int = 2,
+              loop_frames: int = 24) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         folder = Path(tmp)
         rows = bench_first_frame(preset, device, cold, folder) if first_frame else []
         rows += bench_throughput(preset, videos, frames, device, path, configs(config_text),
                                  folder)
         if marginal:
-            rows += bench_marginal(preset, videos, frames, folder / "marginal")
+            rows += bench_marginal(preset, videos, frames, folder / "marginal", repeats,
+                                   loop_frames)
     return rows

@@ -145,8 +145,10 @@ def host_lock(enabled: bool = True) -> Iterator[float]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None = None) -> dict:
-    """Render the warm-up videos in ``pool`` (a ``worker.pool.RenderPool``); their timings."""
+def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None = None,
+            started: float | None = None) -> dict:
+    """Render the warm-up videos in ``pool`` (a ``worker.pool.RenderPool``); their timings, and
+    the first frame's latency from ``started`` (perf_counter, default now)."""
     from farm.synth_assets import default_pack
     from worker.runner import render_spec
 
@@ -154,11 +156,13 @@ def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None 
     settings = settings or kernel_settings()
     models, textures = default_pack()
     renders = []
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
+    first: list[float] = []
     with tempfile.TemporaryDirectory(prefix="farm-warmup-") as scratch:
         for spec in warmup_specs(devices, settings):
             t1 = time.perf_counter()
-            out = render_spec(spec, models, textures, scratch, resample=False, pool=pool)
+            out = render_spec(spec, models, textures, scratch, resample=False, pool=pool,
+                              progress=lambda *_: first.append(time.perf_counter()))
             r = spec.render
             renders.append({"device": out.manifest["device"], "denoise": r.denoise,
                             "prefilter": r.denoise_prefilter if r.denoise else "",
@@ -166,7 +170,8 @@ def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None 
                             "seconds": round(time.perf_counter() - t1, 3),
                             "first_frame_s": out.manifest["timings"]["render_s"][0]})
     return {"seconds": round(time.perf_counter() - t0, 3), "renders": renders,
-            "device": renders[0]["device"] if renders else None}
+            "device": renders[0]["device"] if renders else None,
+            "first_frame_s": round(first[0] - t0, 3) if first else None}
 
 
 def warmup_mode() -> str:
@@ -197,12 +202,13 @@ def warm_up_worker() -> dict:
     settings = kernel_settings() if (gpu or mode == "full") else kernel_settings(["tiny"])
     t0 = time.perf_counter()
     with host_lock(gpu) as waited, RenderPool(size=1) as pool:
-        report = warm_up(pool, devices, settings)
+        report = warm_up(pool, devices, settings, time.perf_counter())
     report.update(mode=mode, lock_wait_s=round(waited, 3), kernel_cache=str(kernel_cache_dir()),
                   seconds=round(time.perf_counter() - t0, 3))
-    log.warning("render warm-up: %d render(s) on %s in %.1f s (waited %.1f s for another "
-                "worker's warm-up; kernel cache %s); consuming from now on",
-                len(report["renders"]), report["device"], report["seconds"], waited,
+    log.warning("render warm-up: %d render(s) on %s in %.1f s (first frame %.1f s after the "
+                "render process started; waited %.1f s for another worker's warm-up; kernel "
+                "cache %s); consuming from now on", len(report["renders"]), report["device"],
+                report["seconds"], report["first_frame_s"] or 0.0, waited,
                 report["kernel_cache"])
     _report.clear()
     _report.update(report)
@@ -271,14 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = kernel_settings(args.presets.split(",") if args.presets else None)
     t0 = time.perf_counter()
     with host_lock(gpu_visible()) as waited, RenderPool(size=1) as pool:
-        report = warm_up(pool, devices, settings)
+        report = warm_up(pool, devices, settings, time.perf_counter())
     report.update(seconds=round(time.perf_counter() - t0, 3), lock_wait_s=round(waited, 3),
                   kernel_cache=str(kernel_cache_dir()))
     for r in report["renders"]:
         print(f"{r['device']:32} denoise={r['denoise']!s:5} prefilter={r['prefilter']:8} "
               f"adaptive={r['adaptive']!s:5} {r['seconds']:8.2f} s")
-    print(f"warm-up: {len(report['renders'])} renders in {report['seconds']:.1f} s "
-          f"(kernel cache {report['kernel_cache']})")
+    print(f"warm-up: {len(report['renders'])} renders in {report['seconds']:.1f} s, first frame "
+          f"{report['first_frame_s']} s after the render process started (kernel cache "
+          f"{report['kernel_cache']})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
