@@ -85,7 +85,8 @@ def bench_gpu_cmd(args: argparse.Namespace) -> list[dict]:
 
     return bench_gpu(args.preset, args.videos, args.frames, args.device, args.path, args.configs,
                      args.cold, args.marginal, not args.no_first_frame, args.repeats,
-                     args.loop_frames)
+                     args.loop_frames, [int(x) for x in args.loop_resolution.split("x")]
+                     if args.loop_resolution else None)
 
 
 def bench_all(args: argparse.Namespace) -> list[dict]:
@@ -101,7 +102,7 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
         ("gpu", lambda: bench_gpu_cmd(argparse.Namespace(
             preset="tiny", videos=8, frames=3, device="AUTO", path="both",
             configs="oneshot:1,server:1", cold=False, marginal=True, no_first_frame=False,
-            repeats=2, loop_frames=24))),
+            repeats=2, loop_frames=24, loop_resolution=None))),
         ("quality", lambda: bench_quality_cmd(argparse.Namespace(
             scenes=3, width=384, height=256, reference_samples=2048, settings=";".join(SHORTLIST),
             device="AUTO"))),
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--repeats", type=int, default=2, help="--marginal: interleaved repeats")
     gpu.add_argument("--loop-frames", type=int, default=24,
                      help="--marginal: frames per video of the render-loop comparison")
+    gpu.add_argument("--loop-resolution", help="--marginal: WxH of the render-loop comparison "
+                     "(default: the preset's)")
     gpu.set_defaults(func=bench_gpu_cmd)
     every = sub.add_parser("all", help="all of the above at sizes that fit 15 minutes")
     every.add_argument("--devices", default="auto")

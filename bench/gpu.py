@@ -18,8 +18,11 @@ Three measurements (each its own table):
   done), Cycles' share (time inside ``bpy.ops.render.render``), the loop's seconds per frame,
   and the GPU's busy fraction (NVML or ``nvidia-smi`` sampled every 0.2 s; ``-`` without GPU).
 - **farm render** (``--marginal``): ``python -m farm render`` with 1 and with ``--videos`` specs,
-  old design and new, in one run: the marginal cost of a video = (T_n - T_1) / (n - 1), and the
-  per-frame cost of the render loop from the manifests.
+  old design and new, in one run: the marginal cost of a video = (T_n - T_1) / (n - 1); and the
+  **render loop**, old and new, on 3 videos of ``--loop-frames`` frames (at
+  ``--loop-resolution``): seconds per frame of the loop, Cycles' own path-tracing time per frame
+  (the metadata Blender writes into each JPEG) and the difference, the per-frame overhead
+  outside path tracing.
 
 No timing is asserted anywhere (tests run it at toy sizes); BENCHMARKS.md holds the figures.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -307,7 +311,20 @@ def bench_throughput(preset: str, videos: int, frames: int, device: str, path: s
 # --- farm render: marginal cost of a video, and the render loop, old and new side by side ------
 
 
+_PT = re.compile(rb"cycles\.[^:]*\.render_time:(\d+):(\d+)\.(\d+)")
+
+
+def path_tracing_s(jpg: Path) -> float | None:
+    """Cycles' own path-tracing time of a frame (``cycles.<layer>.render_time``, without scene
+    sync, compositing or writing), from the metadata Blender writes into each JPEG; 10 ms
+    resolution."""
+    m = _PT.search(jpg.read_bytes()[:4096])
+    return int(m.group(1)) * 60 + int(m.group(2)) + int(m.group(3)) / 100 if m else None
+
+
 def _farm_render(files: list[Path], design: str, out: Path) -> tuple[float, list[dict]]:
+    """One ``farm render`` call: (wall seconds, manifests, each with ``path_tracing_s`` per
+    frame read from its JPEGs)."""
     models, textures = default_pack()
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "farm", "-q", "render", "--spec", *map(str, files),
@@ -316,12 +333,16 @@ def _farm_render(files: list[Path], design: str, out: Path) -> tuple[float, list
                    env={**os.environ, **DESIGN_ENV[design], "FARM_RENDERS_PER_GPU": "1"})
     wall = time.perf_counter() - t0
     manifests = [json.loads(p.read_text()) for p in sorted((out / "manifests").glob("*.json"))]
+    for m in manifests:
+        m["path_tracing_s"] = [path_tracing_s(p) for p in
+                               sorted((out / "JPEGImages" / m["video"]).glob("*.jpg"))]
     shutil.rmtree(out, ignore_errors=True)
     return wall, manifests
 
 
 def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats: int = 2,
-                   loop_frames: int = 24, loop_videos: int = 3) -> list[dict]:
+                   loop_frames: int = 24, loop_videos: int = 3,
+                   loop_resolution: list[int] | None = None) -> list[dict]:
     """``python -m farm render`` with 1 and with ``videos`` specs of ``frames`` frames, old
     design and new, interleaved ``repeats`` times (medians): the marginal cost of a video =
     (T_n - T_1) / (n - 1). Then the render loop alone: ``loop_videos`` videos of
@@ -334,7 +355,8 @@ def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats:
         files.append(folder / "specs" / f"{spec.id}.yaml")
         save_spec(replace(spec, frames=frames), files[-1])
         loop_files.append(folder / "loop-specs" / f"{spec.id}.yaml")
-        save_spec(replace(spec, frames=loop_frames), loop_files[-1])
+        save_spec(replace(spec, frames=loop_frames,
+                          resolution=loop_resolution or spec.resolution), loop_files[-1])
     runs: dict[tuple[str, int], list[tuple[float, list[dict]]]] = {}
     loops: dict[str, list[list[dict]]] = {}
     for r in range(repeats):
@@ -355,16 +377,23 @@ def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats:
     for design in ("oneshot", "server"):
         per_run = [_summary(ms) for ms in loops[design]]
         manifests = [m for ms in loops[design] for m in ms]
+        # frames after the first: per frame, the loop's time and Cycles' path tracing in it
+        pairs = [(f, pt) for m in manifests
+                 for f, pt in zip(m["timings"]["frame_s"][1:], m["path_tracing_s"][1:],
+                                  strict=False) if pt is not None]
+        overhead = statistics.median(f - pt for f, pt in pairs) if pairs else None
+        width, height = manifests[0]["resolution"]
         rows.append({"bench": "render loop", "design": design,
                      "loop": ("render call per frame, masks between renders" if design == "oneshot"
                               else "frame 0 + one animation render, masks beside it"),
-                     "preset": preset, "videos": loop_videos, "frames": loop_frames,
-                     "repeats": repeats,
+                     "preset": preset, "resolution": f"{width}x{height}", "videos": loop_videos,
+                     "frames": loop_frames, "repeats": repeats,
                      "s_per_frame": statistics.median(x["loop_s_per_frame"] for x in per_run),
                      "s_per_frame_after_first": statistics.median(
                          x["loop_s_per_frame_steady"] for x in per_run),
-                     "cycles_calls_s_per_frame": round(statistics.mean(
-                         x for m in manifests for x in m["timings"]["render_s"]), 4),
+                     "path_tracing_s_per_frame": round(statistics.median(
+                         pt for _, pt in pairs), 3) if pairs else None,
+                     "overhead_s_per_frame": round(overhead, 4) if overhead is not None else None,
                      "mask_encode_ms": round(1000 * statistics.mean(
                          x for m in manifests for x in m["timings"]["encode_s"] or [0]), 2)})
     return rows
@@ -372,7 +401,7 @@ def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats:
 
 def bench_gpu(preset: str, videos: int, frames: int, device: str, path: str, config_text: str,
               cold: bool, marginal: bool, first_frame: bool = True, repeats: int = 2,
-              loop_frames: int = 24) -> list[dict]:
+              loop_frames: int = 24, loop_resolution: list[int] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         folder = Path(tmp)
         rows = bench_first_frame(preset, device, cold, folder) if first_frame else []
@@ -380,5 +409,5 @@ def bench_gpu(preset: str, videos: int, frames: int, device: str, path: str, con
                                  folder)
         if marginal:
             rows += bench_marginal(preset, videos, frames, folder / "marginal", repeats,
-                                   loop_frames)
+                                   loop_frames, loop_resolution=loop_resolution)
     return rows
