@@ -218,8 +218,13 @@ class RenderProcess:
         except RuntimeError as exc:
             return JobResult(1, {"status": "error", "kind": "crash", "message": str(exc)},
                              tail=_tail(self.log), log=self.log)
-        self._send({"op": "render", "spec": str(spec_file), "models": str(models),
-                    "textures": str(textures), "staging": str(staging), "gate": gate})
+        try:
+            self._send({"op": "render", "spec": str(spec_file), "models": str(models),
+                        "textures": str(textures), "staging": str(staging), "gate": gate})
+        except OSError:  # it died since the last video (an OOM kill, say): this one failed
+            self.proc.kill()
+            code, rusage_peak = _reap(self.proc)
+            return JobResult(code, {}, rusage_peak, None, _tail(self.log), self.log)
         watch = _Watch(self.proc, timeout, max_rss)
         done = None
         assert self.proc.stdout is not None
