@@ -86,6 +86,15 @@ def bench_calibrate_cmd(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def bench_gpu_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.gpu import bench_gpu
+
+    return bench_gpu(args.preset, args.videos, args.frames, args.device, args.path, args.configs,
+                     args.cold, args.marginal, not args.no_first_frame, args.repeats,
+                     args.loop_frames, [int(x) for x in args.loop_resolution.split("x")]
+                     if args.loop_resolution else None)
+
+
 def bench_all(args: argparse.Namespace) -> list[dict]:
     """Everything, sized to finish in under 15 minutes on a 2-core CPU."""
     steps = [
@@ -98,6 +107,10 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
             preset="preview", frames=3, repeats=1, device="AUTO"))),
         ("farm", lambda: bench_farm(argparse.Namespace(
             enqueue=5000, preset="bl30k", frames=3, videos=1))),
+        ("gpu", lambda: bench_gpu_cmd(argparse.Namespace(
+            preset="tiny", videos=8, frames=3, device="AUTO", path="both",
+            configs="oneshot:1,server:1", cold=False, marginal=True, no_first_frame=False,
+            repeats=2, loop_frames=24, loop_resolution=None))),
         ("quality", lambda: bench_quality_cmd(argparse.Namespace(
             scenes=3, width=384, height=256, reference_samples=2048, settings=";".join(SHORTLIST),
             device="AUTO"))),
@@ -176,6 +189,28 @@ def main(argv: list[str] | None = None) -> int:
     cal.add_argument("--frames", type=int, default=6, help="frames rendered (first + steady)")
     cal.add_argument("--out", type=Path, default=Path("calibration.json"))
     cal.set_defaults(func=bench_calibrate_cmd)
+    gpu = sub.add_parser("gpu", help="videos per GPU-hour through the worker, old vs new design, "
+                         "GPU busy fraction, cold/warm first frame (any device)")
+    gpu.add_argument("--preset", default="bl30k")
+    gpu.add_argument("--videos", type=int, default=8)
+    gpu.add_argument("--frames", type=int, default=160, help="frames per video (reduced)")
+    gpu.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
+    gpu.add_argument("--path", default="task", choices=("task", "render", "both"),
+                     help="task: queue -> Celery worker -> S3 (needs redis-server, moto); "
+                          "render: the render path of farm render, no services")
+    gpu.add_argument("--configs", default="oneshot:1,server:1,server:2",
+                     help="design:renders-at-once list (oneshot = fresh process per video)")
+    gpu.add_argument("--cold", action="store_true",
+                     help="first-frame latency with an empty kernel cache too (minutes on a GPU)")
+    gpu.add_argument("--marginal", action="store_true",
+                     help="also farm render with 1 and --videos specs, old and new design")
+    gpu.add_argument("--no-first-frame", action="store_true", help="skip the first-frame rows")
+    gpu.add_argument("--repeats", type=int, default=2, help="--marginal: interleaved repeats")
+    gpu.add_argument("--loop-frames", type=int, default=24,
+                     help="--marginal: frames per video of the render-loop comparison")
+    gpu.add_argument("--loop-resolution", help="--marginal: WxH of the render-loop comparison "
+                     "(default: the preset's)")
+    gpu.set_defaults(func=bench_gpu_cmd)
     every = sub.add_parser("all", help="all of the above at sizes that fit 15 minutes")
     every.add_argument("--devices", default="auto")
     every.set_defaults(func=bench_all)

@@ -124,17 +124,19 @@ def bench_quality(scenes: int = 3, width: int = 384, height: int = 256,
     seed's settings on that scene; ``dpsnr_worst`` is the largest.
     """
     from bench.render import render_bench
+    from worker.pool import RenderPool
 
     lib = AssetLibrary.open(*default_pack())
     base = load_preset("bl30k")
     names = [SEED, *(n for n in candidates or CANDIDATES if n != SEED)]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    # one long-lived render process for every render (timings are of frame 1, in Cycles)
+    with tempfile.TemporaryDirectory() as tmp, RenderPool(1) as pool:
 
         def render(spec: VideoSpec, frames: int, **overrides) -> tuple[np.ndarray, float]:
             spec = replace(spec, frames=frames,
                            render=RenderSettings(jpeg_quality=100, device=device, **overrides))
-            out = render_bench(spec, f"{tmp}/{spec.id}")
+            out = render_bench(spec, f"{tmp}/{spec.id}", pool=pool)
             image = np.asarray(Image.open(out.staging / "JPEGImages" / spec.id / "00000.jpg"))
             return image, out.manifest["timings"]["render_s"][-1]
 

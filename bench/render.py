@@ -49,10 +49,12 @@ def timing_row(manifest: dict) -> dict:
             "peak_rss_mb": manifest.get("peak_rss_mb")}
 
 
-def render_bench(spec: VideoSpec, scratch: str | Path, env: dict | None = None) -> RenderOutcome:
+def render_bench(spec: VideoSpec, scratch: str | Path, env: dict | None = None,
+                 pool=None) -> RenderOutcome:
     """Render ``spec`` with the procedural pack as a worker would, keeping the output in
-    ``scratch``; the gate is only recorded (a resample would be the preset's full video)."""
-    return render_spec(spec, *default_pack(), scratch, env=env, resample=False)
+    ``scratch``; the gate is only recorded (a resample would be the preset's full video).
+    ``pool`` (a ``worker.pool.RenderPool``): in its long-lived process; else a fresh one."""
+    return render_spec(spec, *default_pack(), scratch, env=env, resample=False, pool=pool)
 
 
 def render_once(spec: VideoSpec, env: dict | None = None) -> dict:

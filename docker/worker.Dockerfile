@@ -64,17 +64,22 @@ RUN pip install --no-cache-dir /app
 
 # Unprivileged runtime user; /scratch holds per-task render output until it is uploaded
 # (compose mounts a tmpfs there; the directory keeps `docker run` without compose working too).
+# /kernel-cache holds the GPU kernels compiled on first use (OptiX and CUDA JIT caches; see
+# worker/warmup.py); compose mounts a per-host volume there, which starts with this owner.
 RUN groupadd --system --gid 10001 farm \
  && useradd --system --no-log-init --uid 10001 --gid farm --create-home --home-dir /home/farm \
         --shell /usr/sbin/nologin farm \
- && install -d -o farm -g farm -m 0750 /scratch
+ && install -d -o farm -g farm -m 0750 /scratch /kernel-cache
 
 ENV FARM_CONFIGS=/app/configs \
     FARM_SCRATCH=/scratch \
+    FARM_KERNEL_CACHE=/kernel-cache \
     FARM_GPUS=auto
 
 # Numeric so runtimes can verify it is non-root without reading /etc/passwd (= farm).
 USER 10001:10001
 
-# One task at a time per worker (one GPU per worker); events on for Flower; only the render queue.
-CMD ["celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO", "--concurrency=1", "-E", "-Q", "render", "--hostname=worker@%h"]
+# One worker per GPU, FARM_RENDERS_PER_GPU videos at a time (its Celery concurrency, set in
+# worker/celery_app.py); events on for Flower; only the render queue. Before it consumes, the
+# worker warms the render kernels (worker/warmup.py) and then writes its health file.
+CMD ["celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO", "-E", "-Q", "render", "--hostname=worker@%h"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,7 +68,7 @@ def cmd_assets_check(args: argparse.Namespace) -> int:
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
-    from farm.specgen import generate_many
+    from farm.specgen import write_many
 
     lib, preset = open_library(args), load_preset(args.preset)
     out = Path(args.out)
@@ -73,12 +76,11 @@ def cmd_specs(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     failed_gate = 0
     with tqdm(total=len(indices), unit="spec", disable=args.quiet) as bar:
-        for chunk in generate_many(lib, preset, args.segment, indices, args.seed,
-                                   workers=args.workers, denylist=read_denylist(args.denylist)):
-            for spec in chunk:
-                save_spec(spec, out / f"{spec.id}.yaml")
-                failed_gate += not spec.generation["gate"]["passed"]
-            bar.update(len(chunk))
+        for written, failed in write_many(lib, preset, args.segment, indices, args.seed, out,
+                                          workers=args.workers,
+                                          denylist=read_denylist(args.denylist)):
+            failed_gate += failed
+            bar.update(written)
     dt = time.perf_counter() - t0
     print(f"wrote {len(indices)} specs to {out} in {dt:.2f} s ({len(indices) / dt:.0f} specs/s)"
           + (f"; {failed_gate} did not pass the geometric gate" if failed_gate else ""))
@@ -140,39 +142,56 @@ def cmd_import_original(args: argparse.Namespace) -> int:
 
 
 def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path,
-                 quiet: bool = False, denylist: set[str] | None = None
-                 ) -> tuple[list[dict], list[str]]:
-    """Render specs one after another into ``out`` (BL30K layout).
+                 quiet: bool = False, denylist: set[str] | None = None,
+                 renders: int | None = None) -> tuple[list[dict], list[str]]:
+    """Render specs into ``out`` (BL30K layout), ``renders`` at a time (default
+    ``FARM_RENDERS_PER_GPU``: 1 on a CPU, 2 on a GPU), in long-lived render processes.
 
-    Returns the manifests of the videos written and the messages of those that failed the
-    quality gate (not written).
+    Returns the manifests of the videos written (in the order of ``specs``) and the messages of
+    those that failed the quality gate (not written).
     """
+    from worker.pool import RenderPool, render_design, renders_per_device
     from worker.runner import GateFailed, render_spec
 
     storage = LocalStorage(out)
     scratch = out / ".scratch"
-    manifests, failed = [], []
+    size = max(1, min(renders or renders_per_device(), len(specs)))
+    lock = threading.Lock()
     total = sum(s.frames for s in specs)
-    with tqdm(total=total, unit="frame", disable=quiet) as bar:
-        for spec in specs:
-            bar.set_description(spec.id)
-            base = bar.n
+    oneshot = render_design() == "oneshot"  # FARM_RENDER_PROCESS=oneshot: the old design
+    with tqdm(total=total, unit="frame", disable=quiet) as bar, \
+            contextlib.nullcontext() if oneshot else RenderPool(size) as pool:
 
-            def progress(done: int, _total: int, base: int = base) -> None:
-                bar.update(base + done - bar.n)
+        def one(spec: VideoSpec) -> tuple[str, dict | str]:
+            seen = 0
 
+            def progress(done: int, _total: int) -> None:
+                nonlocal seen
+                with lock:
+                    bar.update(max(0, done - seen))
+                    seen = max(seen, done)
+
+            if size == 1:
+                bar.set_description(spec.id)
             try:
                 outcome = render_spec(spec, models, textures, scratch, progress=progress,
-                                      denylist=denylist)
+                                      denylist=denylist, pool=pool)
             except GateFailed as exc:
-                failed.append(str(exc))
-                continue
+                return "failed", str(exc)
             upload_video(storage, "", outcome.staging, outcome.spec.id, outcome.spec.to_yaml(),
                          outcome.manifest)
             shutil.rmtree(outcome.staging, ignore_errors=True)
-            manifests.append(outcome.manifest)
-            bar.update(base + spec.frames - bar.n)
+            progress(spec.frames, spec.frames)
+            return "ok", outcome.manifest
+
+        if size == 1:
+            results = [one(spec) for spec in specs]
+        else:  # the pool's processes were started by this thread, which outlives them
+            with ThreadPoolExecutor(size) as ex:
+                results = list(ex.map(one, specs))
     shutil.rmtree(scratch, ignore_errors=True)
+    manifests = [r for kind, r in results if kind == "ok"]
+    failed = [r for kind, r in results if kind == "failed"]
     return manifests, failed
 
 

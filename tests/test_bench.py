@@ -69,3 +69,40 @@ def test_quality_bench_and_choice(tmp_path):
     assert [r["setting"] for r in quality] == [SEED, "16 spp + FAST"]
     assert quality[0]["dpsnr_worst"] == 0 and 10 < quality[1]["psnr_mean"] < 60
     assert [r["setting"].split(":")[0] for r in rows if r["bench"] == "choice"] == ["default", "fast"]
+
+
+def test_gpu_bench_compares_designs_through_the_task_and_render_paths(tmp_path):
+    """`bench gpu` at toy size (CPU here): first-frame rows, throughput old vs new design
+    through the real worker path and the render path."""
+    rows = bench(tmp_path, "gpu", "--preset", "tiny", "--videos", "2", "--frames", "2",
+                 "--path", "both", "--configs", "oneshot:1,server:1")
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["bench"], []).append(r)
+    assert [r["kernel cache"] for r in by["first frame"]] == ["as found", "warm"]
+    assert all(r["first_frame_s"] > 0 for r in by["first frame"])
+    got = {(r["path"], r["design"]) for r in by["throughput"]}
+    assert got == {("render", "oneshot"), ("render", "server"), ("task", "oneshot"),
+                   ("task", "server")}
+    for r in by["throughput"]:
+        assert r["videos"] == 2 and r["videos_per_hour"] > 0 and r["device"] == "CPU"
+        assert r["gpu_busy"] == "-"  # no GPU on the test machine
+    assert all(r["worker_ready_s"] > 0 for r in by["throughput"] if r["path"] == "task")
+
+
+def test_gpu_bench_marginal_cost_of_farm_render(tmp_path):
+    from bench.gpu import bench_marginal
+
+    rows = bench_marginal("tiny", 2, 2, tmp_path, repeats=1, loop_frames=3, loop_videos=1)
+    assert {r["design"] for r in rows if r["bench"] == "farm render"} == {"oneshot", "server"}
+    loops = [r for r in rows if r["bench"] == "render loop"]
+    assert len(loops) == 2 and all(r["s_per_frame"] > 0 for r in loops)
+
+
+def test_gpu_session_sizes_its_videos_to_the_budget():
+    from bench.gpu_session import frames_that_fit
+
+    configs = [("oneshot", 1), ("server", 1), ("server", 2)]
+    assert frames_that_fit(10_000, 8, configs) == 160
+    assert 8 <= frames_that_fit(150, 8, configs) < 160
+    assert frames_that_fit(30, 8, configs) == 0

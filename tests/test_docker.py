@@ -403,7 +403,7 @@ def test_worker_stops_quickly_and_reports_a_full_scratch(services):
     assert re.fullmatch(r"\d+s", grace) and 30 <= int(grace[:-1]) <= 120
     env = env_of(worker)
     health = command_text(worker["healthcheck"]["test"])
-    assert f"test ! -e {env['FARM_HEALTH_FILE']}" in health
+    assert f"test ! -e {env['FARM_UNHEALTHY_FILE']}" in health
 
 
 def test_worker_healthcheck_pings_its_own_celery_node(services):
@@ -414,6 +414,19 @@ def test_worker_healthcheck_pings_its_own_celery_node(services):
     assert "-d worker@$HOSTNAME" in test
     assert "--hostname=worker@%h" in dockerfile_cmd(DOCKERFILES["worker"])
     assert health["interval"] == "60s" and health.get("start_period")
+    # ready only after the render warm-up (its health file), which may compile GPU kernels
+    assert test.startswith("CMD-SHELL python -m worker.warmup --check && ") or \
+        test.startswith("CMD-SHELL python -m worker.warmup --check >/dev/null && ")
+    assert int(health["start_period"].rstrip("s")) >= 600
+
+
+def test_worker_kernel_cache_is_a_per_host_volume(services, raw_compose):
+    worker = services["worker"]
+    assert "kernel-cache:/kernel-cache" in worker["volumes"]
+    assert "kernel-cache" in raw_compose["volumes"]
+    env = env_of(worker)
+    assert env["FARM_KERNEL_CACHE"] == "/kernel-cache"
+    assert int(env["FARM_RENDERS_PER_GPU"]) >= 1
 
 
 def test_worker_mounts_assets_read_only(services, env_example):
@@ -689,8 +702,8 @@ def test_worker_dockerfile(services):
     for part in ("pyproject.toml", "farm/", "worker/", "scheduler/", "configs/", "bench/"):
         assert part in copied
     assert dockerfile_cmd(DOCKERFILES["worker"]) == (
-        "celery -A worker.celery_app worker --loglevel=INFO --concurrency=1 -E -Q render "
-        "--hostname=worker@%h")
+        "celery -A worker.celery_app worker --loglevel=INFO -E -Q render --hostname=worker@%h")
+    assert "FARM_KERNEL_CACHE=/kernel-cache" in env and "/kernel-cache" in run
 
 
 def test_scheduler_dockerfile():

@@ -247,7 +247,7 @@ def test_stale_staging_folders_are_removed_at_task_start(farm):
 def test_a_worker_whose_scratch_stays_full_stops_consuming(farm, tmp_path):
     health = tmp_path / "w1.unhealthy"
     w1 = farm.start_worker("w1", FARM_SCRATCH_RESERVE_MB=str(10**12),  # never enough space
-                           FARM_SCRATCH_FULL_PAUSE="0.5", FARM_HEALTH_FILE=str(health))
+                           FARM_SCRATCH_FULL_PAUSE="0.5", FARM_UNHEALTHY_FILE=str(health))
     farm.cli("enqueue", "--segment", "17", "--count", "1", "--preset", "tiny")
     wait_log(farm, "w1", "this worker stops consuming 'render'", timeout=120)
     handed = farm.log("w1").count("handing the video back")

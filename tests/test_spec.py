@@ -80,3 +80,46 @@ def test_specs_without_normalisation_fields_render_files_as_they_are(spec_dict):
         del obj["normalize"], obj["up_axis"]
     for obj in VideoSpec.from_dict(data).objects:
         assert obj.normalize is False and obj.up_axis == "Y"
+
+
+def test_fast_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
+    """Spec files come from libyaml's emitter fed with events (farm.spec.dump_yaml): the same
+    text as yaml.safe_dump, for generated specs and for awkward values."""
+    import yaml
+
+    from farm.spec import dump_yaml, load_yaml
+
+    assert yaml.__with_libyaml__  # the C loader and emitter are what the speed path uses
+    for preset in (bl30k, tiny):
+        for index in range(40):
+            data = generate_spec(library, preset, 3, index, 2021).to_dict()
+            assert dump_yaml(data) == yaml.safe_dump(data, sort_keys=False, width=100)
+    odd = {"empty": "", "int-like": "123", "bool-like": "yes", "null-like": "~", "float": 1e-5,
+           "neg-zero": -0.0, "big": 1e16, "huge-int": 2**70, "colon": "a: b", "hash": "#x",
+           "lead": " x", "doc": "---x", "unicode": "é \U0001F600", "ctrl": "a\x85\u2028\tb",
+           "long": "word " * 60, "nested": [[], {}, [{"k": [1.5, None, True]}]],
+           "quote": "'\"", "sexagesimal": "1:20", "hex": "0x1f"}
+    assert dump_yaml(odd) == yaml.safe_dump(odd, sort_keys=False, width=100)
+    assert load_yaml(dump_yaml(odd)) == odd
+    assert dump_yaml({1: "non-string key"}) == yaml.safe_dump({1: "non-string key"},
+                                                              sort_keys=False, width=100)
+
+
+def test_fast_yaml_loader_still_refuses_aliases(spec_dict):
+    """The libyaml loader keeps the alias refusal (a '*' sends the text through an event scan)
+    and still reads specs whose strings hold a '*'."""
+    import yaml
+
+    from farm.spec import dump_yaml
+
+    doc = copy.deepcopy(spec_dict)
+    doc["objects"][0]["category"] = "star *x and &y"
+    assert parse_spec_text(dump_yaml(doc)).objects[0].category == "star *x and &y"
+    assert parse_spec_text(dump_yaml(doc).encode()).objects[0].category == "star *x and &y"
+    with_alias = dump_yaml(spec_dict).replace("source: generated", "source: &s generated\nx: *s")
+    for text in (with_alias, with_alias.encode(), "a: &a [1]\nb: *a\n", "- &x 1\n- *x\n"):
+        with pytest.raises(SpecError, match="aliases are not allowed"):
+            parse_spec_text(text)
+    anchored = yaml.safe_dump(spec_dict, sort_keys=False).replace("source: generated",
+                                                                   "source: &s generated")
+    assert parse_spec_text(anchored).source == "generated"  # an anchor alone is harmless

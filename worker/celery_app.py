@@ -119,3 +119,54 @@ def _log_device(**_kwargs) -> None:
 def _release_gpu(**_kwargs) -> None:
     if _gpu_lease is not None:
         _gpu_lease.release()
+
+
+# --- Render warm-up and long-lived render processes (worker/warmup.py, worker/pool.py) ---------
+# Videos at once per worker (= per GPU): FARM_RENDERS_PER_GPU (compose: 2), unless -c is given.
+app.conf.worker_concurrency = int(os.environ.get("FARM_RENDERS_PER_GPU") or 1)
+
+# worker_init runs in the main process before the pool and the consumer exist, after _pin_gpu
+# above (receivers run in the order they were connected): the warm-up compiles and caches the
+# render kernels and checks the device before any message is taken, outside every task's time
+# limit. A warm-up that fails stops the worker (it would fail every video). Each pool process
+# starts its long-lived render process at once (it boots while the worker gets ready); the
+# worker writes its health file only when it consumes.
+
+
+@signals.worker_init.connect
+def _warm_up_render(**_kwargs) -> None:
+    from worker.warmup import warm_up_worker
+
+    try:
+        warm_up_worker()
+    except Exception as exc:
+        log.critical("render warm-up failed, not consuming: %s", exc, exc_info=True)
+        raise SystemExit(1) from exc
+
+
+@signals.worker_process_init.connect
+def _start_render_process(**_kwargs) -> None:
+    from worker.pool import start_worker_pool
+
+    start_worker_pool()
+
+
+@signals.worker_process_shutdown.connect
+def _stop_render_process(**_kwargs) -> None:
+    from worker.pool import stop_worker_pool
+
+    stop_worker_pool()
+
+
+@signals.worker_ready.connect
+def _mark_ready(**_kwargs) -> None:
+    from worker.warmup import write_health
+
+    write_health()
+
+
+@signals.worker_shutdown.connect
+def _mark_not_ready(**_kwargs) -> None:
+    from worker.warmup import clear_health
+
+    clear_health()

@@ -44,6 +44,7 @@ from farm.storage import (
     upload_video,
 )
 from worker import scratch, shutdown
+from worker.pool import worker_pool
 from worker.runner import (
     GateFailed,
     PermanentRenderError,
@@ -343,7 +344,7 @@ def _render(settings: Settings, spec: VideoSpec, timeout: float | None,
     try:
         outcome = render_spec(spec, models, textures, settings.scratch, progress=progress,
                               timeout=timeout, denylist=read_denylist(settings.denylist),
-                              abort=abort)
+                              abort=abort, pool=worker_pool())
         _rendered_marker(staging).write_text(json.dumps({
             "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
             "manifest": outcome.manifest}))

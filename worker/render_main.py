@@ -1,10 +1,11 @@
 """Process entry point for one render: ``python -m worker.render_main --spec FILE ...``.
 
-Runs in a fresh process per video so Blender state and memory never leak between videos and a
-Blender crash kills only this render. Reports through a JSON result file and the exit code:
-0 rendered, 3 permanent error (bad spec, missing or broken asset), 4 rejected by the quality
+The one-shot design: a fresh process per video, so Blender state and memory never leak between
+videos and a Blender crash kills only this render. Reports through a JSON result file and the exit
+code: 0 rendered, 3 permanent error (bad spec, missing or broken asset), 4 rejected by the quality
 gate, anything else (or a signal) a crash. Progress lines ``@@progress <done> <total>`` go to
-stderr.
+stderr. ``run_job`` is the job itself; the long-lived render server (``worker.render_server``)
+runs the same function for each video it is sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +37,50 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def run_job(spec_file: Path, models: Path, textures: Path, staging: Path, gate_mode: str,
+            progress: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
+    """Render one spec file into ``staging``: (exit code, result payload) as documented above."""
+    from farm.assets import AssetError
+    from farm.gate import mask_gate
+    from farm.presets import QualityGate, load_preset
+    from farm.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+        try:
+            gate = load_preset(spec.preset).quality_gate
+        except SpecError:
+            gate = QualityGate()
+    except SpecError as exc:
+        return EXIT_PERMANENT, {"status": "error", "kind": "spec", "message": str(exc)}
+
+    verdict: dict = {}
+
+    def check(counts):
+        reason = mask_gate(counts, gate, *spec.resolution)
+        verdict.update(passed=reason is None, reason=reason, frames_checked=len(counts))
+        return None if gate_mode == "record" else reason
+
+    def on_frame(frame: int) -> None:
+        if progress:
+            progress(frame + 1, spec.frames)
+
+    from worker.render import GateRejected, render_video
+
+    try:
+        render = render_video(spec, models, textures, staging, check, on_frame)
+    except GateRejected as exc:
+        return EXIT_GATE, {"status": "rejected", "reason": str(exc)}
+    except (AssetError, SpecError) as exc:
+        return EXIT_PERMANENT, {"status": "error", "kind": "asset", "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - reported to the parent with the traceback
+        return 1, {"status": "error", "kind": "crash", "message": f"{type(exc).__name__}: "
+                   f"{exc}", "traceback": traceback.format_exc()}
+    render["gate"] = {k: verdict.get(k) for k in ("passed", "reason")}
+    render["render_settings"] = asdict(spec.render)
+    return EXIT_OK, {"status": "ok", "render": render}
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     ap = argparse.ArgumentParser()
@@ -48,48 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def finish(code: int, payload: dict) -> int:
-        args.result.write_text(json.dumps(payload))
-        return code
+    def progress(done: int, total: int) -> None:
+        sys.stderr.write(f"@@progress {done} {total}\n")  # one write: mask thread + logging
+        sys.stderr.flush()
 
-    from farm.assets import AssetError
-    from farm.gate import mask_gate
-    from farm.presets import QualityGate, load_preset
-    from farm.spec import SpecError, load_spec
-
-    try:
-        spec = load_spec(args.spec)
-        try:
-            gate = load_preset(spec.preset).quality_gate
-        except SpecError:
-            gate = QualityGate()
-    except SpecError as exc:
-        return finish(EXIT_PERMANENT, {"status": "error", "kind": "spec", "message": str(exc)})
-
-    verdict: dict = {}
-
-    def check(counts):
-        reason = mask_gate(counts, gate, *spec.resolution)
-        verdict.update(passed=reason is None, reason=reason, frames_checked=len(counts))
-        return None if args.gate == "record" else reason
-
-    def progress(frame: int) -> None:
-        print(f"@@progress {frame + 1} {spec.frames}", file=sys.stderr, flush=True)
-
-    from worker.render import GateRejected, render_video
-
-    try:
-        render = render_video(spec, args.models, args.textures, args.staging, check, progress)
-    except GateRejected as exc:
-        return finish(EXIT_GATE, {"status": "rejected", "reason": str(exc)})
-    except (AssetError, SpecError) as exc:
-        return finish(EXIT_PERMANENT, {"status": "error", "kind": "asset", "message": str(exc)})
-    except Exception as exc:  # noqa: BLE001 - reported to the parent with the traceback
-        return finish(1, {"status": "error", "kind": "crash", "message": f"{type(exc).__name__}: "
-                          f"{exc}", "traceback": traceback.format_exc()})
-    render["gate"] = {k: verdict.get(k) for k in ("passed", "reason")}
-    render["render_settings"] = asdict(spec.render)
-    return finish(EXIT_OK, {"status": "ok", "render": render})
+    code, payload = run_job(args.spec, args.models, args.textures, args.staging, args.gate,
+                            progress)
+    args.result.write_text(json.dumps(payload))
+    return code
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Run one video's render in a fresh Blender process and assemble its manifest (no bpy here).
+"""Run one video's render in a Blender process and assemble its manifest (no bpy here).
 
-``render_spec`` is the whole local job for one spec: render in a child process
-(``worker.render_main``), resample a generated spec deterministically when its rendered masks fail
-the quality gate (failing the video, ``GateFailed``, when no attempt passes), and return the final
-spec, the manifest and the staging folder holding
-``JPEGImages/<video>`` and ``Annotations/<video>`` (and any extra outputs, farm/outputs.py).
+``render_spec`` is the whole local job for one spec: render in a child process (a long-lived
+one of a ``worker.pool.RenderPool``, or a fresh ``worker.render_main``), resample a generated
+spec deterministically when its rendered masks fail the quality gate (failing the video,
+``GateFailed``, when no attempt passes), and return the final spec, the manifest and the staging
+folder holding ``JPEGImages/<video>`` and ``Annotations/<video>`` (and any extra outputs,
+farm/outputs.py).
 """
 
 from __future__ import annotations
@@ -112,12 +113,12 @@ class Watchdog:
     def _watch(self) -> None:
         started = time.monotonic()
         while not self._stop.wait(self.interval):
-            rss = _rss_mb(self.proc.pid)
-            self.peak_rss_mb = max(self.peak_rss_mb, rss)
             self.aborted = self.abort() if self.abort else None
             if self.aborted:
                 self.proc.kill()
                 return
+            rss = _rss_mb(self.proc.pid)
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
             if self.timeout and time.monotonic() - started > self.timeout:
                 self.reason = f"exceeded the {self.timeout:.0f} s time limit"
             elif self.max_rss and rss > self.max_rss:
@@ -159,20 +160,19 @@ def staging_dir(scratch: str | Path, video: str) -> Path:
     return Path(scratch) / f"{video}.staging"
 
 
-def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
-               enforce_gate: bool, timeout: float | None, progress: Progress | None,
-               env: dict | None, abort: Abort | None = None) -> dict:
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    spec_file, result_file, log_file = (staging / "spec.yaml", staging / "result.json",
-                                        staging / "render.log")
-    save_spec(spec, spec_file)
+def _run_oneshot(spec_file: Path, models_root: Path, textures_root: Path, staging: Path,
+                 gate: str, timeout: float | None, progress: Progress | None,
+                 env: dict | None, abort: Abort | None = None):
+    """The one-shot design: a fresh ``python -m worker.render_main`` for this render."""
+    from worker.pool import JobResult
+    from worker.warmup import kernel_cache_env
+
+    result_file, log_file = staging / "result.json", staging / "render.log"
     cmd = [sys.executable, "-m", "worker.render_main", "--spec", str(spec_file),
            "--models", str(models_root), "--textures", str(textures_root),
-           "--staging", str(staging), "--result", str(result_file),
-           "--gate", "enforce" if enforce_gate else "record"]
+           "--staging", str(staging), "--result", str(result_file), "--gate", gate]
     tail: deque[str] = deque(maxlen=30)
-    child_env = {**render_env(), **(env or {}), "PYTHONUNBUFFERED": "1"}
+    child_env = {**kernel_cache_env(), **render_env(), **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w") as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             env=child_env, cwd=Path(__file__).resolve().parent.parent) as proc:
@@ -191,27 +191,49 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
             watchdog.reap()
             raise
         code = watchdog.reap()
-    if watchdog.aborted:
-        raise RenderAborted(f"{spec.id}: render stopped: {watchdog.aborted}")
-    if watchdog.reason:
-        raise RenderCrash(f"{spec.id}: Blender process killed: {watchdog.reason} "
-                          f"(models: {', '.join(o.model for o in spec.objects)})")
     try:
-        result = json.loads(result_file.read_text())
+        payload = json.loads(result_file.read_text())
     except (OSError, ValueError):
-        result = {}
+        payload = {}
+    return JobResult(code, payload, watchdog.peak_rss_mb, watchdog.reason, list(tail), log_file,
+                     aborted=watchdog.aborted)
+
+
+def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
+               enforce_gate: bool, timeout: float | None, progress: Progress | None,
+               env: dict | None, pool=None, abort: Abort | None = None) -> dict:
+    """Render ``spec`` into a fresh ``staging``: in a process of ``pool`` (a
+    ``worker.pool.RenderPool``), or in a fresh process of its own when there is none."""
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    spec_file = staging / "spec.yaml"
+    save_spec(spec, spec_file)
+    gate = "enforce" if enforce_gate else "record"
+    if pool is None:
+        job = _run_oneshot(spec_file, models_root, textures_root, staging, gate, timeout,
+                           progress, env, abort)
+    else:
+        job = pool.run(spec_file, models_root, textures_root, staging, gate, timeout, progress,
+                       env, abort)
+    models = ", ".join(o.model for o in spec.objects)
+    if job.aborted:
+        raise RenderAborted(f"{spec.id}: render stopped: {job.aborted}")
+    if job.killed:
+        raise RenderCrash(f"{spec.id}: Blender process killed: {job.killed} (models: {models})")
+    code, result = job.code, job.payload
     if code == EXIT_OK and result.get("status") == "ok":
-        return {**result["render"], "peak_rss_mb": round(watchdog.peak_rss_mb)}
+        return {**result["render"], "peak_rss_mb": round(job.peak_rss_mb),
+                "render_process": job.process}
     if code == EXIT_GATE:
         return {"rejected": result.get("reason", "quality gate")}
-    message = result.get("message") or "\n".join(tail)
+    message = result.get("message") or "\n".join(job.tail)
     if code == EXIT_PERMANENT:
         raise PermanentRenderError(f"{spec.id}: {message}")
     how = f"signal {-code}" if code < 0 else f"exit code {code}"
     if "No space left on device" in message:
         raise ScratchFull(f"{spec.id}: scratch disk full: {message}")
     raise RenderCrash(f"{spec.id}: Blender process died ({how}): {message} (models: "
-                      f"{', '.join(o.model for o in spec.objects)}; log: {log_file})")
+                      f"{models}; log: {job.log})")
 
 
 def _gate_message(spec: VideoSpec, reason: str, rejected: list[dict]) -> str:
@@ -225,13 +247,16 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
                 scratch: str | Path, progress: Progress | None = None,
                 timeout: float | None = None, env: dict | None = None,
                 denylist: set[str] | None = None, resample: bool = True,
-                abort: Abort | None = None) -> RenderOutcome:
+                pool=None, abort: Abort | None = None) -> RenderOutcome:
     """Render ``spec`` into scratch, resampling a generated spec that fails the mask gate.
 
     A video whose last attempt (an imported spec: its only one) fails the gate raises
     ``GateFailed``, unless the spec says ``keep_gate_failures``: then it is kept with the
     verdict recorded. ``resample=False`` renders the spec as given and only records the verdict
     (benchmarks: a resampled spec would be the preset's full video, not the cut-down spec given).
+    ``pool`` (a ``worker.pool.RenderPool``) renders in its long-lived processes; without one,
+    each render gets a fresh process (the one-shot design). ``abort`` is polled while rendering:
+    a reason stops the render at once (``RenderAborted``).
     """
     models_root, textures_root = Path(models_root).resolve(), Path(textures_root).resolve()
     staging = staging_dir(scratch, spec.id)
@@ -255,7 +280,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
         again = (resample and spec.source == "generated" and preset is not None
                  and spec.attempt < last_attempt)
         render = _run_child(spec, models_root, textures_root, staging, not keep or again,
-                            timeout, progress, env, abort)
+                            timeout, progress, env, pool, abort)
         if "rejected" not in render:
             break
         rejected.append({"attempt": spec.attempt, "check": "mask", "reason": render["rejected"]})

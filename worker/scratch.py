@@ -6,7 +6,7 @@
   whose upload retry went to another worker; on a RAM-backed scratch they would fill it.
 - ``note_full`` / ``note_ok``: a worker that hands back ``FARM_SCRATCH_FULL_LIMIT`` (3) videos in a
   row because its scratch is full stops consuming (``cancel_consumer`` for itself), logs an error
-  and marks itself unhealthy (``FARM_HEALTH_FILE``, which the compose healthcheck tests), instead
+  and marks itself unhealthy (``FARM_UNHEALTHY_FILE``, which the compose healthcheck tests), instead
   of taking and handing back every video of the queue.
 """
 
@@ -84,8 +84,8 @@ def full_limit() -> int:
 
 
 def health_file(nodename: str | None = None) -> Path:
-    """Where an unhealthy worker says so: FARM_HEALTH_FILE, else one per Celery node name."""
-    path = os.environ.get("FARM_HEALTH_FILE")
+    """Where an unhealthy worker says so: FARM_UNHEALTHY_FILE, else one per Celery node name."""
+    path = os.environ.get("FARM_UNHEALTHY_FILE")
     if path:
         return Path(path)
     safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in nodename or "worker")
