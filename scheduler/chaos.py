@@ -62,6 +62,7 @@ class Report:
     leftover: list[str] = field(default_factory=list)  # messages left in the broker
     worker_restarts: int = 0  # workers that died on their own (not killed by us) and restarted
     resent: int = 0  # videos re-sent by reconcile after the broker lost their message
+    repaired: int = 0  # videos finalize re-sent because a frame was not its marker's
     failed: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -77,7 +78,7 @@ class Report:
                 f"stranded={len(self.stranded)} concurrent={len(self.concurrent)} "
                 f"incomplete={len(self.incomplete)} failed={len(self.failed)} "
                 f"queue_left={self.queue_left} worker_restarts={self.worker_restarts} "
-                f"resent={self.resent} wall={self.wall_s:.0f}s")
+                f"resent={self.resent} repaired={self.repaired} wall={self.wall_s:.0f}s")
 
 
 class RenderMonitor(threading.Thread):
@@ -302,6 +303,10 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         while _queue_left(state) and time.monotonic() < drain_by:
             time.sleep(1.0)
         time.sleep(2.0)  # let acknowledgements land
+        # The operator's last step: finalize proves every frame against its marker and re-sends
+        # a video with a foreign frame (an upload a frozen worker had in flight can land after
+        # the new holder's marker; no lease can stop a request already sent).
+        report.repaired = _repair(env, state, videos, deadline)
         monitor.stop()
         report.resent = _resent(folder / "reconciler.log")
         _check(report, state, S3Storage(BUCKET, "bl30k", endpoint_url=f"http://127.0.0.1:{s3_port}",
@@ -320,6 +325,21 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         subprocess.run(["umount", str(full_scratch)], capture_output=True)
     report.wall_s = time.monotonic() - started
     return report
+
+
+def _repair(env: dict, state: FarmState, videos: int, deadline: float) -> int:
+    """Run ``finalize --requeue`` and wait for the re-sent videos; returns how many there were."""
+    proc = subprocess.run([sys.executable, "-m", "scheduler", "-q", "finalize", "--segment",
+                           str(SEGMENT), "--requeue"], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("re-enqueued ")), "")
+    repaired = int(line.split()[1]) if line else 0
+    while repaired and time.monotonic() < deadline:
+        counts = state.counts(SEGMENT)
+        if counts.get("done", 0) + counts.get("failed", 0) >= videos and not _queue_left(state):
+            break
+        time.sleep(1.0)
+    return repaired
 
 
 def _wait_for(probe, timeout_s: float):

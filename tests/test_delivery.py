@@ -52,7 +52,7 @@ def test_crash_retries_past_max_retries_end_failed(farm):
     # Every render is killed by the memory watchdog: a crash per delivery. Celery allows one
     # retry; the video must end failed with its reason, not sit in "retrying" forever.
     farm.start_worker("w1", FARM_MAX_RETRIES="1", FARM_MAX_DELIVERIES="5",
-                      FARM_RENDER_MAX_RSS_MB="1")
+                      FARM_RENDER_MAX_RSS_MB="1", FARM_WARMUP="off")  # no render passes 1 MB
     farm.cli("enqueue", "--segment", "10", "--count", "1", "--preset", "tiny")
     farm.wait_for(10, failed=1, retrying=0, timeout=120)
     failed = json.loads(farm.cli("failed", "--segment", "10", "--json").stdout)

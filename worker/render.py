@@ -212,7 +212,9 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     writer = (MaskWriter(mask_dir, ann_dir, len(spec.objects), on_frame,
                          serial="serial-masks" in ablate) if node else None)
     render_s: list[float] = []
+    render_cpu_s: list[float] = []  # CPU seconds of this process per frame's render
     starts: list[float] = []  # perf_counter at the start of each frame
+    cpu_starts: list[float] = []
     frames: list[list[dict]] = []
 
     def gate(i: int) -> None:
@@ -233,12 +235,14 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
 
     def still(i: int) -> None:
         starts.append(time.perf_counter())
+        cpu_starts.append(time.process_time())
         scene.frame_set(i)
         scene.render.filepath = str(jpg_dir / f"{i:05d}.jpg")
         if node is not None:
             node.file_name = f"index_{i:05d}_"
         bpy.ops.render.render(write_still=True)
         render_s.append(time.perf_counter() - starts[-1])
+        render_cpu_s.append(time.process_time() - cpu_starts[-1])
         finished(i)
         if writer is not None:
             writer.check()
@@ -246,9 +250,11 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
 
     def pre(*_args) -> None:
         starts.append(time.perf_counter())
+        cpu_starts.append(time.process_time())
 
     def written(scene_: bpy.types.Scene, *_args) -> None:
         render_s.append(time.perf_counter() - starts[-1])
+        render_cpu_s.append(time.process_time() - cpu_starts[-1])
         finished(scene_.frame_current)
 
     try:
@@ -297,6 +303,7 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
         "timings": {
             "scene_build_s": round(build_s, 4),
             "render_s": [round(x, 4) for x in render_s],
+            "render_cpu_s": [round(x, 4) for x in render_cpu_s],
             "encode_s": [round(x, 4) for x in encode_s],
             "frame_s": [round(x, 4) for x in frame_s],
             "render_total_s": round(sum(render_s), 3),
