@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.runner import _rss_mb, max_rss_mb, render_env
+from worker.runner import Watchdog, max_rss_mb, render_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE_SPACE = 2048  # worker.render_server.TITLE_SPACE (not imported: that module loads bpy's side)
@@ -93,49 +93,6 @@ class JobResult:
     log: Path | None = None
     process: dict = field(default_factory=lambda: {"design": "oneshot"})
     aborted: str | None = None  # the caller stopped it (runner's ``abort``), with its reason
-
-
-class _Watch:
-    """Kills ``proc`` when the current job runs past ``timeout`` or its peak memory (VmHWM)
-    exceeds ``max_rss``; samples every ``interval`` seconds until stopped."""
-
-    def __init__(self, proc: subprocess.Popen, timeout: float | None, max_rss: float | None,
-                 interval: float = 0.5, abort=None) -> None:
-        self.proc, self.timeout, self.max_rss, self.interval = proc, timeout, max_rss, interval
-        self.abort = abort
-        self.aborted: str | None = None
-        self.reason: str | None = None
-        self.peak_rss_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> float:
-        rss = _rss_mb(self.proc.pid)
-        self.peak_rss_mb = max(self.peak_rss_mb, rss)
-        return rss
-
-    def _watch(self) -> None:
-        started = time.monotonic()
-        while not self._stop.wait(self.interval):
-            self.aborted = self.abort() if self.abort else None
-            if self.aborted:
-                self.proc.kill()
-                return
-            rss = self._sample()
-            if self.timeout and time.monotonic() - started > self.timeout:
-                self.reason = f"exceeded the {self.timeout:.0f} s time limit"
-            elif self.max_rss and rss > self.max_rss:
-                self.reason = f"resident memory {rss:.0f} MB over the {self.max_rss:.0f} MB limit"
-            if self.reason:
-                self.proc.kill()
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self.proc.poll() is None:
-            self._sample()  # the job's peak, once more: a spike between two samples counts
 
 
 def _reap(proc: subprocess.Popen) -> tuple[int, float]:
@@ -200,7 +157,7 @@ class RenderProcess:
         if self.ready is not None:
             return self.ready
         assert self.proc.stdout is not None
-        watch = _Watch(self.proc, timeout or boot_timeout(), None)
+        watch = Watchdog(self.proc, timeout or boot_timeout(), None)
         try:
             for line in self.proc.stdout:
                 if line.startswith("@@ready"):
@@ -232,7 +189,7 @@ class RenderProcess:
             self.proc.kill()
             code, rusage_peak = _reap(self.proc)
             return JobResult(code, {}, rusage_peak, None, _tail(self.log), self.log)
-        watch = _Watch(self.proc, timeout, max_rss, abort=abort)
+        watch = Watchdog(self.proc, timeout, max_rss, abort=abort)
         done = None
         assert self.proc.stdout is not None
         try:

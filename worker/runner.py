@@ -93,7 +93,9 @@ def _rss_mb(pid: int) -> float:
 
 
 class Watchdog:
-    """Kills a render process that runs past its time limit or holds too much memory.
+    """Kills a render process that runs past its time limit, holds too much memory (its peak,
+    VmHWM) or that the caller stops (``abort``); samples every ``interval`` seconds: one-shot
+    processes, and the pool's long-lived ones per video.
 
     A poison asset (an absurd mesh or texture) then fails as a crash with a reason instead of
     taking the machine's memory; the worker itself is unaffected.
@@ -117,8 +119,7 @@ class Watchdog:
             if self.aborted:
                 self.proc.kill()
                 return
-            rss = _rss_mb(self.proc.pid)
-            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            rss = self._sample()
             if self.timeout and time.monotonic() - started > self.timeout:
                 self.reason = f"exceeded the {self.timeout:.0f} s time limit"
             elif self.max_rss and rss > self.max_rss:
@@ -127,9 +128,16 @@ class Watchdog:
                 self.proc.kill()
                 return
 
+    def _sample(self) -> float:
+        rss = _rss_mb(self.proc.pid)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()  # the job's peak once more (a spike between two samples counts); a
+        # process that has exited has no memory figures left and is not reaped here
 
     def reap(self) -> int:
         """Wait for the process and return its exit code; its lifetime peak memory (rusage)
