@@ -67,6 +67,13 @@ class Farm:
                 raise AssertionError(f"timed out waiting for {want}: {status}\n{logs}")
             time.sleep(1.0)
 
+    def state(self):
+        """The farm's Redis bookkeeping, as the workers see it."""
+        from farm.state import FarmState, connect
+
+        return FarmState(connect(self.env["FARM_REDIS_URL"].replace(
+            "redis://", f"redis://:{self.env['REDIS_PASSWORD']}@")))
+
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                   Prefix=prefix)
@@ -74,3 +81,16 @@ class Farm:
 
     def close(self) -> None:
         stop(self.workers, timeout=20)
+
+
+def render_processes(marker: str) -> list[Path]:
+    """/proc entries of render processes whose command line contains ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"worker.render_main" in cmd and marker.encode() in cmd:
+            found.append(proc)
+    return found

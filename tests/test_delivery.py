@@ -10,10 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from services import ROOT
+from services import ROOT, render_processes
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
 
@@ -66,25 +65,11 @@ def test_explicit_priority_is_served_before_the_default(farm):
     farm.start_worker("w1")
     farm.wait_for(11, done=3, timeout=180)
     farm.wait_for(12, done=1, timeout=30)
-    from farm.state import FarmState, connect
 
-    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
-        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    state = farm.state()
     started = {v: float(state.video(v)["started_at"])
                for v in ("l00000", "l00001", "l00002", "m00000")}
     assert min(started, key=started.get) == "m00000", started
-
-
-def _render_processes(marker: str) -> list[Path]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"worker.render_main" in cmd and marker.encode() in cmd:
-            found.append(proc)
-    return found
 
 
 def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch):
@@ -100,7 +85,7 @@ def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch
 
     def watch() -> None:
         while not stop.is_set():
-            for proc in _render_processes(str(tmp_path)):
+            for proc in render_processes(str(tmp_path)):
                 with contextlib.suppress(OSError):
                     seen.append((proc / "environ").read_bytes())
             time.sleep(0.02)
@@ -134,7 +119,7 @@ def test_render_process_dies_with_its_worker(library, tiny, tmp_path):
             " progress=lambda d, t: __import__('time').sleep(30))")
     worker = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     deadline = time.monotonic() + 60
-    while not (children := _render_processes(str(tmp_path))):
+    while not (children := render_processes(str(tmp_path))):
         assert time.monotonic() < deadline and worker.poll() is None
         time.sleep(0.05)
     assert all(child.exists() for child in children)  # still importing bpy
@@ -203,11 +188,9 @@ def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack
 
 
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
-    from farm.state import FarmState, connect
     from scheduler.local import start_reconciler
 
-    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
-        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    state = farm.state()
     farm.cli("enqueue", "--segment", "16", "--count", "2", "--preset", "tiny")
     removed = 0
     for key in [k for k in state.r.scan_iter("render*") if state.r.type(k) == "list"]:
@@ -239,18 +222,16 @@ def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, li
     from farm.presets import load_preset
     from farm.sampling import generate_spec
     from farm.spec import save_spec
-    from farm.state import FarmState, connect
 
     spec = replace(generate_spec(library, load_preset("tiny"), 17, 0, 2021), frames=150,
                    source="imported", keep_gate_failures=True)
     save_spec(spec, tmp_path / "specs" / f"{spec.id}.yaml")
-    state = FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
-        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    state = farm.state()
     ttl = {"FARM_LEASE_TTL": "3"}
     a = start_own_group(farm, "wa", **ttl)
     farm.cli("enqueue", "--specs", str(tmp_path / "specs"))
     deadline = time.monotonic() + 60
-    while not _render_processes(f"wa/{spec.id}.staging"):
+    while not render_processes(f"wa/{spec.id}.staging"):
         assert time.monotonic() < deadline, farm.log("wa")[-2000:]
         time.sleep(0.05)
     time.sleep(1.0)  # some frames streamed
@@ -263,7 +244,7 @@ def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, li
     finally:
         os.killpg(a.pid, signal.SIGCONT)
     deadline = time.monotonic() + 10
-    while _render_processes(f"wa/{spec.id}.staging"):
+    while render_processes(f"wa/{spec.id}.staging"):
         assert time.monotonic() < deadline, "the frozen worker kept rendering after resuming"
         time.sleep(0.1)
     wait_log(farm, "wa", "lease", timeout=20)

@@ -18,19 +18,18 @@ from pathlib import Path
 
 import pytest
 import requests
-from services import ROOT
+from services import ROOT, render_processes
 
 from farm.presets import load_preset
 from farm.sampling import generate_spec
 from farm.spec import save_spec
-from farm.state import FarmState, connect
+from farm.state import FarmState
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
 
 
 def farm_state(farm) -> FarmState:
-    return FarmState(connect(farm.env["FARM_REDIS_URL"].replace(
-        "redis://", f"redis://:{farm.env['REDIS_PASSWORD']}@")))
+    return farm.state()
 
 
 def wait_log(farm, name: str, text: str, timeout: float = 60) -> None:
@@ -50,18 +49,6 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
 
 def gpu_lease_keys(state: FarmState) -> list[str]:
     return sorted(state.r.scan_iter(match="farm:lease:gpu:*"))
-
-
-def render_processes(marker: str) -> list[Path]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"worker.render_main" in cmd and marker.encode() in cmd:
-            found.append(proc)
-    return found
 
 
 # --- 7. GPU pinning ------------------------------------------------------------------------------
