@@ -270,3 +270,13 @@ def start_own_group(farm, name: str, **env: str):
     proc = start_worker({**farm.env, **env}, name, farm.folder / f"{name}.log", own_session=True)
     farm.workers.append(proc)
     return proc
+
+
+def test_a_new_delivery_removes_frames_an_earlier_one_left(farm):
+    stale = "bl30k/18/JPEGImages/s00000/00007.jpg"  # an earlier delivery of more frames
+    farm.s3.put_object(Bucket=farm.bucket, Key=stale, Body=b"stale")
+    farm.start_worker("w1")
+    farm.cli("enqueue", "--segment", "18", "--count", "1", "--preset", "tiny")
+    farm.wait_for(18, done=1, timeout=120)
+    assert stale not in farm.keys("bl30k/18/")
+    assert farm.cli("finalize", "--segment", "18", check=False).returncode == 0
