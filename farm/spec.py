@@ -520,6 +520,7 @@ def _parse_spec(data: Any) -> VideoSpec:
     generation = d.get("generation", {})
     if not isinstance(generation, dict):
         raise SpecError("generation", "expected a mapping")
+    _check_record(generation, "generation")
     for key in ("preset", "source"):
         if key in d and (not isinstance(d[key], str) or len(d[key]) > 64):
             raise SpecError(key, "expected a string of at most 64 characters")
@@ -542,6 +543,24 @@ def _parse_spec(data: Any) -> VideoSpec:
         keep_gate_failures=_flag(d.get("keep_gate_failures", False), "keep_gate_failures"),
         version=SPEC_VERSION,
     )
+
+
+def _check_record(value: Any, name: str, depth: int = 0) -> None:
+    """A free-form record (``generation``): JSON data only, finite numbers, bounded depth."""
+    if depth > 8:
+        raise SpecError(name, "nested too deeply")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SpecError(name, f"key {key!r} is not a string")
+            _check_record(item, f"{name}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_record(item, f"{name}[{i}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(name, "must be finite")
+    elif not isinstance(value, str | int | float | bool | type(None)):
+        raise SpecError(name, f"unexpected {type(value).__name__}")
 
 
 def _flag(value: Any, name: str) -> bool:
