@@ -53,8 +53,9 @@ ORIGINAL: dict[str, object] = {
 }
 
 
-def _path_speed(poly, t: np.ndarray) -> float:
-    return float(np.linalg.norm(np.diff(eval_poly(poly, t), axis=0), axis=1).mean())
+def _speed(points: np.ndarray) -> float:
+    """Mean distance between consecutive points (per frame)."""
+    return float(np.linalg.norm(np.diff(points, axis=0), axis=1).mean())
 
 
 def _q(values: list[float]) -> list[float]:
@@ -78,15 +79,15 @@ def figures(specs: Iterable[VideoSpec]) -> dict[str, object]:
         lights.append(len(spec.lights))
         energies += [light.energy for light in spec.lights]
         sky.append(spec.background.strength)
-        cam_speed.append(_path_speed(spec.camera.location_poly, t))
+        cam_speed.append(_speed(eval_poly(spec.camera.location_poly, t)))
         cam = eval_poly(spec.camera.location_poly, checked)
         rot = look_at_rotation(cam, eval_poly(spec.camera.look_at_poly, checked))
         paths = []
         for obj in spec.objects:
             path = eval_poly(obj.location_poly, t)
             paths.append(path)
-            speed.append(float(np.linalg.norm(np.diff(path, axis=0), axis=1).mean()))
-            rot_speed.append(_path_speed(obj.rotation_poly, t))
+            speed.append(_speed(path))
+            rot_speed.append(_speed(eval_poly(obj.rotation_poly, t)))
             scale0.append(float(np.mean(obj.scale_poly[0])))
             depth0.append(float(obj.location_poly[0][1]))
             textured.append(obj.texture is not None)

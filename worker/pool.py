@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.runner import Watchdog, max_rss_mb, render_env
+from worker.runner import Watchdog, max_rss_mb, render_env, status_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE_SPACE = 2048  # worker.render_server.TITLE_SPACE (not imported: that module loads bpy's side)
@@ -65,18 +65,6 @@ def boot_timeout() -> float:
     """Seconds a render process may take to start (import bpy); not the kernel compilation,
     which happens in the first render and counts against that render's limit."""
     return _env_number("FARM_RENDER_BOOT_TIMEOUT", 300)
-
-
-def _vm_rss_mb(pid: int) -> float:
-    """Current resident memory (VmRSS) of ``pid`` in MB (0 when gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 @dataclass
@@ -221,7 +209,7 @@ class RenderProcess:
         if code not in (0, 4):  # the server exits after a failed job; wait for it
             self.close()
         else:
-            self.rss_mb = _vm_rss_mb(self.pid)
+            self.rss_mb = status_mb(self.pid, "VmRSS")
             if self.baseline_rss_mb is None:
                 self.baseline_rss_mb = self.rss_mb
         return JobResult(code, done["payload"], peak, None, _tail(log), log,

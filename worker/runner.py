@@ -79,13 +79,13 @@ def max_rss_mb() -> float | None:
     return float(value) if value else None
 
 
-def _rss_mb(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM): a spike between two samples of the
-    watchdog still counts."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of ``/proc/<pid>/status`` in MB, e.g. ``VmHWM`` (peak resident memory:
+    a spike between two samples of the watchdog still counts) or ``VmRSS``; 0 when gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -129,7 +129,7 @@ class Watchdog:
                 return
 
     def _sample(self) -> float:
-        rss = _rss_mb(self.proc.pid)
+        rss = status_mb(self.proc.pid, "VmHWM")
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         return rss
 
