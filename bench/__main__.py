@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from bench.quality import SHORTLIST
-from farm.assets import AssetLibrary
-from farm.presets import load_preset
-from farm.specgen import generate_many
-from farm.synth_assets import default_pack
+from farm.assets.library import AssetLibrary
+from farm.assets.procedural import default_pack
+from farm.generate.specgen import generate_many
+from farm.model.presets import load_preset
 
 
 def bench_specs(args: argparse.Namespace) -> list[dict]:

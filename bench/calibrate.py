@@ -88,7 +88,7 @@ def measure(preset: str, device: str, frames: int) -> dict:
 
 
 def calibrate(presets: list[str], devices: list[str], frames: int, out: Path) -> list[dict]:
-    from farm.calibration import merge
+    from scheduler.calibration import merge
 
     entries = [measure(p, d, frames) for d in devices for p in presets]
     merge(out, entries)

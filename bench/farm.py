@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.render import bench_spec, render_bench
-from farm.sampling import video_id
-from farm.spec import save_spec
-from farm.state import FarmState, connect
-from farm.storage import S3Storage, upload_video, video_keys
+from farm.generate.sampling import video_id
+from farm.io.storage import S3Storage, upload_video, video_keys
+from farm.model.spec import save_spec
+from farm.queue.state import FarmState, connect
 from scheduler.local import farm_env, free_port, start_redis, start_s3, start_worker, stop
 
 ROOT = Path(__file__).resolve().parent.parent

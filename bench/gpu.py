@@ -2,7 +2,7 @@
 
 Three measurements (each its own table):
 
-- **first frame**: a fresh render process (the worker's, ``worker.pool``) from its start to the
+- **first frame**: a fresh render process (the worker's, ``worker.process.pool``) from its start to the
   first frame of a one-frame video with the preset's settings: ``cold`` with an empty kernel
   cache (``--cold``: on a GPU without cached kernels that is the ~5-minute compilation), ``warm``
   with the cache the cold run filled (what the second worker of a host pays).
@@ -44,9 +44,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.render import bench_spec
-from farm.sampling import video_id
-from farm.spec import VideoSpec, save_spec
-from farm.synth_assets import default_pack
+from farm.assets.procedural import default_pack
+from farm.generate.sampling import video_id
+from farm.model.spec import VideoSpec, save_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 # The previous design: a fresh process per video, a render call per frame, masks encoded
@@ -155,8 +155,8 @@ def bench_first_frame(preset: str, device: str, cold: bool, folder: Path) -> lis
     """A fresh render process, from its start to the first frame of a one-frame video: with
     the kernel cache empty (``cold``) or as found, then again with the cache that run left
     (``warm``)."""
-    from worker.pool import RenderPool
-    from worker.runner import render_spec
+    from worker.process.pool import RenderPool
+    from worker.process.runner import render_spec
     from worker.warmup import kernel_cache_dir
 
     cache = folder / "cold-kernel-cache" if cold else kernel_cache_dir()
@@ -184,8 +184,8 @@ def bench_first_frame(preset: str, device: str, cold: bool, folder: Path) -> lis
 def _render_path(specs: list[VideoSpec], design: str, renders: int, folder: Path
                  ) -> tuple[float, list[float], list[dict]]:
     """(seconds from the start, each video's done time from the start, manifests)."""
-    from worker.pool import RenderPool
-    from worker.runner import render_spec
+    from worker.process.pool import RenderPool
+    from worker.process.runner import render_spec
 
     env = DESIGN_ENV[design]
     saved = {k: os.environ.get(k) for k in env}
@@ -227,7 +227,7 @@ def _task_path(svc, specs: list[VideoSpec], design: str, renders: int, name: str
     """(seconds from the enqueue, each video's done time from the enqueue, manifests, worker
     start-up seconds until its health file said ready)."""
     from bench.farm import BUCKET  # noqa: F401 - the bucket the services created
-    from farm.storage import video_keys
+    from farm.io.storage import video_keys
     from scheduler.local import start_worker, stop
 
     folder = svc.folder / name

@@ -26,8 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.render import bench_spec, render_bench
-from farm.outputs import FOLDERS
-from farm.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
+from farm.io.outputs import FOLDERS
+from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
 
 EXTRAS = [o for o in OUTPUTS if o not in DEFAULT_OUTPUTS]
 

@@ -17,11 +17,11 @@ from importlib.metadata import version
 import numpy as np
 from PIL import Image
 
-from farm.assets import AssetLibrary, default_cache_dir
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.spec import RenderSettings, VideoSpec
-from farm.synth_assets import default_pack
+from farm.assets.library import AssetLibrary, default_cache_dir
+from farm.assets.procedural import default_pack
+from farm.generate.sampling import generate_spec
+from farm.model.presets import load_preset
+from farm.model.spec import RenderSettings, VideoSpec
 
 SEED = "seed: 64 spp + OIDN accurate"  # the original generator's settings (`seed` preset)
 DEFAULT = "adaptive 0.005 min 8 max 64 + accurate"  # the `bl30k` preset's settings
@@ -124,7 +124,7 @@ def bench_quality(scenes: int = 3, width: int = 384, height: int = 256,
     seed's settings on that scene; ``dpsnr_worst`` is the largest.
     """
     from bench.render import render_bench
-    from worker.pool import RenderPool
+    from worker.process.pool import RenderPool
 
     lib = AssetLibrary.open(*default_pack())
     base = load_preset("bl30k")

@@ -1,6 +1,6 @@
 """Render benchmarks: seconds per frame per preset and device, and ablations of the render loop.
 
-Every render runs in a fresh Blender process exactly as on a worker (``worker.runner``). The
+Every render runs in a fresh Blender process exactly as on a worker (``worker.process.runner``). The
 first frame also pays the scene sync (BVH build, texture upload), so steady-state s/frame is the
 mean of the later frames, as 159 of a video's 160 frames are.
 """
@@ -12,13 +12,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from farm.assets import AssetLibrary
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.spec import VideoSpec
-from farm.synth_assets import default_pack
+from farm.assets.library import AssetLibrary
+from farm.assets.procedural import default_pack
+from farm.generate.sampling import generate_spec
+from farm.model.presets import load_preset
+from farm.model.spec import VideoSpec
 from worker.gpu import discover_gpus
-from worker.runner import RenderOutcome, render_spec
+from worker.process.runner import RenderOutcome, render_spec
 
 ABLATIONS = {"full (RGB + one-pass mask)": "", "RGB alone (no index pass, no masks)": "no-mask",
              "no persistent data (re-sync every frame)": "no-persistent"}
@@ -53,7 +53,7 @@ def render_bench(spec: VideoSpec, scratch: str | Path, env: dict | None = None,
                  pool=None) -> RenderOutcome:
     """Render ``spec`` with the procedural pack as a worker would, keeping the output in
     ``scratch``; the gate is only recorded (a resample would be the preset's full video).
-    ``pool`` (a ``worker.pool.RenderPool``): in its long-lived process; else a fresh one."""
+    ``pool`` (a ``worker.process.pool.RenderPool``): in its long-lived process; else a fresh one."""
     return render_spec(spec, *default_pack(), scratch, env=env, resample=False, pool=pool)
 
 

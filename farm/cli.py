@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from farm.assets import AssetError, AssetLibrary, read_denylist
-from farm.config import ConfigError
-from farm.presets import Preset, apply_preset, load_preset
-from farm.spec import SpecError, VideoSpec, load_spec, save_spec
-from farm.storage import LocalStorage, StorageError, upload_video
-from farm.synth_assets import default_pack
+from farm.assets.library import AssetError, AssetLibrary, read_denylist
+from farm.assets.procedural import default_pack
+from farm.io.storage import LocalStorage, StorageError, upload_video
+from farm.model.presets import Preset, apply_preset, load_preset
+from farm.model.spec import SpecError, VideoSpec, load_spec, save_spec
+from farm.settings import ConfigError
 
 DEFAULT_SEED = int(os.environ.get("FARM_SEED", "2021"))
 
@@ -39,7 +39,7 @@ def open_library(args: argparse.Namespace) -> AssetLibrary:
 
 
 def cmd_assets_synth(args: argparse.Namespace) -> int:
-    from farm.synth_assets import synthesize
+    from farm.assets.procedural import synthesize
 
     models, textures = synthesize(args.out, seed=args.seed)
     lib = AssetLibrary.open(models, textures)
@@ -49,7 +49,7 @@ def cmd_assets_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_assets_check(args: argparse.Namespace) -> int:
-    from farm.asset_check import check_library, write_denylist
+    from farm.assets.check import check_library, write_denylist
 
     lib = AssetLibrary.open(*asset_roots(args))
     total = len(lib.models) + len(lib.textures) + len(lib.skyboxes)
@@ -68,7 +68,7 @@ def cmd_assets_check(args: argparse.Namespace) -> int:
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
-    from farm.specgen import write_many
+    from farm.generate.specgen import write_many
 
     lib, preset = open_library(args), load_preset(args.preset)
     out = Path(args.out)
@@ -91,8 +91,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Motion and scene figures of generated specs beside the original generator's."""
     import json
 
-    from farm.distributions import compare, figures
-    from farm.sampling import generate_spec
+    from farm.generate.distributions import compare, figures
+    from farm.generate.sampling import generate_spec
 
     lib, preset = open_library(args), load_preset(args.preset)
     specs = (generate_spec(lib, preset, args.segment, i, args.seed)
@@ -118,7 +118,7 @@ def _fmt(value: object) -> str:
 
 
 def cmd_import_original(args: argparse.Namespace) -> int:
-    from farm.original import find_configs, import_file
+    from farm.assets.original import find_configs, import_file
 
     lib = AssetLibrary.open(args.models, args.textures)
     preset = load_preset(args.preset)
@@ -150,8 +150,8 @@ def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path
     Returns the manifests of the videos written (in the order of ``specs``) and the messages of
     those that failed the quality gate (not written).
     """
-    from worker.pool import RenderPool, render_design, renders_per_device
-    from worker.runner import GateFailed, render_spec
+    from worker.process.pool import RenderPool, render_design, renders_per_device
+    from worker.process.runner import GateFailed, render_spec
 
     storage = LocalStorage(out)
     scratch = out / ".scratch"
@@ -229,7 +229,7 @@ def _report_gate_failures(failed: list[str]) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Contact sheets and animated overlays of rendered videos (local folder or S3 segment)."""
-    from farm.preview import list_videos, open_source, write_preview
+    from farm.view.preview import list_videos, open_source, write_preview
 
     src = open_source(args.source)
     videos = args.videos or list_videos(src)
@@ -248,7 +248,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def demo_previews(out: Path, videos: list[str]) -> None:
-    from farm.preview import open_source, write_preview
+    from farm.view.preview import open_source, write_preview
 
     src = open_source(str(out))
     print("previews (contact sheet, animated overlay):")
@@ -258,7 +258,7 @@ def demo_previews(out: Path, videos: list[str]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from farm.sampling import generate_spec
+    from farm.generate.sampling import generate_spec
 
     out = Path(args.out).resolve()
     print("building the procedural asset pack (once)...")
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from worker.runner import RenderError
+        from worker.process.runner import RenderError
 
         if isinstance(exc, RenderError):
             print(f"error: {exc}", file=sys.stderr)

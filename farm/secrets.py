@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-# Secrets the farm's programs read (farm/config.py, Flower).
+# Secrets the farm's programs read (farm/settings.py, Flower).
 SECRETS = ("REDIS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "FLOWER_BASIC_AUTH")
 
 # The files docker-compose.yml's top-level ``secrets:`` names, and how ``init`` fills them.

@@ -29,8 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm.state import FarmState, connect
-from farm.storage import S3Storage
+from farm.io.storage import S3Storage
+from farm.queue.state import FarmState, connect
 from scheduler.faults import HttpFaultProxy
 from scheduler.local import (
     ROOT,
@@ -103,7 +103,7 @@ class RenderMonitor(threading.Thread):
                     args = (proc / "cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if b"worker.render_main" in args and b"--spec" in args and _running(proc):
+                if b"worker.process.main" in args and b"--spec" in args and _running(proc):
                     spec = Path(args[args.index(b"--spec") + 1].decode())
                     if spec.is_relative_to(self.root):
                         live[spec.parent.name.removesuffix(".staging")] += 1
@@ -131,7 +131,7 @@ def _rendering_worker(workers: dict[str, subprocess.Popen]) -> str | None:
             continue
         for child in Path("/proc").iterdir():
             try:
-                if b"worker.render_main" in (child / "cmdline").read_bytes() and \
+                if b"worker.process.main" in (child / "cmdline").read_bytes() and \
                         os.getpgid(int(child.name)) == proc.pid:
                     return name
             except (OSError, ValueError):
@@ -380,7 +380,7 @@ def _resent(log_file: Path) -> int:
 
 def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor,
            env: dict) -> None:
-    from farm.sampling import video_id
+    from farm.generate.sampling import video_id
     from scheduler.cli import check_videos
 
     base = str(SEGMENT)

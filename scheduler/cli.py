@@ -1,6 +1,6 @@
 """``python -m scheduler``: enqueue segments, watch progress, retry failures, finalize.
 
-Configuration comes from the environment (see farm/config.py): FARM_REDIS_URL, REDIS_PASSWORD,
+Configuration comes from the environment (see farm/settings.py): FARM_REDIS_URL, REDIS_PASSWORD,
 FARM_STORAGE_URL, FARM_S3_ENDPOINT, AWS credentials, FARM_MODELS/FARM_TEXTURES, FARM_SEED.
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
-from farm import metrics
-from farm.assets import AssetError, read_denylist
-from farm.config import ConfigError, Settings, load_settings, segment_base
-from farm.outputs import FOLDERS as OUTPUT_FOLDERS
-from farm.presets import load_preset
-from farm.spec import DEFAULT_OUTPUTS, OUTPUTS, SpecError, VideoSpec, load_spec
-from farm.state import STATES, BrokerUnavailable, FarmState, connect
-from farm.storage import StorageError, join, remove_frames, verify_video
+from farm.assets.library import AssetError, read_denylist
+from farm.io.outputs import FOLDERS as OUTPUT_FOLDERS
+from farm.io.storage import StorageError, join, remove_frames, verify_video
+from farm.model.presets import load_preset
+from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, SpecError, VideoSpec, load_spec
+from farm.queue import metrics
+from farm.queue.state import STATES, BrokerUnavailable, FarmState, connect
+from farm.settings import ConfigError, Settings, load_settings, segment_base
 
 BATCH = 500
 # Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
@@ -143,7 +143,7 @@ def load_spec_files(paths: list[str]) -> list[VideoSpec]:
 
 
 def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
-    from farm.specgen import generate_many
+    from farm.generate.specgen import generate_many
 
     t0 = time.perf_counter()
     if args.specs:
@@ -275,7 +275,7 @@ def cmd_failed(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
     """Re-enqueue failed videos; a generated video that failed the quality gate gets fresh
     attempts (numbered after its last one), any other the same spec."""
-    from farm.sampling import generate_spec
+    from farm.generate.sampling import generate_spec
 
     segments = [args.segment] if args.segment is not None else ctx.state.segments()
     specs, fresh = [], 0
@@ -519,7 +519,7 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
-    from farm.calibration import CalibrationError
+    from scheduler.calibration import CalibrationError
     from scheduler.plan import run
 
     try:

@@ -2,7 +2,7 @@
 
 Gauges come from the farm state itself (videos by state per segment, segment start times, GPU and
 video leases); counters and histograms are the ones workers and the scheduler keep in Redis
-(``farm/metrics.py``, which explains why they live there rather than in each worker process).
+(``farm/queue/metrics.py``, which explains why they live there rather than in each worker process).
 One exporter serves the whole farm, however many worker hosts it has; it holds no state, so it can
 be restarted or run twice.
 """
@@ -22,8 +22,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from farm import metrics
-from farm.state import PREFIX, STATES, BrokerUnavailable, connect
+from farm.queue import metrics
+from farm.queue.state import PREFIX, STATES, BrokerUnavailable, connect
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9808

@@ -1,7 +1,7 @@
 """``python -m scheduler plan``: wall time, GPU-hours, bucket size and cost of a segment, before
 renting the GPUs.
 
-Computed from measured figures (farm/calibration.py): a video of n frames renders in
+Computed from measured figures (scheduler/calibration.py): a video of n frames renders in
 ``n * s_per_frame + overhead_s`` seconds on one worker; ``--gpus`` workers (one per GPU) take the
 videos in turn, so the wall time is ``ceil(videos / gpus)`` videos one after another. Storage is
 ``videos * (frames * bytes_per_frame + bytes_per_video)``. Not included: renders that the
@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 
-from farm.calibration import CalibrationError, default_paths, load_all, select
-from farm.presets import load_preset
+from farm.model.presets import load_preset
+from scheduler.calibration import CalibrationError, default_paths, load_all, select
 
 
 def plan(entry: dict, videos: int, frames: int, gpus: int, price_per_gpu_hour: float | None = None,

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.camera import look_at_rotation, project
-from farm.spec import SpecError, VideoSpec, eval_poly, parse_spec_text
-from farm.state import PREFIX, STATES, FarmState, unpack_spec
-from farm.storage import Storage, StorageError, join
+from farm.io.storage import Storage, StorageError, join
+from farm.model.camera import look_at_rotation, project
+from farm.model.spec import SpecError, VideoSpec, eval_poly, parse_spec_text
+from farm.queue.state import PREFIX, STATES, FarmState, unpack_spec
 
 QUANTILES = {"p5": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
 THUMBNAILS = 24
@@ -45,7 +45,7 @@ DEFINITIONS = {
     "overlapped_by_nearer_share": "share of visible object-frames whose mask box intersects the "
                                   "mask box of another object whose centre is nearer the camera",
     "speed_world_per_frame": "per object: mean distance its centre moves per rendered frame "
-                             "(scene units; farm/distributions.py's object speed at 160 frames)",
+                             "(scene units; farm/generate/distributions.py's object speed at 160 frames)",
     "speed_image_per_frame": "per object and pair of consecutive frames where it is visible: "
                              "displacement of its mask box centre / image width",
     "s_per_frame": "Cycles time per frame after the first (steady state), from the manifests",
@@ -54,7 +54,7 @@ DEFINITIONS = {
                   "encoding, quality-gate attempts) = wall_s - sum of frame render times",
 }
 
-# Failure reasons, first match wins (messages from worker/tasks.py and worker/runner.py).
+# Failure reasons, first match wins (messages from worker/tasks.py and worker/process/runner.py).
 REASONS = [
     ("quality gate", r"failed the quality gate"),
     ("spec differs from the scheduler's", r"differs from the scheduler's"),
@@ -191,7 +191,7 @@ def gather(state: FarmState, storage: Storage, base: str, segment: int,
     figures["render"] = render_figures(per_video)
     figures["dataset"] = dataset_figures(per_video)
 
-    from farm.preview import Source, thumbnail
+    from farm.view.preview import Source, thumbnail
 
     src = Source(storage, base, storage.describe())
 

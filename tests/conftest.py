@@ -25,7 +25,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pack(tmp_path_factory) -> Pack:
-    from farm.synth_assets import synthesize
+    from farm.assets.procedural import synthesize
 
     models, textures = synthesize(tmp_path_factory.mktemp("pack"), seed=0)
     return Pack(models, textures)
@@ -33,21 +33,21 @@ def pack(tmp_path_factory) -> Pack:
 
 @pytest.fixture(scope="session")
 def library(pack):
-    from farm.assets import AssetLibrary
+    from farm.assets.library import AssetLibrary
 
     return AssetLibrary.open(pack.models, pack.textures)
 
 
 @pytest.fixture(scope="session")
 def tiny():
-    from farm.presets import load_preset
+    from farm.model.presets import load_preset
 
     return load_preset("tiny")
 
 
 @pytest.fixture(scope="session")
 def bl30k():
-    from farm.presets import load_preset
+    from farm.model.presets import load_preset
 
     return load_preset("bl30k")
 

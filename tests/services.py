@@ -69,7 +69,7 @@ class Farm:
 
     def state(self):
         """The farm's Redis bookkeeping, as the workers see it."""
-        from farm.state import FarmState, connect
+        from farm.queue.state import FarmState, connect
 
         return FarmState(connect(self.env["FARM_REDIS_URL"].replace(
             "redis://", f"redis://:{self.env['REDIS_PASSWORD']}@")))
@@ -91,6 +91,6 @@ def render_processes(marker: str) -> list[Path]:
             cmd = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"worker.render_main" in cmd and marker.encode() in cmd:
+        if b"worker.process.main" in cmd and marker.encode() in cmd:
             found.append(proc)
     return found

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.synth_assets import normalize, sphere, write_obj
+from farm.assets.procedural import normalize, sphere, write_obj
 
 
 def speck_models(models: Path, taxonomy_from: Path) -> Path:

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from farm.assets import AssetError, AssetLibrary, resolve_under
+from farm.assets.library import AssetError, AssetLibrary, resolve_under
 
 
 def test_pack_has_shapenet_layout_and_variety(pack, library):

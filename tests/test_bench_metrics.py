@@ -40,8 +40,8 @@ def test_presets_are_the_settings_the_quality_study_measured():
     from dataclasses import replace
 
     from bench.quality import CANDIDATES, DEFAULT, FAST, SEED
-    from farm.presets import load_preset
-    from farm.spec import RenderSettings
+    from farm.model.presets import load_preset
+    from farm.model.spec import RenderSettings
 
     for preset, name in (("bl30k", DEFAULT), ("fast", FAST), ("seed", SEED)):
         measured = RenderSettings(**CANDIDATES[name])

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from farm.assets import AssetLibrary
-from farm.spec import load_spec
+from farm.assets.library import AssetLibrary
+from farm.model.spec import load_spec
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -59,9 +59,9 @@ def test_render_command_with_preset(pack, tmp_path):
 def test_render_exits_non_zero_for_a_gate_failure_and_keeps_it_only_when_asked(pack, tmp_path):
     from speck import speck_models
 
-    from farm.presets import load_preset
-    from farm.sampling import generate_spec
-    from farm.spec import save_spec
+    from farm.generate.sampling import generate_spec
+    from farm.model.presets import load_preset
+    from farm.model.spec import save_spec
 
     models = speck_models(tmp_path / "models", pack.models)
     spec = generate_spec(AssetLibrary.open(models, pack.textures), load_preset("tiny"), 0, 1, 5)

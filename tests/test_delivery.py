@@ -66,15 +66,15 @@ def test_explicit_priority_is_served_before_the_default(farm):
     farm.wait_for(11, done=3, timeout=180)
     farm.wait_for(12, done=1, timeout=30)
 
-    state = farm.state()
+    state = farm.queue.state()
     started = {v: float(state.video(v)["started_at"])
                for v in ("l00000", "l00001", "l00002", "m00000")}
     assert min(started, key=started.get) == "m00000", started
 
 
 def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch):
-    from farm.sampling import generate_spec
-    from worker.runner import render_spec
+    from farm.generate.sampling import generate_spec
+    from worker.process.runner import render_spec
 
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "REDIS_PASSWORD": "pw",
                "FARM_REDIS_URL": "redis://:pw@127.0.0.1:1/0", "FARM_STORAGE_URL": "s3://b"}
@@ -106,14 +106,14 @@ def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch
 
 def test_render_process_dies_with_its_worker(library, tiny, tmp_path):
     """A hard kill of the worker (SIGKILL) must not leave Blender rendering, orphaned."""
-    from farm.sampling import generate_spec
-    from farm.spec import save_spec
-    from worker.runner import render_spec  # noqa: F401 - the child imports it
+    from farm.generate.sampling import generate_spec
+    from farm.model.spec import save_spec
+    from worker.process.runner import render_spec  # noqa: F401 - the child imports it
 
     spec = generate_spec(library, tiny, 0, 3, 2021)
     save_spec(spec, tmp_path / "spec.yaml")
-    code = ("import sys; from pathlib import Path; from farm.spec import load_spec;"
-            "from worker.runner import render_spec;"
+    code = ("import sys; from pathlib import Path; from farm.model.spec import load_spec;"
+            "from worker.process.runner import render_spec;"
             f"render_spec(load_spec({str(tmp_path / 'spec.yaml')!r}), {str(library.models_root)!r},"
             f" {str(library.textures_root)!r}, Path({str(tmp_path / 'scratch')!r}),"
             " progress=lambda d, t: __import__('time').sleep(30))")
@@ -135,9 +135,9 @@ def test_enqueue_refuses_a_spec_whose_limit_outlasts_the_visibility_timeout(farm
                                                                             tmp_path):
     from dataclasses import replace
 
-    from farm.presets import load_preset
-    from farm.sampling import generate_spec
-    from farm.spec import save_spec
+    from farm.generate.sampling import generate_spec
+    from farm.model.presets import load_preset
+    from farm.model.spec import save_spec
 
     spec = replace(generate_spec(library, load_preset("bl30k"), 13, 0, 2021), frames=1000,
                    source="imported")
@@ -190,7 +190,7 @@ def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     from scheduler.local import start_reconciler
 
-    state = farm.state()
+    state = farm.queue.state()
     farm.cli("enqueue", "--segment", "16", "--count", "2", "--preset", "tiny")
     removed = 0
     for key in [k for k in state.r.scan_iter("render*") if state.r.type(k) == "list"]:
@@ -219,14 +219,14 @@ def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, li
     no marker and leave B's state alone; the bucket holds exactly B's frames."""
     from dataclasses import replace
 
-    from farm.presets import load_preset
-    from farm.sampling import generate_spec
-    from farm.spec import save_spec
+    from farm.generate.sampling import generate_spec
+    from farm.model.presets import load_preset
+    from farm.model.spec import save_spec
 
     spec = replace(generate_spec(library, load_preset("tiny"), 17, 0, 2021), frames=150,
                    source="imported", keep_gate_failures=True)
     save_spec(spec, tmp_path / "specs" / f"{spec.id}.yaml")
-    state = farm.state()
+    state = farm.queue.state()
     ttl = {"FARM_LEASE_TTL": "3"}
     a = start_own_group(farm, "wa", **ttl)
     farm.cli("enqueue", "--specs", str(tmp_path / "specs"))

@@ -1,17 +1,17 @@
 """The generator against the original BL30K generator's measured distributions.
 
 Reference figures: 1000 configs written by the original ``generate_yaml.py`` (see
-``farm.distributions.ORIGINAL`` for every figure's exact definition). Tolerances are stated per
-figure in ``farm.distributions.CHECKS`` (6 % of the original's 5-95 % spread for motion quantiles).
+``farm.generate.distributions.ORIGINAL`` for every figure's exact definition). Tolerances are stated per
+figure in ``farm.generate.distributions.CHECKS`` (6 % of the original's 5-95 % spread for motion quantiles).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from farm.distributions import CHECKS, ORIGINAL, compare, figures
-from farm.presets import load_preset
-from farm.sampling import _step_towards, generate_spec
+from farm.generate.distributions import CHECKS, ORIGINAL, compare, figures
+from farm.generate.sampling import _step_towards, generate_spec
+from farm.model.presets import load_preset
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import requests
 
-from farm.assets import AssetLibrary
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.state import FarmState, connect
+from farm.assets.library import AssetLibrary
+from farm.generate.sampling import generate_spec
+from farm.model.presets import load_preset
+from farm.queue.state import FarmState, connect
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
 
@@ -64,7 +64,7 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         # re-enqueueing finished videos is a no-op: nothing sent, nothing rendered again
         out = farm.cli("enqueue", "--segment", "0", "--count", "3", "--preset", "tiny").stdout
         assert "enqueued 0 videos" in out and "skipped 3 already done" in out
-        state = farm.state()
+        state = farm.queue.state()
         assert state.r.llen("render") == 0
 
         out = farm.cli("finalize", "--segment", "0").stdout
@@ -105,8 +105,8 @@ def test_movi_like_video_through_the_farm(farm, tmp_path):
     """A video with every extra output (tiny-movi: movi-like's outputs at test size): rendered by
     a worker, every output folder uploaded, finalize checks them and lists them in meta.json, and
     the loader reads the bucket's copy."""
-    from farm import outputs as fo
-    from farm.spec import OUTPUTS
+    from farm.io import outputs as fo
+    from farm.model.spec import OUTPUTS
 
     farm.start_worker("w1")
     farm.cli("enqueue", "--segment", "3", "--count", "1", "--preset", "tiny-movi")
@@ -158,7 +158,7 @@ def test_transient_storage_error_then_success(farm):
     log = farm.log("w1")
     # Without the completion marker check the video is deferred, never rendered blind.
     assert "cannot check the completion marker" in log and "deferring" in log
-    state = farm.state()
+    state = farm.queue.state()
     assert state.video("b00000")["uploads"] == "1"
 
 
@@ -221,7 +221,7 @@ def test_imported_gate_failure_ships_only_with_the_flag_and_meta_json_says_so(fa
 
     from speck import speck_models
 
-    from farm.spec import save_spec
+    from farm.model.spec import save_spec
 
     models = speck_models(tmp_path / "speck", pack.models)
     env = {"FARM_MODELS": str(models)}
@@ -260,7 +260,7 @@ def test_worker_with_a_different_asset_library_refuses_the_spec(farm, pack, tmp_
 
 def test_a_leased_video_is_not_rendered_twice(farm):
     """A redelivered copy defers while a live worker holds the video's lease."""
-    state = farm.state()
+    state = farm.queue.state()
     assert state.acquire("video:d00000", "someone-else", ttl_s=600)
     farm.start_worker("w1")
     farm.cli("enqueue", "--segment", "3", "--count", "1", "--preset", "tiny")

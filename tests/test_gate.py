@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from speck import speck_models
 
-from farm.gate import geometric_gate, mask_gate
-from farm.presets import QualityGate
-from farm.sampling import generate_spec
-from worker.runner import GateFailed, render_spec, staging_dir
+from farm.generate.sampling import generate_spec
+from farm.model.gate import geometric_gate, mask_gate
+from farm.model.presets import QualityGate
+from worker.process.runner import GateFailed, render_spec, staging_dir
 
 GATE = QualityGate(min_first_frame_pixels_fraction=0.001, min_visible_frames_fraction=0.5,
                    max_attempts=3)
@@ -67,7 +67,7 @@ def test_mask_gate():
 
 @pytest.fixture
 def speck_library(pack, tmp_path):
-    from farm.assets import AssetLibrary
+    from farm.assets.library import AssetLibrary
 
     return AssetLibrary.open(speck_models(tmp_path / "models", pack.models), pack.textures)
 

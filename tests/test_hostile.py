@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.spec import SpecError, VideoSpec, parse_spec_text
+from farm.generate.sampling import generate_spec
+from farm.model.presets import load_preset
+from farm.model.spec import SpecError, VideoSpec, parse_spec_text
 from scheduler.cli import load_spec_files
 
 LEAVES = st.one_of(

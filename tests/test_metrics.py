@@ -17,8 +17,8 @@ import requests
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from farm import metrics
-from farm.state import FarmState, connect
+from farm.queue import metrics
+from farm.queue.state import FarmState, connect
 from scheduler.exporter import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def redis_url(redis_service) -> str:
 
 
 def test_exporter_values_after_two_done_videos(redis_url, library, tiny, monkeypatch):
-    from farm.sampling import generate_spec
+    from farm.generate.sampling import generate_spec
 
     monkeypatch.setenv("FARM_NODE_NAME", "node-a")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
@@ -65,7 +65,7 @@ def test_exporter_values_after_two_done_videos(redis_url, library, tiny, monkeyp
         outcome = SimpleNamespace(spec=spec, manifest={
             "device": "OPTIX: NVIDIA H200", "timings": {"render_s": [0.2, 0.3, 7.0]}})
         metrics.record_video(state.r, "w1@host", outcome, {"bytes": 1000, "upload_s": 0.4})
-    from worker.runner import GateFailed, RenderCrash
+    from worker.process.runner import GateFailed, RenderCrash
 
     metrics.record_failure(state.r, GateFailed("a00002: failed the quality gate"), True, "w1@host")
     metrics.record_failure(state.r, RenderCrash("killed: exceeded the 60 s time limit"), False,
@@ -112,11 +112,11 @@ def test_exporter_values_after_two_done_videos(redis_url, library, tiny, monkeyp
 def test_failure_reasons_are_a_bounded_set():
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from farm.assets import AssetError
-    from farm.spec import SpecError
-    from farm.state import BrokerUnavailable
-    from farm.storage import StorageError
-    from worker.runner import GateFailed, PermanentRenderError, RenderCrash, ScratchFull
+    from farm.assets.library import AssetError
+    from farm.io.storage import StorageError
+    from farm.model.spec import SpecError
+    from farm.queue.state import BrokerUnavailable
+    from worker.process.runner import GateFailed, PermanentRenderError, RenderCrash, ScratchFull
 
     cases = {
         GateFailed("x"): "gate", AssetError("no faces"): "asset", SpecError("f", "bad"): "spec",
@@ -202,9 +202,9 @@ def wait_until(condition, timeout: float, message) -> None:
 @pytest.mark.services
 @pytest.mark.render
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(farm, pack, tiny, tmp_path):
-    from farm.assets import AssetLibrary
-    from farm.sampling import generate_spec
-    from farm.spec import save_spec
+    from farm.assets.library import AssetLibrary
+    from farm.generate.sampling import generate_spec
+    from farm.model.spec import save_spec
     from scheduler import monitoring
     from scheduler.local import free_port, start_flower, stop
 

@@ -20,16 +20,16 @@ import pytest
 import requests
 from services import ROOT, render_processes
 
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.spec import save_spec
-from farm.state import FarmState
+from farm.generate.sampling import generate_spec
+from farm.model.presets import load_preset
+from farm.model.spec import save_spec
+from farm.queue.state import FarmState
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
 
 
 def farm_state(farm) -> FarmState:
-    return farm.state()
+    return farm.queue.state()
 
 
 def wait_log(farm, name: str, text: str, timeout: float = 60) -> None:

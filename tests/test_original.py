@@ -10,9 +10,9 @@ import pytest
 import yaml
 from conftest import ORIGINAL_YAML
 
-from farm.assets import AssetLibrary
-from farm.original import import_file
-from farm.spec import SpecError, load_spec
+from farm.assets.library import AssetLibrary
+from farm.assets.original import import_file
+from farm.model.spec import SpecError, load_spec
 
 
 def _original(path):

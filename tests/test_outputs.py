@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import outputs as fo
-from farm.camera import look_at_rotation, project
-from farm.codecs import (
+from farm.generate.sampling import generate_spec
+from farm.io import outputs as fo
+from farm.io.codecs import (
     CodecError,
     read_exr,
     read_flo,
@@ -21,10 +21,10 @@ from farm.codecs import (
     write_flo,
     write_png16,
 )
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.spec import OUTPUTS, SpecError, VideoSpec, parse_spec_text
-from farm.storage import FrameStreamer, LocalStorage, remove_frames, upload_video
+from farm.io.storage import FrameStreamer, LocalStorage, remove_frames, upload_video
+from farm.model.camera import look_at_rotation, project
+from farm.model.presets import load_preset
+from farm.model.spec import OUTPUTS, SpecError, VideoSpec, parse_spec_text
 
 ALL = list(OUTPUTS)
 
@@ -204,7 +204,7 @@ def test_normals_in_the_opencv_camera_frame():
 
 
 def test_intrinsics_and_extrinsics_agree_with_the_pinhole_math():
-    """K and world_to_camera project like farm.camera.project (which matches Blender's render,
+    """K and world_to_camera project like farm.model.camera.project (which matches Blender's render,
     tests/test_render.py), shifted by half a pixel to OpenCV's pixel centres."""
     rng = np.random.default_rng(5)
     for _ in range(10):
@@ -238,7 +238,7 @@ def fake_video(root: Path, settings, frames: int = 3, k: int = 2, size=(24, 32))
         ids[4:10, 5:12], ids[8:14, 10:20] = 1, 2
         amodal = {1: np.where(np.pad(np.ones((6, 9)), ((4, 14), (5, 18))) > 0, 1, 0),
                   2: np.where(ids == 2, 2, 0)}
-        from farm.masks import object_stats, save_mask
+        from farm.io.masks import object_stats, save_mask
 
         for folder, ext in (("JPEGImages", ".jpg"), ("Annotations", ".png")):
             (root / folder / video).mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Scene: sphere 1 static at (0, 2, 0); sphere 2 in front of it, moving by (0.5, 0, 0.25) per frame
 and partly hiding sphere 1; the camera moves too. The truth comes from the spec's polynomials and
-the pinhole math of farm.camera (checked against Blender in tests/test_render.py).
+the pinhole math of farm.model.camera (checked against Blender in tests/test_render.py).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import outputs as fo
-from farm.camera import look_at_rotation
-from farm.presets import load_preset
-from farm.spec import OUTPUTS, BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, eval_poly
-from farm.synth_assets import normalize, sphere, write_obj
-from worker.runner import render_spec
+from farm.assets.procedural import normalize, sphere, write_obj
+from farm.io import outputs as fo
+from farm.model.camera import look_at_rotation
+from farm.model.presets import load_preset
+from farm.model.spec import OUTPUTS, BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, eval_poly
+from worker.process.runner import render_spec
 
 pytestmark = pytest.mark.render
 
@@ -250,7 +250,7 @@ def test_exr_depth_and_flo_flow_hold_the_same_values(rendered, sphere_models, pa
 def test_movi_like_video_renders_locally_with_every_output(library, tmp_path):
     """``farm render --preset tiny-movi`` (the movi-like outputs at test size) on a generated
     spec: every folder complete, the loader reads it back, the outputs agree with each other."""
-    from farm.sampling import generate_spec
+    from farm.generate.sampling import generate_spec
 
     spec = generate_spec(library, load_preset("tiny"), 0, 3, 2021)
     path = tmp_path / "spec.yaml"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.calibration import DEFAULT_FILE, load
+from scheduler.calibration import DEFAULT_FILE, load
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.asset_check import Problem, check_library, check_obj, write_denylist
-from farm.assets import AssetLibrary, read_denylist
-from farm.presets import load_preset
-from farm.sampling import generate_spec
-from farm.synth_assets import synthesize
+from farm.assets.check import Problem, check_library, check_obj, write_denylist
+from farm.assets.library import AssetLibrary, read_denylist
+from farm.assets.procedural import synthesize
+from farm.generate.sampling import generate_spec
+from farm.model.presets import load_preset
 from scheduler.chaos import run_chaos
 
 pytestmark = [pytest.mark.services, pytest.mark.render]

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.camera import focal_pixels, look_at_rotation, project
+from farm.assets.procedural import normalize, sphere, write_obj
 from farm.cli import render_specs
-from farm.masks import PALETTE
-from farm.presets import apply_preset
-from farm.sampling import generate_spec
-from farm.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, load_spec
-from farm.synth_assets import normalize, sphere, write_obj
-from worker.runner import PermanentRenderError, render_spec
+from farm.generate.sampling import generate_spec
+from farm.io.masks import PALETTE
+from farm.model.camera import focal_pixels, look_at_rotation, project
+from farm.model.presets import apply_preset
+from farm.model.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, load_spec
+from worker.process.runner import PermanentRenderError, render_spec
 
 pytestmark = pytest.mark.render
 
@@ -96,7 +96,7 @@ def sphere_pack(pack, tmp_path_factory):
 
 
 def test_mask_agrees_with_projected_geometry(sphere_pack, pack, tiny, tmp_path):
-    """Spheres: mask centroid and area match the pinhole projection of farm.camera."""
+    """Spheres: mask centroid and area match the pinhole projection of farm.model.camera."""
     radius = 0.5 / np.sqrt(3)  # unit-diagonal bounding box of a sphere
     centers = [[-0.8, 2.0, 0.3], [0.9, 0.5, -0.4]]
     scales = [2.0, 1.5]
@@ -129,7 +129,7 @@ def test_mask_agrees_with_projected_geometry(sphere_pack, pack, tiny, tmp_path):
 
 
 def test_camera_math_matches_blender():
-    from worker.scene import camera_rotation_matrix
+    from worker.render.scene import camera_rotation_matrix
 
     rng = np.random.default_rng(0)
     for _ in range(20):

@@ -1,4 +1,4 @@
-"""Long-lived render processes (worker.pool, worker.render_server): same output as a fresh
+"""Long-lived render processes (worker.process.pool, worker.process.server): same output as a fresh
 process per video, and a crash, a kill or a leak costs one video only."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.sampling import generate_spec
-from worker.pool import RenderPool
-from worker.runner import PermanentRenderError, RenderCrash, render_spec
+from farm.generate.sampling import generate_spec
+from worker.process.pool import RenderPool
+from worker.process.runner import PermanentRenderError, RenderCrash, render_spec
 
 pytestmark = pytest.mark.render
 
@@ -154,7 +154,7 @@ def test_memory_cap_kills_the_video_not_the_next(library, pack, tiny, tmp_path, 
 
 def test_the_busy_process_names_its_video(library, tiny, tmp_path):
     """While it renders, a server's command line is the one-shot render of that spec (what the
-    chaos run's monitor and `pgrep -f worker.render_main` look for); idle, it is not."""
+    chaos run's monitor and `pgrep -f worker.process.main` look for); idle, it is not."""
     spec = replace(generate_spec(library, tiny, 0, 19, 2021), frames=12)
     seen: list[list[bytes]] = []
 
@@ -170,11 +170,11 @@ def test_the_busy_process_names_its_video(library, tiny, tmp_path):
                           pool=pool, progress=progress)
         time.sleep(0.2)
         after = Path(f"/proc/{pid}/cmdline").read_bytes()
-    assert b"worker.render_main" not in idle and b"idle" in idle
+    assert b"worker.process.main" not in idle and b"idle" in idle
     args = seen[0]
-    assert b"worker.render_main" in args
+    assert b"worker.process.main" in args
     assert Path(args[args.index(b"--spec") + 1].decode()) == out.staging / "spec.yaml"
-    assert b"worker.render_main" not in after and b"1 videos" in after
+    assert b"worker.process.main" not in after and b"1 videos" in after
 
 
 def test_server_protocol_reports_boot(tmp_path):

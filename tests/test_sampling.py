@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from farm.deintersect import min_path_distances
-from farm.sampling import SLOTS_PER_VIDEO, generate_spec, video_id
-from farm.spec import eval_poly
+from farm.generate.deintersect import min_path_distances
+from farm.generate.sampling import SLOTS_PER_VIDEO, generate_spec, video_id
+from farm.model.spec import eval_poly
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def test_same_inputs_give_byte_identical_spec_in_any_order(library, bl30k):
 
 def test_spec_is_identical_in_another_process(pack, library, bl30k):
     code = (
-        "import sys; from farm.assets import AssetLibrary; from farm.presets import load_preset;"
-        "from farm.sampling import generate_spec;"
+        "import sys; from farm.assets.library import AssetLibrary;"
+        "from farm.model.presets import load_preset;"
+        "from farm.generate.sampling import generate_spec;"
         f"lib = AssetLibrary.open({str(pack.models)!r}, {str(pack.textures)!r});"
         "sys.stdout.write(generate_spec(lib, load_preset('bl30k'), 2, 41, 5).to_yaml())"
     )
@@ -42,7 +43,7 @@ def test_spec_is_identical_in_another_process(pack, library, bl30k):
 
 
 def test_parallel_generation_matches_serial(library, bl30k):
-    from farm.specgen import generate_many
+    from farm.generate.specgen import generate_many
 
     indices = list(range(250))
     parallel = [s for chunk in generate_many(library, bl30k, 4, indices, 9, workers=2, chunk=50)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from farm.sampling import generate_spec
-from farm.spec import SpecError, VideoSpec, parse_spec_text
+from farm.generate.sampling import generate_spec
+from farm.model.spec import SpecError, VideoSpec, parse_spec_text
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,11 @@ def test_specs_without_normalisation_fields_render_files_as_they_are(spec_dict):
 
 
 def test_fast_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
-    """Spec files come from libyaml's emitter fed with events (farm.spec.dump_yaml): the same
+    """Spec files come from libyaml's emitter fed with events (farm.model.spec.dump_yaml): the same
     text as yaml.safe_dump, for generated specs and for awkward values."""
     import yaml
 
-    from farm.spec import dump_yaml, load_yaml
+    from farm.model.spec import dump_yaml, load_yaml
 
     assert yaml.__with_libyaml__  # the C loader and emitter are what the speed path uses
     for preset in (bl30k, tiny):
@@ -110,7 +110,7 @@ def test_fast_yaml_loader_still_refuses_aliases(spec_dict):
     and still reads specs whose strings hold a '*'."""
     import yaml
 
-    from farm.spec import dump_yaml
+    from farm.model.spec import dump_yaml
 
     doc = copy.deepcopy(spec_dict)
     doc["objects"][0]["category"] = "star *x and &y"

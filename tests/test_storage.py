@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.storage import FrameStreamer, S3Storage, StorageError, upload_video, video_keys
+from farm.io.storage import FrameStreamer, S3Storage, StorageError, upload_video, video_keys
 
 pytestmark = pytest.mark.services
 _buckets = itertools.count()

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from thirdparty import DENIED, MODELS, build_tree
 
-import farm.assets as assets
-from farm.asset_check import check_library, check_obj
-from farm.assets import AssetError, AssetLibrary, LibraryDeclaration, read_declaration
+import farm.assets.library as assets
+from farm.assets.check import check_library, check_obj
+from farm.assets.library import AssetError, AssetLibrary, LibraryDeclaration, read_declaration
 from farm.cli import render_specs
-from farm.sampling import generate_spec
-from farm.spec import VideoSpec, load_spec
+from farm.generate.sampling import generate_spec
+from farm.model.spec import VideoSpec, load_spec
 
 VIDEOS = range(8)  # generated videos rendered from each tree (segment 0, seed 2021)
 
@@ -195,7 +195,7 @@ def test_assets_check_cli_reports_warnings_and_writes_errors(tree, pack, tmp_pat
 
 @pytest.mark.render
 def test_blender_imports_with_the_up_axis_and_normalises(tree):
-    from worker import scene
+    from worker.render import scene
 
     def imported(model: str, up_axis: str, normalize: bool) -> tuple[np.ndarray, int]:
         scene.reset()

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.assets import AssetLibrary
-from farm.masks import PALETTE
-from farm.presets import load_preset
-from farm.preview import read_layout, resize_ids, resize_rgb
-from farm.sampling import generate_spec
+from farm.assets.library import AssetLibrary
+from farm.generate.sampling import generate_spec
+from farm.io.masks import PALETTE
+from farm.model.presets import load_preset
+from farm.view.preview import read_layout, resize_ids, resize_rgb
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.render]

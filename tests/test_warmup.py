@@ -27,7 +27,7 @@ def test_kernel_caches_default_to_the_shared_folder(tmp_path, monkeypatch):
     assert (tmp_path / "kc" / "optix").is_dir() and (tmp_path / "kc" / "cuda").is_dir()
     # an operator's own setting wins; the render processes' allow-list lets all three through
     assert "CUDA_CACHE_PATH" not in kernel_cache_env({"CUDA_CACHE_PATH": "/elsewhere"})
-    from worker.runner import render_env
+    from worker.process.runner import render_env
 
     assert set(render_env({**env, "AWS_SECRET_ACCESS_KEY": "x"})) == set(env)
 

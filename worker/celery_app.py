@@ -12,9 +12,10 @@ import sys
 
 from celery import Celery, signals
 
-from farm.config import load_settings
-from farm.presets import available, load_preset
-from worker import compat, shutdown
+from farm.model.presets import available, load_preset
+from farm.queue import compat
+from farm.settings import load_settings
+from worker import shutdown
 
 compat.apply()
 
@@ -91,7 +92,7 @@ def _pin_gpu(sender=None, **_kwargs) -> None:
     Celery), and a lost lease stops the worker.
     """
     global _gpu_lease
-    from farm.state import FarmState, connect
+    from farm.queue.state import FarmState, connect
     from worker import gpu, scratch
 
     scratch.clear_health(getattr(sender, "hostname", None))
@@ -121,7 +122,7 @@ def _release_gpu(**_kwargs) -> None:
         _gpu_lease.release()
 
 
-# --- Render warm-up and long-lived render processes (worker/warmup.py, worker/pool.py) ---------
+# --- Render warm-up and long-lived render processes (worker/warmup.py, worker/process/pool.py) ---------
 # Videos at once per worker (= per GPU): FARM_RENDERS_PER_GPU (compose: 2), unless -c is given.
 app.conf.worker_concurrency = int(os.environ.get("FARM_RENDERS_PER_GPU") or 1)
 
@@ -146,14 +147,14 @@ def _warm_up_render(**_kwargs) -> None:
 
 @signals.worker_process_init.connect
 def _start_render_process(**_kwargs) -> None:
-    from worker.pool import start_worker_pool
+    from worker.process.pool import start_worker_pool
 
     start_worker_pool()
 
 
 @signals.worker_process_shutdown.connect
 def _stop_render_process(**_kwargs) -> None:
-    from worker.pool import stop_worker_pool
+    from worker.process.pool import stop_worker_pool
 
     stop_worker_pool()
 

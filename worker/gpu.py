@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from farm.state import PREFIX, BrokerUnavailable, FarmState
+from farm.queue.state import PREFIX, BrokerUnavailable, FarmState
 
 EXIT_NO_GPU = 69  # EX_UNAVAILABLE: no GPU could be claimed within FARM_GPU_CLAIM_TIMEOUT
 EXIT_GPU_LOST = 75  # EX_TEMPFAIL: the GPU lease was lost; restart and claim again

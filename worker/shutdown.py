@@ -11,7 +11,7 @@ worker and wait for the lease to expire).
 Instead, the main process keeps Celery's warm shutdown and, as it starts
 (``worker_shutting_down``), sends SIGTERM to the pool processes running a task. In a pool process
 SIGTERM raises ``HandBack`` in the render (the Blender child is killed on the way out, see
-``worker.runner``); the task then clears the video's running mark, releases its lease, publishes
+``worker.process.runner``); the task then clears the video's running mark, releases its lease, publishes
 the task again with the same id, arguments, priority and retry count, and returns, so Celery
 acknowledges the original and the warm shutdown completes within seconds. A task past its render
 (uploading) finishes normally; one not yet rendering hands back when it reaches the render.

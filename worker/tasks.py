@@ -13,9 +13,9 @@ import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from farm.config import segment_base
-from farm.state import FarmState, connect
-from farm.storage import join
+from farm.io.storage import join
+from farm.queue.state import FarmState, connect
+from farm.settings import segment_base
 from worker import scratch
 from worker.celery_app import TASK_NAME, app, settings
 from worker.delivery import (

@@ -61,7 +61,7 @@ KERNEL_KEYS = ("denoise", "denoise_prefilter", "denoise_quality", "adaptive")
 
 
 def kernel_cache_dir() -> Path:
-    from farm.assets import default_cache_dir
+    from farm.assets.library import default_cache_dir
 
     value = os.environ.get("FARM_KERNEL_CACHE", "").strip()
     return Path(value) if value else default_cache_dir() / "kernels"
@@ -95,7 +95,7 @@ def gpu_visible() -> bool:
 def kernel_settings(presets: list[str] | None = None) -> list[dict]:
     """One set of render settings per distinct kernel-relevant combination in ``presets``
     (default: every preset), cheapest first."""
-    from farm.presets import available, load_preset
+    from farm.model.presets import available, load_preset
 
     combos: dict[tuple, dict] = {}
     for name in presets or available():
@@ -112,10 +112,10 @@ def kernel_settings(presets: list[str] | None = None) -> list[dict]:
 
 def warmup_specs(devices: list[str], settings: list[dict], size: tuple[int, int] = (32, 24)):
     """Tiny one-frame videos of the procedural pack, one per device and setting."""
-    from farm.assets import AssetLibrary
-    from farm.presets import load_preset
-    from farm.sampling import generate_spec
-    from farm.synth_assets import default_pack
+    from farm.assets.library import AssetLibrary
+    from farm.assets.procedural import default_pack
+    from farm.generate.sampling import generate_spec
+    from farm.model.presets import load_preset
 
     base = generate_spec(AssetLibrary.open(*default_pack()), load_preset("tiny"), 0, 0, 2021)
     return [replace(base, frames=1, resolution=list(size),
@@ -147,10 +147,10 @@ def host_lock(enabled: bool = True) -> Iterator[float]:
 
 def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None = None,
             started: float | None = None) -> dict:
-    """Render the warm-up videos in ``pool`` (a ``worker.pool.RenderPool``); their timings, and
+    """Render the warm-up videos in ``pool`` (a ``worker.process.pool.RenderPool``); their timings, and
     the first frame's latency from ``started`` (perf_counter, default now)."""
-    from farm.synth_assets import default_pack
-    from worker.runner import render_spec
+    from farm.assets.procedural import default_pack
+    from worker.process.runner import render_spec
 
     devices = devices or ["AUTO"]
     settings = settings or kernel_settings()
@@ -189,7 +189,7 @@ _report: dict = {}
 def warm_up_worker() -> dict:
     """The worker's warm-up (Celery ``worker_init``, before the pool and the consumer start):
     render kernels compiled and cached, device checked; logged, kept for the health file."""
-    from worker.pool import RenderPool
+    from worker.process.pool import RenderPool
 
     mode = warmup_mode()
     if mode == "off":
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, message = check_health()
         print(message)
         return 0 if ok else 1
-    from worker.pool import RenderPool
+    from worker.process.pool import RenderPool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     devices = args.devices.split(",")

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from farm.camera import look_at_rotation, project
-from farm.spec import VideoSpec, eval_poly
+from farm.model.camera import look_at_rotation, project
+from farm.model.spec import VideoSpec, eval_poly
 
 N_FRAMES = 160
 RESOLUTION = (768, 512)

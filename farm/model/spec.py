@@ -34,7 +34,7 @@ DENOISE_PREFILTERS = ("NONE", "FAST", "ACCURATE")
 DENOISE_QUALITIES = ("HIGH", "BALANCED", "FAST")
 DEVICES = ("AUTO", "CPU", "GPU", "CUDA", "OPTIX")
 UP_AXES = ("Y", "Z")
-# Outputs a render can write (farm/outputs.py documents each); rgb and masks are always written.
+# Outputs a render can write (farm/io/outputs.py documents each); rgb and masks are always written.
 OUTPUTS = ("rgb", "masks", "depth", "flow", "normals", "camera", "amodal")
 DEFAULT_OUTPUTS = ("rgb", "masks")
 DEPTH_FORMATS = ("png16", "exr")
@@ -67,7 +67,7 @@ class RenderSettings:
     max_bounces: int = 12
     max_texture_size: int = 0  # 0 = keep textures at full resolution
     device: str = "AUTO"
-    # Extra outputs from the same render (farm/outputs.py); the defaults (RGB + masks, the BL30K
+    # Extra outputs from the same render (farm/io/outputs.py); the defaults (RGB + masks, the BL30K
     # outputs) are left out of the serialised spec, so specs and digests without extras are
     # unchanged.
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS

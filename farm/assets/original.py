@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from farm.assets import AssetError, AssetLibrary, resolve_under
-from farm.presets import Preset
-from farm.spec import (
+from farm.assets.library import AssetError, AssetLibrary, resolve_under
+from farm.model.presets import Preset
+from farm.model.spec import (
     BackgroundSpec,
     CameraSpec,
     LightSpec,

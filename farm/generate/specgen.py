@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from farm.assets import AssetLibrary
-from farm.presets import Preset
-from farm.sampling import generate_spec
-from farm.spec import VideoSpec, save_spec
+from farm.assets.library import AssetLibrary
+from farm.generate.sampling import generate_spec
+from farm.model.presets import Preset
+from farm.model.spec import VideoSpec, save_spec
 
 _state: dict = {}
 

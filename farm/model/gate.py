@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from farm.camera import focal_pixels, look_at_rotation, project
-from farm.presets import QualityGate
-from farm.spec import VideoSpec, eval_poly
+from farm.model.camera import focal_pixels, look_at_rotation, project
+from farm.model.presets import QualityGate
+from farm.model.spec import VideoSpec, eval_poly
 
 NEAR = 0.1
 MAX_CHECKED_FRAMES = 64  # the visibility fraction is estimated on at most this many frames

@@ -15,11 +15,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from farm.assets import AssetLibrary
-from farm.deintersect import min_path_distances
-from farm.gate import geometric_gate
-from farm.presets import Preset
-from farm.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec
+from farm.assets.library import AssetLibrary
+from farm.generate.deintersect import min_path_distances
+from farm.model.gate import geometric_gate
+from farm.model.presets import Preset
+from farm.model.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec
 
 DEGREE = 4
 CONTROL_T = np.arange(DEGREE + 1) / DEGREE

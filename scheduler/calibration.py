@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from farm.presets import CONFIG_DIR
+from farm.model.presets import CONFIG_DIR
 
 DEFAULT_FILE = CONFIG_DIR / "calibration.json"  # beside the presets (FARM_CONFIGS in images)
 FIELDS = ("s_per_frame", "overhead_s", "bytes_per_frame", "bytes_per_video")

@@ -2,7 +2,7 @@
 
 Pure numpy (no bpy): the layout, the encodings with their units and conventions, the per-frame
 statistics written to the manifest, and ``load_video_outputs``, which reads a rendered video back
-into numpy arrays. ``worker/outputs.py`` gets the raw passes out of Blender and calls this module.
+into numpy arrays. ``worker/render/outputs.py`` gets the raw passes out of Blender and calls this module.
 
 Conventions (all outputs of one frame come from the same Cycles render, except amodal masks):
 
@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from farm.codecs import read_exr, read_flo, read_png16, write_exr, write_flo, write_png16
-from farm.masks import save_mask
-from farm.spec import DEFAULT_OUTPUTS
+from farm.io.codecs import read_exr, read_flo, read_png16, write_exr, write_flo, write_png16
+from farm.io.masks import save_mask
+from farm.model.spec import DEFAULT_OUTPUTS
 
 FOLDERS = {"rgb": "JPEGImages", "masks": "Annotations", "depth": "Depth", "flow": "Flow",
            "normals": "Normals", "camera": "Camera", "amodal": "AmodalAnnotations"}

@@ -3,7 +3,7 @@
 Layout under a base prefix (``<prefix>/<segment>`` on the farm, the output folder locally):
 ``JPEGImages/<video>/00000.jpg``, ``Annotations/<video>/00000.png``, the extra outputs a spec asks
 for (``Depth/``, ``Flow/``, ``Normals/``, ``Camera/``, ``AmodalAnnotations/``, see
-farm/outputs.py), ``specs/<video>.yaml``, ``manifests/<video>.json`` and, written last, the
+farm/io/outputs.py), ``specs/<video>.yaml``, ``manifests/<video>.json`` and, written last, the
 completion marker ``done/<video>.json``, which lists the files each output folder must hold.
 A video counts as present only when its marker exists.
 """
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from farm.outputs import FOLDERS, folder_counts
+from farm.io.outputs import FOLDERS, folder_counts
 
 UPLOAD_THREADS = 16
 

@@ -2,7 +2,7 @@
 
 Depth, normals and optical flow come from the main view layer's Depth, Normal and Vector passes
 (the same Cycles render as the RGB and the mask): the compositor writes them as uncompressed
-float EXRs on scratch (``/dev/shm``), which are read back here and encoded by ``farm.outputs``.
+float EXRs on scratch (``/dev/shm``), which are read back here and encoded by ``farm.io.outputs``.
 Amodal masks come from one extra view layer per object holding only that object (the other
 objects and the background excluded), rendered with 1 sample and no denoising in the same
 ``render()`` call; the compositor writes each layer's object-index pass as an 8-bit PNG, like the
@@ -20,9 +20,9 @@ import bpy
 import numpy as np
 from PIL import Image
 
-from farm import outputs as fo
-from farm.codecs import read_exr
-from farm.spec import VideoSpec
+from farm.io import outputs as fo
+from farm.io.codecs import read_exr
+from farm.model.spec import VideoSpec
 
 BACKGROUND_COLLECTION = "farm_background"
 PASS_OUTPUT = {"depth": "depth", "normal": "normals", "vector": "flow"}

@@ -2,7 +2,7 @@
 
 Reads the DAVIS layout (``JPEGImages/<video>/00000.jpg``, ``Annotations/<video>/00000.png``,
 ``manifests/<video>.json``) from a local folder or an S3 segment (``s3://bucket/prefix/segment``,
-with the endpoint and credentials of the farm's settings, farm/config.py). Pillow only.
+with the endpoint and credentials of the farm's settings, farm/settings.py). Pillow only.
 
 - **Contact sheet** (``<video>_sheet.png``): every Nth frame as one row of two panels, the RGB frame
   and the same frame with the mask overlaid (each object in its DAVIS palette colour, blended, with
@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from farm.masks import PALETTE
-from farm.storage import LocalStorage, Storage, StorageError, join
+from farm.io.masks import PALETTE
+from farm.io.storage import LocalStorage, Storage, StorageError, join
 
 SHEET_CHUNK = "bl30k-preview"
 MIN_PANEL_W, MAX_PANEL_W = 192, 384  # panels are scaled into this width range
@@ -61,7 +61,7 @@ class Source:
 def open_source(location: str) -> Source:
     """A local output folder, or ``s3://bucket/prefix/segment`` with the farm's S3 settings."""
     if location.startswith("s3://"):
-        from farm.config import load_settings
+        from farm.settings import load_settings
 
         storage, _ = replace(load_settings(), storage_url=location).storage()
         return Source(storage, "", location)

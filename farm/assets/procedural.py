@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from farm.assets import default_cache_dir
+from farm.assets.library import default_cache_dir
 
 PACK_VERSION = 1
 Mesh = tuple[np.ndarray, np.ndarray, np.ndarray]  # vertices (n,3), uvs (n,2), triangles (m,3)

@@ -3,7 +3,7 @@
 The compositor writes the object-index pass (divided by 255, 8-bit BW PNG, no view transform) to
 a scratch directory in the same render as the RGB; we re-save it as a DAVIS palette PNG. The
 extra outputs a spec asks for (depth, flow, normals, camera, amodal masks) are set up and written
-by ``worker.outputs``.
+by ``worker.render.outputs``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import bpy
 import numpy as np
 from PIL import Image
 
-from farm.masks import object_stats, save_mask
-from farm.spec import VideoSpec
-from worker.device import select_device
-from worker.scene import build_scene
+from farm.io.masks import object_stats, save_mask
+from farm.model.spec import VideoSpec
+from worker.render.device import select_device
+from worker.render.scene import build_scene
 
 
 def ablations() -> frozenset[str]:
@@ -319,7 +319,7 @@ def _render_with_outputs(spec: VideoSpec, scene: bpy.types.Scene, tree, layers, 
     render call per frame, since every extra pass file is named per frame; the extra outputs
     are encoded in a thread while the next frame renders. Returns the manifest's frames and
     timings."""
-    from worker.outputs import ExtraOutputs
+    from worker.render.outputs import ExtraOutputs
 
     jpg_dir = staging / "JPEGImages" / spec.id
     ann_dir = staging / "Annotations" / spec.id
@@ -374,7 +374,7 @@ def _render_with_outputs(spec: VideoSpec, scene: bpy.types.Scene, tree, layers, 
         camera = extras.finish(staging)
     finally:
         encoder.shutdown(wait=True)
-    from farm.outputs import formats
+    from farm.io.outputs import formats
 
     result = {
         "outputs": list(spec.render.outputs),

@@ -23,7 +23,7 @@ from typing import BinaryIO, NamedTuple
 
 from PIL import Image
 
-from farm.assets import DECLARATION_FILE, MIN_DIAGONAL, AssetLibrary, ModelInfo
+from farm.assets.library import DECLARATION_FILE, MIN_DIAGONAL, AssetLibrary, ModelInfo
 
 MAX_OBJ_BYTES = 512 * 2**20
 MAX_FACES = 3_000_000

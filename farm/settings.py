@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from farm.io.storage import LocalStorage, S3Storage, Storage
 from farm.secrets import SecretError, read_secret
-from farm.storage import LocalStorage, S3Storage, Storage
 
 
 class ConfigError(ValueError):
@@ -81,13 +81,13 @@ class Settings:
     def asset_roots(self) -> tuple[Path, Path]:
         if self.models and self.textures:
             return self.models, self.textures
-        from farm.synth_assets import default_pack
+        from farm.assets.procedural import default_pack
 
         return default_pack()
 
     def library(self):
         """The asset library with the denylist applied (scheduler and workers must agree)."""
-        from farm.assets import AssetLibrary, read_denylist
+        from farm.assets.library import AssetLibrary, read_denylist
 
         return AssetLibrary.open(*self.asset_roots(), denylist=read_denylist(self.denylist))
 

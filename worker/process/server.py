@@ -1,12 +1,12 @@
-"""A long-lived render process: ``python -m worker.render_server`` renders video after video.
+"""A long-lived render process: ``python -m worker.process.server`` renders video after video.
 
-Started and driven by ``worker.pool.RenderProcess`` (see there for the design). It imports bpy,
+Started and driven by ``worker.process.pool.RenderProcess`` (see there for the design). It imports bpy,
 and so loads Cycles' kernels and initialises the device, once, then reads one JSON job per line
 on stdin and answers on its original stdout, which becomes a protocol channel:
 
     @@ready {"pid": ..., "boot_s": ...}         once, after ``import bpy``
     @@progress <done> <total>                    per finished frame (mask written)
-    @@done {"code": <exit code>, "payload": {...}}   per job, codes as ``worker.render_main``
+    @@done {"code": <exit code>, "payload": {...}}   per job, codes as ``worker.process.main``
 
 Everything else the process prints (Blender, Cycles, logging) goes to the job's
 ``staging/render.log`` while a job runs and to the ``--log`` file between jobs: file
@@ -15,9 +15,9 @@ Blender's factory settings (``build_scene`` resets them). After a job that did n
 rendered video or a gate rejection (a broken asset, a Python exception), the process exits:
 whatever that job left behind in Blender never meets the next video.
 
-Like the one-shot ``worker.render_main``, it dies with its parent (PR_SET_PDEATHSIG) and gets the
+Like the one-shot ``worker.process.main``, it dies with its parent (PR_SET_PDEATHSIG) and gets the
 allow-listed environment. While rendering, its command line (``/proc/<pid>/cmdline``, what ``ps``
-shows) reads ``python -m worker.render_main --spec <staging>/spec.yaml``, the one-shot render of
+shows) reads ``python -m worker.process.main --spec <staging>/spec.yaml``, the one-shot render of
 that spec, so tools that look for the render of a video (the chaos run's monitor, ``pgrep -f``)
 find it whichever design runs; while idle it reads ``bl30k-render-server idle``.
 """
@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from worker.render_main import EXIT_GATE, EXIT_OK, die_with_parent, run_job
+from worker.process.main import EXIT_GATE, EXIT_OK, die_with_parent, run_job
 
 TITLE_SPACE = 2048  # bytes of command line kept for the title (the pool pads with this much)
 _libc = ctypes.CDLL(None)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import bpy  # noqa: F401 - loads Blender (and Cycles) once for every video
 
-    import worker.render  # noqa: F401 - and the render code with it
+    import worker.render.frames  # noqa: F401 - and the render code with it
 
     videos = 0
     title.set("bl30k-render-server", "idle")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if job.get("op") == "quit":
             break
         staging = Path(job["staging"])
-        title.set(sys.executable, "-m", "worker.render_main", "--spec", job["spec"])
+        title.set(sys.executable, "-m", "worker.process.main", "--spec", job["spec"])
         reset_peak_rss()
         out.to(staging / "render.log")
         try:

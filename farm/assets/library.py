@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from farm.spec import UP_AXES
+from farm.model.spec import UP_AXES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tga", ".tif", ".tiff", ".exr", ".hdr"}
 INDEX_VERSION = 3

@@ -1,6 +1,6 @@
 """Build a Blender scene from a VideoSpec: objects, textures, lights, background, camera.
 
-World units and axes follow the spec (see farm.spec). Every object, light and the camera is
+World units and axes follow the spec (see farm.model.spec). Every object, light and the camera is
 keyframed on frames 0..frames-1 from its polynomials.
 """
 
@@ -12,8 +12,8 @@ import bpy
 import mathutils
 import numpy as np
 
-from farm.assets import MIN_DIAGONAL, AssetError, resolve_under
-from farm.spec import ObjectSpec, VideoSpec, eval_poly
+from farm.assets.library import MIN_DIAGONAL, AssetError, resolve_under
+from farm.model.spec import ObjectSpec, VideoSpec, eval_poly
 
 SMART_UV_MAX_FACES = 1000  # the original used smart projection below this face count
 # The OBJ importer's (forward, up) axes per file up axis: Y-up files get ShapeNet's conversion
@@ -233,7 +233,7 @@ def build_scene(spec: VideoSpec, models_root: Path, textures_root: Path) -> bpy.
 
 
 def camera_rotation_matrix(location, target) -> np.ndarray:
-    """Blender's look-at rotation (for tests comparing against farm.camera)."""
+    """Blender's look-at rotation (for tests comparing against farm.model.camera)."""
     quat = mathutils.Vector(np.asarray(target) - np.asarray(location)).to_track_quat("-Z", "Y")
     return np.array(quat.to_matrix())
 

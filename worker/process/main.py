@@ -1,10 +1,10 @@
-"""Process entry point for one render: ``python -m worker.render_main --spec FILE ...``.
+"""Process entry point for one render: ``python -m worker.process.main --spec FILE ...``.
 
 The one-shot design: a fresh process per video, so Blender state and memory never leak between
 videos and a Blender crash kills only this render. Reports through a JSON result file and the exit
 code: 0 rendered, 3 permanent error (bad spec, missing or broken asset), 4 rejected by the quality
 gate, anything else (or a signal) a crash. Progress lines ``@@progress <done> <total>`` go to
-stderr. ``run_job`` is the job itself; the long-lived render server (``worker.render_server``)
+stderr. ``run_job`` is the job itself; the long-lived render server (``worker.process.server``)
 runs the same function for each video it is sent.
 """
 
@@ -40,10 +40,10 @@ def die_with_parent() -> None:
 def run_job(spec_file: Path, models: Path, textures: Path, staging: Path, gate_mode: str,
             progress: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
     """Render one spec file into ``staging``: (exit code, result payload) as documented above."""
-    from farm.assets import AssetError
-    from farm.gate import mask_gate
-    from farm.presets import QualityGate, load_preset
-    from farm.spec import SpecError, load_spec
+    from farm.assets.library import AssetError
+    from farm.model.gate import mask_gate
+    from farm.model.presets import QualityGate, load_preset
+    from farm.model.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_file)
@@ -65,7 +65,7 @@ def run_job(spec_file: Path, models: Path, textures: Path, staging: Path, gate_m
         if progress:
             progress(frame + 1, spec.frames)
 
-    from worker.render import GateRejected, render_video
+    from worker.render.frames import GateRejected, render_video
 
     try:
         render = render_video(spec, models, textures, staging, check, on_frame)

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from farm.spec import RenderSettings, SpecError, VideoSpec, _parse_render
+from farm.model.spec import RenderSettings, SpecError, VideoSpec, _parse_render
 
-CONFIG_DIR = Path(os.environ.get("FARM_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(os.environ.get("FARM_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def record_video(r: redis.Redis, worker: str, outcome, upload: dict) -> None:
     """A delivered video: frames, per-frame render times, upload bytes and time.
 
     ``outcome`` is the worker's RenderOutcome (final spec, manifest), ``upload`` what
-    ``farm.storage.upload_video`` returned.
+    ``farm.io.storage.upload_video`` returned.
     """
     spec, manifest = outcome.spec, outcome.manifest
     device = device_class(manifest.get("device"))

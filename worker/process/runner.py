@@ -1,11 +1,11 @@
 """Run one video's render in a Blender process and assemble its manifest (no bpy here).
 
 ``render_spec`` is the whole local job for one spec: render in a child process (a long-lived
-one of a ``worker.pool.RenderPool``, or a fresh ``worker.render_main``), resample a generated
+one of a ``worker.process.pool.RenderPool``, or a fresh ``worker.process.main``), resample a generated
 spec deterministically when its rendered masks fail the quality gate (failing the video,
 ``GateFailed``, when no attempt passes), and return the final spec, the manifest and the staging
 folder holding ``JPEGImages/<video>`` and ``Annotations/<video>`` (and any extra outputs,
-farm/outputs.py).
+farm/io/outputs.py).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from farm.assets import AssetError, AssetLibrary, check_spec_assets
-from farm.presets import load_preset
-from farm.spec import SpecError, VideoSpec, save_spec
+from farm.assets.library import AssetError, AssetLibrary, check_spec_assets
+from farm.model.presets import load_preset
+from farm.model.spec import SpecError, VideoSpec, save_spec
 
 EXIT_OK, EXIT_PERMANENT, EXIT_GATE = 0, 3, 4
 
@@ -171,19 +171,19 @@ def staging_dir(scratch: str | Path, video: str) -> Path:
 def _run_oneshot(spec_file: Path, models_root: Path, textures_root: Path, staging: Path,
                  gate: str, timeout: float | None, progress: Progress | None,
                  env: dict | None, abort: Abort | None = None):
-    """The one-shot design: a fresh ``python -m worker.render_main`` for this render."""
-    from worker.pool import JobResult
+    """The one-shot design: a fresh ``python -m worker.process.main`` for this render."""
+    from worker.process.pool import JobResult
     from worker.warmup import kernel_cache_env
 
     result_file, log_file = staging / "result.json", staging / "render.log"
-    cmd = [sys.executable, "-m", "worker.render_main", "--spec", str(spec_file),
+    cmd = [sys.executable, "-m", "worker.process.main", "--spec", str(spec_file),
            "--models", str(models_root), "--textures", str(textures_root),
            "--staging", str(staging), "--result", str(result_file), "--gate", gate]
     tail: deque[str] = deque(maxlen=30)
     child_env = {**kernel_cache_env(), **render_env(), **(env or {}), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w") as log, subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            env=child_env, cwd=Path(__file__).resolve().parent.parent) as proc:
+            env=child_env, cwd=Path(__file__).resolve().parents[2]) as proc:
         watchdog = Watchdog(proc, timeout, max_rss_mb(), abort=abort)
         assert proc.stdout is not None
         try:
@@ -211,7 +211,7 @@ def _run_child(spec: VideoSpec, models_root: Path, textures_root: Path, staging:
                enforce_gate: bool, timeout: float | None, progress: Progress | None,
                env: dict | None, pool=None, abort: Abort | None = None) -> dict:
     """Render ``spec`` into a fresh ``staging``: in a process of ``pool`` (a
-    ``worker.pool.RenderPool``), or in a fresh process of its own when there is none."""
+    ``worker.process.pool.RenderPool``), or in a fresh process of its own when there is none."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     spec_file = staging / "spec.yaml"
@@ -262,7 +262,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
     ``GateFailed``, unless the spec says ``keep_gate_failures``: then it is kept with the
     verdict recorded. ``resample=False`` renders the spec as given and only records the verdict
     (benchmarks: a resampled spec would be the preset's full video, not the cut-down spec given).
-    ``pool`` (a ``worker.pool.RenderPool``) renders in its long-lived processes; without one,
+    ``pool`` (a ``worker.process.pool.RenderPool``) renders in its long-lived processes; without one,
     each render gets a fresh process (the one-shot design). ``abort`` is polled while rendering:
     a reason stops the render at once (``RenderAborted``).
     """
@@ -295,7 +295,7 @@ def render_spec(spec: VideoSpec, models_root: str | Path, textures_root: str | P
         if not again:
             shutil.rmtree(staging, ignore_errors=True)
             raise GateFailed(_gate_message(spec, render["rejected"], rejected))
-        from farm.sampling import generate_spec
+        from farm.generate.sampling import generate_spec
 
         lib = AssetLibrary.open(models_root, textures_root, denylist=denylist)
         spec = replace(generate_spec(lib, preset, spec.segment, spec.index, spec.seed,

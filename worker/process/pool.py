@@ -1,10 +1,10 @@
 """Long-lived render processes: many videos per Blender process, recycled before they age (no bpy).
 
-The one-shot design (``worker.render_main``, still used with ``FARM_RENDER_PROCESS=oneshot`` and
+The one-shot design (``worker.process.main``, still used with ``FARM_RENDER_PROCESS=oneshot`` and
 by the benchmarks' "old design") starts Python, imports bpy, initialises the Cycles device and
 loads its kernels for every video: ~0.7 s per video on a CPU, ~7 s on an H200 (OptiX context,
 kernel modules from the cache, the denoiser), while the GPU idles. A ``RenderProcess`` pays that
-once and renders video after video (``worker.render_server``). What the fresh process per video
+once and renders video after video (``worker.process.server``). What the fresh process per video
 protected is kept:
 
 - **A crash or a leak affects one video.** A video whose process dies (Blender crash, watchdog
@@ -43,10 +43,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.runner import Watchdog, max_rss_mb, render_env, status_mb
+from worker.process.runner import Watchdog, max_rss_mb, render_env, status_mb
 
-ROOT = Path(__file__).resolve().parent.parent
-TITLE_SPACE = 2048  # worker.render_server.TITLE_SPACE (not imported: that module loads bpy's side)
+ROOT = Path(__file__).resolve().parents[2]
+TITLE_SPACE = 2048  # worker.process.server.TITLE_SPACE (not imported: that module loads bpy's side)
 Progress = Callable[[int, int], None]
 
 
@@ -69,7 +69,7 @@ def boot_timeout() -> float:
 
 @dataclass
 class JobResult:
-    """What became of one job: ``code`` as ``worker.render_main``'s exit codes (negative: killed
+    """What became of one job: ``code`` as ``worker.process.main``'s exit codes (negative: killed
     by that signal), the result ``payload``, the job's peak memory, the watchdog's reason when it
     killed the process, and the last lines of the job's log."""
 
@@ -102,7 +102,7 @@ def _tail(path: Path | None, lines: int = 30) -> list[str]:
 
 
 class RenderProcess:
-    """One ``python -m worker.render_server`` process; see the module docstring.
+    """One ``python -m worker.process.server`` process; see the module docstring.
 
     Starting it returns at once; ``run`` waits for it to be ready before sending the job.
     """
@@ -117,7 +117,7 @@ class RenderProcess:
         self.log = Path(log)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.render_server", "--log", str(self.log),
+            [sys.executable, "-m", "worker.process.server", "--log", str(self.log),
              "--pad", "." * TITLE_SPACE],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, errors="replace",
             env=child_env, cwd=ROOT)
@@ -162,7 +162,7 @@ class RenderProcess:
     def run(self, spec_file: Path, models: Path, textures: Path, staging: Path, gate: str,
             timeout: float | None = None, progress: Progress | None = None,
             max_rss: float | None = None, abort=None) -> JobResult:
-        """Render one spec file (already written into ``staging``) as ``worker.render_main``
+        """Render one spec file (already written into ``staging``) as ``worker.process.main``
         would, in this process."""
         log = staging / "render.log"
         try:
