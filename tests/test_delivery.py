@@ -66,7 +66,7 @@ def test_explicit_priority_is_served_before_the_default(farm):
     farm.wait_for(11, done=3, timeout=180)
     farm.wait_for(12, done=1, timeout=30)
 
-    state = farm.queue.state()
+    state = farm.state()
     started = {v: float(state.video(v)["started_at"])
                for v in ("l00000", "l00001", "l00002", "m00000")}
     assert min(started, key=started.get) == "m00000", started
@@ -190,7 +190,7 @@ def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     from scheduler.local import start_reconciler
 
-    state = farm.queue.state()
+    state = farm.state()
     farm.cli("enqueue", "--segment", "16", "--count", "2", "--preset", "tiny")
     removed = 0
     for key in [k for k in state.r.scan_iter("render*") if state.r.type(k) == "list"]:
@@ -226,7 +226,7 @@ def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, li
     spec = replace(generate_spec(library, load_preset("tiny"), 17, 0, 2021), frames=150,
                    source="imported", keep_gate_failures=True)
     save_spec(spec, tmp_path / "specs" / f"{spec.id}.yaml")
-    state = farm.queue.state()
+    state = farm.state()
     ttl = {"FARM_LEASE_TTL": "3"}
     a = start_own_group(farm, "wa", **ttl)
     farm.cli("enqueue", "--specs", str(tmp_path / "specs"))

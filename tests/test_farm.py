@@ -64,7 +64,7 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         # re-enqueueing finished videos is a no-op: nothing sent, nothing rendered again
         out = farm.cli("enqueue", "--segment", "0", "--count", "3", "--preset", "tiny").stdout
         assert "enqueued 0 videos" in out and "skipped 3 already done" in out
-        state = farm.queue.state()
+        state = farm.state()
         assert state.r.llen("render") == 0
 
         out = farm.cli("finalize", "--segment", "0").stdout
@@ -158,7 +158,7 @@ def test_transient_storage_error_then_success(farm):
     log = farm.log("w1")
     # Without the completion marker check the video is deferred, never rendered blind.
     assert "cannot check the completion marker" in log and "deferring" in log
-    state = farm.queue.state()
+    state = farm.state()
     assert state.video("b00000")["uploads"] == "1"
 
 
@@ -260,7 +260,7 @@ def test_worker_with_a_different_asset_library_refuses_the_spec(farm, pack, tmp_
 
 def test_a_leased_video_is_not_rendered_twice(farm):
     """A redelivered copy defers while a live worker holds the video's lease."""
-    state = farm.queue.state()
+    state = farm.state()
     assert state.acquire("video:d00000", "someone-else", ttl_s=600)
     farm.start_worker("w1")
     farm.cli("enqueue", "--segment", "3", "--count", "1", "--preset", "tiny")

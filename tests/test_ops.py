@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.services, pytest.mark.render]
 
 
 def farm_state(farm) -> FarmState:
-    return farm.queue.state()
+    return farm.state()
 
 
 def wait_log(farm, name: str, text: str, timeout: float = 60) -> None:

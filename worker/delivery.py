@@ -133,7 +133,7 @@ def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = 
     failed, or a transient error (storage, broker) to be retried with backoff. ``interrupts``
     (e.g. the queue's soft time limit) count as a crash of the render.
     """
-    state, video = farm.queue.state, job.video
+    state, video = farm.state, job.video
     skipped = _skip(job, farm, lease_held=False)
     if skipped:
         return skipped
@@ -156,7 +156,7 @@ def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
     Before the lease a storage error only skips the early look; once the lease is held the
     marker must be checked, so a storage error defers the video.
     """
-    state, video = farm.queue.state, job.video
+    state, video = farm.state, job.video
     if state.state(job.segment, video) == "cancelled":
         return {"video": video, "status": "cancelled"}
     current = state.generation(video)
@@ -165,7 +165,7 @@ def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
                  job.generation, current)
         return {"video": video, "status": "superseded"}
     try:
-        done = is_done(farm.io.storage, job.base, video)
+        done = is_done(farm.storage, job.base, video)
     except StorageError as exc:
         if not lease_held:
             return None
@@ -180,7 +180,7 @@ def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
 
 def _deliver_leased(job: Job, farm: Farm, lease: Lease,
                     interrupts: tuple[type[BaseException], ...]) -> dict:
-    state, storage, settings, video = farm.queue.state, farm.io.storage, farm.settings, job.video
+    state, storage, settings, video = farm.state, farm.storage, farm.settings, job.video
 
     def update(new_state: str | None = None, clear: tuple[str, ...] = (), **fields) -> None:
         if not state.update_if_holder(lease.key, lease.token, job.segment, video, new_state,
@@ -277,7 +277,7 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
 def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
                        ) -> tuple[RenderOutcome, dict]:
     """Render (streaming frames while the lease holds), then upload and write the marker."""
-    storage, settings, video = farm.io.storage, farm.settings, job.video
+    storage, settings, video = farm.storage, farm.settings, job.video
     staging = staging_dir(settings.scratch, video)
     streamer = (FrameStreamer(storage, job.base, staging, video,
                               may_write=lambda: not lease.lost)
