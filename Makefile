@@ -27,7 +27,7 @@ system-deps:
 		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
 demo: setup
-	$(BIN)/python -m farm demo
+	$(BIN)/python -m worker demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -75,7 +75,7 @@ def bench_quality_cmd(args: argparse.Namespace) -> list[dict]:
 
 def bench_calibrate_cmd(args: argparse.Namespace) -> list[dict]:
     from bench.calibrate import calibrate
-    from worker.gpu import discover_gpus
+    from worker.process.environment import discover_gpus
 
     if args.devices == "auto":
         device_list = ["OPTIX"] if discover_gpus("auto") else ["CPU"]
@@ -197,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
     gpu.add_argument("--path", default="task", choices=("task", "render", "both"),
                      help="task: queue -> Celery worker -> S3 (needs redis-server, moto); "
-                          "render: the render path of farm render, no services")
+                          "render: the render path of worker render, no services")
     gpu.add_argument("--configs", default="oneshot:1,server:1,server:2",
                      help="design:renders-at-once list (oneshot = fresh process per video)")
     gpu.add_argument("--cold", action="store_true",
                      help="first-frame latency with an empty kernel cache too (minutes on a GPU)")
     gpu.add_argument("--marginal", action="store_true",
-                     help="also farm render with 1 and --videos specs, old and new design")
+                     help="also worker render with 1 and --videos specs, old and new design")
     gpu.add_argument("--no-first-frame", action="store_true", help="skip the first-frame rows")
     gpu.add_argument("--repeats", type=int, default=2, help="--marginal: interleaved repeats")
     gpu.add_argument("--loop-frames", type=int, default=24,

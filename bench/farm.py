@@ -23,10 +23,13 @@ from pathlib import Path
 
 from bench.render import bench_spec, render_bench
 from farm.generate.sampling import video_id
-from farm.io.storage import S3Storage, upload_video, video_keys
+from farm.io.layout import video_keys
+from farm.io.storage import S3Storage, upload_video
 from farm.model.spec import save_spec
 from farm.queue.state import FarmState, connect
-from scheduler.local import farm_env, free_port, start_redis, start_s3, start_worker, stop
+from farm.settings import text
+from scheduler.local import farm_env, start_redis, start_s3, start_worker
+from scheduler.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = PASSWORD = "bench"  # S3 bucket; Redis password of the throwaway server
@@ -51,7 +54,7 @@ def local_services(folder: Path) -> Iterator[Services]:
              start_s3(s3_port, folder / "s3.log")]
     try:
         env = {**os.environ, **farm_env(redis_port, PASSWORD, s3_port, BUCKET, folder / "scratch"),
-               "FARM_GPUS": os.environ.get("FARM_GPUS", "auto")}
+               "FARM_GPUS": text("FARM_GPUS")}
         storage = S3Storage(BUCKET, endpoint_url=env["FARM_S3_ENDPOINT"],
                             access_key=env["AWS_ACCESS_KEY_ID"],
                             secret_key=env["AWS_SECRET_ACCESS_KEY"])
@@ -145,7 +148,7 @@ def _overhead_row(mode: str, spec, info: dict, manifest: dict, bare: dict) -> di
 
 def aws_cli() -> str | None:
     """The AWS CLI: FARM_AWS_CLI, ``aws`` on PATH, or the one ``make bench`` installs."""
-    for candidate in (os.environ.get("FARM_AWS_CLI"), shutil.which("aws"),
+    for candidate in (text("FARM_AWS_CLI"), shutil.which("aws"),
                       str(ROOT / ".venv-aws" / "bin" / "aws")):
         if candidate and Path(candidate).exists():
             return candidate

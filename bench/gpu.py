@@ -12,12 +12,12 @@ Three measurements (each its own table):
   ``renders`` at a time on the device), through ``--path``:
   ``task`` = the real worker path (scheduler enqueue -> Redis -> Celery worker -> render -> S3
   upload -> marker; local redis-server and moto's S3 server, like ``bench farm``), ``render`` =
-  the render path of ``farm render`` (no services), or both. Reported: videos per hour of the
+  the render path of ``worker render`` (no services), or both. Reported: videos per hour of the
   device (wall time from the enqueue (task) or from the start (render) to the last video done),
   seconds per video, the marginal seconds per video (between the first and the last video
   done), Cycles' share (time inside ``bpy.ops.render.render``), the loop's seconds per frame,
   and the GPU's busy fraction (NVML or ``nvidia-smi`` sampled every 0.2 s; ``-`` without GPU).
-- **farm render** (``--marginal``): ``python -m farm render`` with 1 and with ``--videos`` specs,
+- **farm render** (``--marginal``): ``python -m worker render`` with 1 and with ``--videos`` specs,
   old design and new, in one run: the marginal cost of a video = (T_n - T_1) / (n - 1); and the
   **render loop**, old and new, on 3 videos of ``--loop-frames`` frames (at
   ``--loop-resolution``): seconds per frame of the loop, Cycles' own path-tracing time per frame
@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from bench.render import bench_spec
+from bench.render import bench_spec, render_bench
 from farm.assets.procedural import default_pack
 from farm.generate.sampling import video_id
 from farm.model.spec import VideoSpec, save_spec
@@ -155,9 +155,8 @@ def bench_first_frame(preset: str, device: str, cold: bool, folder: Path) -> lis
     """A fresh render process, from its start to the first frame of a one-frame video: with
     the kernel cache empty (``cold``) or as found, then again with the cache that run left
     (``warm``)."""
+    from worker.process.environment import kernel_cache_dir
     from worker.process.pool import RenderPool
-    from worker.process.runner import render_spec
-    from worker.warmup import kernel_cache_dir
 
     cache = folder / "cold-kernel-cache" if cold else kernel_cache_dir()
     env = {"OPTIX_CACHE_PATH": str(cache / "optix"), "CUDA_CACHE_PATH": str(cache / "cuda")}
@@ -167,9 +166,8 @@ def bench_first_frame(preset: str, device: str, cold: bool, folder: Path) -> lis
         t0 = time.perf_counter()
         first: list[float] = []
         with RenderPool(1, env=env) as pool:
-            out = render_spec(spec, *default_pack(), folder / f"first-{kind}", pool=pool,
-                              resample=False, progress=lambda *_, f=first: f.append(
-                                  time.perf_counter()))
+            out = render_bench(spec, folder / f"first-{kind}", pool=pool,
+                               progress=lambda *_, f=first: f.append(time.perf_counter()))
             boot = pool.processes()[0].ready_s
         rows.append({"bench": "first frame", "kernel cache": kind, "device": out.manifest[
             "device"].split(":")[0], "resolution": "x".join(map(str, spec.resolution)),
@@ -178,14 +176,13 @@ def bench_first_frame(preset: str, device: str, cold: bool, folder: Path) -> lis
     return rows
 
 
-# --- throughput: the render path (farm render) ------------------------------------------------
+# --- throughput: the render path (worker render) ------------------------------------------------
 
 
 def _render_path(specs: list[VideoSpec], design: str, renders: int, folder: Path
                  ) -> tuple[float, list[float], list[dict]]:
     """(seconds from the start, each video's done time from the start, manifests)."""
     from worker.process.pool import RenderPool
-    from worker.process.runner import render_spec
 
     env = DESIGN_ENV[design]
     saved = {k: os.environ.get(k) for k in env}
@@ -198,7 +195,7 @@ def _render_path(specs: list[VideoSpec], design: str, renders: int, folder: Path
         pool = RenderPool(renders, env=env) if design == "server" else None
 
         def one(spec: VideoSpec) -> None:
-            out = render_spec(spec, *default_pack(), folder, pool=pool, resample=False)
+            out = render_bench(spec, folder, pool=pool)
             shutil.rmtree(out.staging, ignore_errors=True)
             with lock:
                 done.append(time.perf_counter() - t0)
@@ -227,8 +224,9 @@ def _task_path(svc, specs: list[VideoSpec], design: str, renders: int, name: str
     """(seconds from the enqueue, each video's done time from the enqueue, manifests, worker
     start-up seconds until its health file said ready)."""
     from bench.farm import BUCKET  # noqa: F401 - the bucket the services created
-    from farm.io.storage import video_keys
-    from scheduler.local import start_worker, stop
+    from farm.io.layout import video_keys
+    from scheduler.local import start_worker
+    from scheduler.processes import stop
 
     folder = svc.folder / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -308,7 +306,7 @@ def bench_throughput(preset: str, videos: int, frames: int, device: str, path: s
     return rows
 
 
-# --- farm render: marginal cost of a video, and the render loop, old and new side by side ------
+# --- worker render: marginal cost of a video, and the render loop, old and new side by side ------
 
 
 _PT = re.compile(rb"cycles\.[^:]*\.render_time:(\d+):(\d+)\.(\d+)")
@@ -323,11 +321,11 @@ def path_tracing_s(jpg: Path) -> float | None:
 
 
 def _farm_render(files: list[Path], design: str, out: Path) -> tuple[float, list[dict]]:
-    """One ``farm render`` call: (wall seconds, manifests, each with ``path_tracing_s`` per
+    """One ``worker render`` call: (wall seconds, manifests, each with ``path_tracing_s`` per
     frame read from its JPEGs)."""
     models, textures = default_pack()
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "farm", "-q", "render", "--spec", *map(str, files),
+    subprocess.run([sys.executable, "-m", "worker", "-q", "render", "--spec", *map(str, files),
                     "--out", str(out), "--models", str(models), "--textures", str(textures)],
                    check=True, cwd=ROOT, capture_output=True,
                    env={**os.environ, **DESIGN_ENV[design], "FARM_RENDERS_PER_GPU": "1"})
@@ -343,7 +341,7 @@ def _farm_render(files: list[Path], design: str, out: Path) -> tuple[float, list
 def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats: int = 2,
                    loop_frames: int = 24, loop_videos: int = 3,
                    loop_resolution: list[int] | None = None) -> list[dict]:
-    """``python -m farm render`` with 1 and with ``videos`` specs of ``frames`` frames, old
+    """``python -m worker render`` with 1 and with ``videos`` specs of ``frames`` frames, old
     design and new, interleaved ``repeats`` times (medians): the marginal cost of a video =
     (T_n - T_1) / (n - 1). Then the render loop alone: ``loop_videos`` videos of
     ``loop_frames`` frames, old and new, interleaved: seconds per frame of the loop (from one
@@ -370,7 +368,7 @@ def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats:
     for design in ("oneshot", "server"):
         one = statistics.median(w for w, _ in runs[(design, 1)])
         many = statistics.median(w for w, _ in runs[(design, videos)])
-        rows.append({"bench": "farm render", "design": design, "preset": preset,
+        rows.append({"bench": "worker render", "design": design, "preset": preset,
                      "frames": frames, "videos": videos, "repeats": repeats,
                      "one_video_s": round(one, 2), "n_videos_s": round(many, 2),
                      "marginal_s_per_video": round((many - one) / (videos - 1), 3)})

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from bench.quality import SHORTLIST
+from farm.settings import text
 
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY_RESERVE_S = 75  # 3 references of 2048 samples + 12 candidate renders at 768x512, OptiX
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     shutil.rmtree(args.kernel_cache, ignore_errors=True)
     env = {"FARM_KERNEL_CACHE": str(args.kernel_cache),
-           "FARM_CACHE_DIR": os.environ.get("FARM_CACHE_DIR", "/tmp/farm-cache")}
+           "FARM_CACHE_DIR": text("FARM_CACHE_DIR") or "/tmp/farm-cache"}
     for key in ("OPTIX_CACHE_PATH", "CUDA_CACHE_PATH"):  # the session's own cache, cold
         os.environ.pop(key, None)
 

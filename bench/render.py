@@ -15,10 +15,10 @@ from pathlib import Path
 from farm.assets.library import AssetLibrary
 from farm.assets.procedural import default_pack
 from farm.generate.sampling import generate_spec
-from farm.model.presets import load_preset
+from farm.model.presets import find_preset, load_preset
 from farm.model.spec import VideoSpec
-from worker.gpu import discover_gpus
-from worker.process.runner import RenderOutcome, render_spec
+from worker.attempts import RenderOutcome, render_attempts
+from worker.process.environment import discover_gpus
 
 ABLATIONS = {"full (RGB + one-pass mask)": "", "RGB alone (no index pass, no masks)": "no-mask",
              "no persistent data (re-sync every frame)": "no-persistent"}
@@ -50,11 +50,12 @@ def timing_row(manifest: dict) -> dict:
 
 
 def render_bench(spec: VideoSpec, scratch: str | Path, env: dict | None = None,
-                 pool=None) -> RenderOutcome:
+                 pool=None, progress=None) -> RenderOutcome:
     """Render ``spec`` with the procedural pack as a worker would, keeping the output in
     ``scratch``; the gate is only recorded (a resample would be the preset's full video).
     ``pool`` (a ``worker.process.pool.RenderPool``): in its long-lived process; else a fresh one."""
-    return render_spec(spec, *default_pack(), scratch, env=env, resample=False, pool=pool)
+    return render_attempts(spec, find_preset(spec.preset), *default_pack(), scratch,
+                           progress=progress, env=env, resample=False, pool=pool)
 
 
 def render_once(spec: VideoSpec, env: dict | None = None) -> dict:

@@ -1,41 +1,30 @@
-"""``python -m farm``: assets, specs, original-config import, local renders and the demo."""
+"""``python -m farm``: assets, specs, motion statistics, original-config import and previews.
+
+Rendering is the worker's: ``python -m worker render`` / ``python -m worker demo``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import shutil
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from farm.assets.library import AssetError, AssetLibrary, read_denylist
-from farm.assets.procedural import default_pack
-from farm.io.storage import LocalStorage, StorageError, upload_video
-from farm.model.presets import Preset, apply_preset, load_preset
-from farm.model.spec import SpecError, VideoSpec, load_spec, save_spec
-from farm.settings import ConfigError
-
-DEFAULT_SEED = int(os.environ.get("FARM_SEED", "2021"))
-
-
-def asset_roots(args: argparse.Namespace) -> tuple[Path, Path]:
-    if bool(args.models) != bool(args.textures):
-        raise AssetError("give both --models and --textures, or neither (procedural pack)")
-    if args.models:
-        return Path(args.models), Path(args.textures)
-    return default_pack()
+from farm.assets.roots import asset_roots
+from farm.io.storage import StorageError
+from farm.model.presets import load_preset
+from farm.model.spec import SpecError, save_spec
+from farm.settings import ConfigError, integer, markdown_table
 
 
 def open_library(args: argparse.Namespace) -> AssetLibrary:
-    models, textures = asset_roots(args)
-    return AssetLibrary.open(models, textures, denylist=read_denylist(args.denylist))
+    """The library of ``--models``/``--textures`` (or the procedural pack), with ``--denylist``."""
+    return AssetLibrary.open(*asset_roots(args.models, args.textures),
+                             denylist=read_denylist(args.denylist))
 
 
 def cmd_assets_synth(args: argparse.Namespace) -> int:
@@ -51,7 +40,7 @@ def cmd_assets_synth(args: argparse.Namespace) -> int:
 def cmd_assets_check(args: argparse.Namespace) -> int:
     from farm.assets.check import check_library, write_denylist
 
-    lib = AssetLibrary.open(*asset_roots(args))
+    lib = AssetLibrary.open(*asset_roots(args.models, args.textures))
     total = len(lib.models) + len(lib.textures) + len(lib.skyboxes)
     t0 = time.perf_counter()
     with tqdm(total=total, unit="asset", disable=args.quiet) as bar:
@@ -141,90 +130,10 @@ def cmd_import_original(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def render_specs(specs: list[VideoSpec], models: Path, textures: Path, out: Path,
-                 quiet: bool = False, denylist: set[str] | None = None,
-                 renders: int | None = None) -> tuple[list[dict], list[str]]:
-    """Render specs into ``out`` (BL30K layout), ``renders`` at a time (default
-    ``FARM_RENDERS_PER_GPU``: 1 on a CPU, 2 on a GPU), in long-lived render processes.
-
-    Returns the manifests of the videos written (in the order of ``specs``) and the messages of
-    those that failed the quality gate (not written).
-    """
-    from worker.process.pool import RenderPool, render_design, renders_per_device
-    from worker.process.runner import GateFailed, render_spec
-
-    storage = LocalStorage(out)
-    scratch = out / ".scratch"
-    size = max(1, min(renders or renders_per_device(), len(specs)))
-    lock = threading.Lock()
-    total = sum(s.frames for s in specs)
-    oneshot = render_design() == "oneshot"  # FARM_RENDER_PROCESS=oneshot: the old design
-    with tqdm(total=total, unit="frame", disable=quiet) as bar, \
-            contextlib.nullcontext() if oneshot else RenderPool(size) as pool:
-
-        def one(spec: VideoSpec) -> tuple[str, dict | str]:
-            seen = 0
-
-            def progress(done: int, _total: int) -> None:
-                nonlocal seen
-                with lock:
-                    bar.update(max(0, done - seen))
-                    seen = max(seen, done)
-
-            if size == 1:
-                bar.set_description(spec.id)
-            try:
-                outcome = render_spec(spec, models, textures, scratch, progress=progress,
-                                      denylist=denylist, pool=pool)
-            except GateFailed as exc:
-                return "failed", str(exc)
-            upload_video(storage, "", outcome.staging, outcome.spec.id, outcome.spec.to_yaml(),
-                         outcome.manifest)
-            shutil.rmtree(outcome.staging, ignore_errors=True)
-            progress(spec.frames, spec.frames)
-            return "ok", outcome.manifest
-
-        if size == 1:
-            results = [one(spec) for spec in specs]
-        else:  # the pool's processes were started by this thread, which outlives them
-            with ThreadPoolExecutor(size) as ex:
-                results = list(ex.map(one, specs))
-    shutil.rmtree(scratch, ignore_errors=True)
-    manifests = [r for kind, r in results if kind == "ok"]
-    failed = [r for kind, r in results if kind == "failed"]
-    return manifests, failed
-
-
-def _summary(manifests: list[dict]) -> str:
-    frames = sum(m["num_frames"] for m in manifests)
-    render = sum(m["timings"]["render_total_s"] for m in manifests)
-    wall = sum(m["timings"]["wall_s"] for m in manifests)
-    return (f"{len(manifests)} videos, {frames} frames; render {render / max(frames, 1):.2f} s/frame,"
-            f" wall {wall:.1f} s")
-
-
-def cmd_render(args: argparse.Namespace) -> int:
-    models, textures = asset_roots(args)
-    specs = [load_spec(p) for p in args.spec]
-    if args.preset:
-        preset = load_preset(args.preset)
-        specs = [apply_preset(s, preset) for s in specs]
-    if args.keep_gate_failures:
-        specs = [replace(s, keep_gate_failures=True) for s in specs]
-    manifests, failed = render_specs(specs, models, textures, Path(args.out), args.quiet,
-                                     read_denylist(args.denylist))
-    print(f"rendered {_summary(manifests)} into {args.out}")
-    return _report_gate_failures(failed)
-
-
-def _report_gate_failures(failed: list[str]) -> int:
-    """Exit code 4 when a video failed the quality gate (nothing of it was written)."""
-    for message in failed:
-        print(f"error: {message}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} video(s) failed the quality gate and were not written "
-              "(--keep-gate-failures keeps them, marked in their manifest)", file=sys.stderr)
-    return 4 if failed else 0
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Every FARM_* variable with its default and meaning (the README's table)."""
+    print(markdown_table(), end="")
+    return 0
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -247,37 +156,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_previews(out: Path, videos: list[str]) -> None:
-    from farm.view.preview import open_source, write_preview
-
-    src = open_source(str(out))
-    print("previews (contact sheet, animated overlay):")
-    for video in videos:
-        result = write_preview(src, video, out / "previews")
-        print(f"  {result.sheet}\n  {result.animation}")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from farm.generate.sampling import generate_spec
-
-    out = Path(args.out).resolve()
-    print("building the procedural asset pack (once)...")
-    lib = open_library(args)
-    preset: Preset = load_preset(args.preset)
-    specs = [generate_spec(lib, preset, args.segment, i, args.seed) for i in range(args.count)]
-    print(f"rendering {len(specs)} {preset.name} videos ({preset.resolution[0]}x"
-          f"{preset.resolution[1]}, {preset.frames} frames, {preset.render.samples} samples)...")
-    manifests, failed = render_specs(specs, lib.models_root, lib.textures_root, out, args.quiet,
-                                     read_denylist(args.denylist))
-    print(f"done: {_summary(manifests)}")
-    print(f"output: {out}/JPEGImages/<video>/*.jpg and {out}/Annotations/<video>/*.png "
-          f"(videos: {', '.join(m['video'] for m in manifests)})")
-    demo_previews(out, [m["video"] for m in manifests])
-    return _report_gate_failures(failed)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m farm", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m farm", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -305,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     specs.add_argument("--count", type=int, required=True)
     specs.add_argument("--start", type=int, default=0)
     specs.add_argument("--preset", default="bl30k")
-    specs.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    specs.add_argument("--seed", type=int, default=integer("FARM_SEED"))
     specs.add_argument("--workers", type=int, default=None)
     specs.add_argument("--out", required=True)
     assets_opts(specs)
@@ -316,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--count", type=int, default=1000)
     stats.add_argument("--start", type=int, default=0)
     stats.add_argument("--preset", default="bl30k")
-    stats.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    stats.add_argument("--seed", type=int, default=integer("FARM_SEED"))
     stats.add_argument("--json", action="store_true", help="rows as JSON")
     assets_opts(stats)
     stats.set_defaults(func=cmd_stats)
@@ -331,23 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deliver these videos even if their masks fail the quality gate")
     imp.set_defaults(func=cmd_import_original)
 
-    render = sub.add_parser("render", help="render spec files locally (no services)")
-    render.add_argument("--spec", nargs="+", required=True)
-    render.add_argument("--out", required=True)
-    render.add_argument("--preset", help="override frames, resolution and render settings")
-    render.add_argument("--keep-gate-failures", action="store_true",
-                        help="write videos whose masks fail the quality gate (marked)")
-    assets_opts(render)
-    render.set_defaults(func=cmd_render)
-
-    demo = sub.add_parser("demo", help="procedural pack + a few preview videos, end to end")
-    demo.add_argument("--out", default="demo-out")
-    demo.add_argument("--count", type=int, default=3)
-    demo.add_argument("--segment", type=int, default=0)
-    demo.add_argument("--preset", default="preview")
-    demo.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    assets_opts(demo)
-    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("settings", help="every FARM_* variable: default and meaning (markdown)"
+                   ).set_defaults(func=cmd_settings)
 
     prev = sub.add_parser("preview", help="contact sheet + animated mask overlay per video")
     prev.add_argument("source", help="output folder, or s3://bucket/prefix/segment (S3 endpoint "
@@ -375,13 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        from worker.process.runner import RenderError
-
-        if isinstance(exc, RenderError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 3
-        raise
 
 
 if __name__ == "__main__":

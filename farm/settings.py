@@ -1,4 +1,6 @@
-"""Farm settings from the environment (never from code): Redis, storage, assets, retries.
+"""Farm settings, from the environment only: every ``FARM_*`` variable is declared here (``VARS``,
+with its default and meaning) and read through ``text``/``number``/``integer``/``flag``;
+``load_settings`` gathers the farm-wide ones (Redis, storage, assets, retries) into ``Settings``.
 
 Secrets may be given directly or through a file named by ``<VAR>_FILE`` (Docker secrets), not both:
 ``REDIS_PASSWORD``/``REDIS_PASSWORD_FILE``, ``AWS_ACCESS_KEY_ID``/``AWS_ACCESS_KEY_ID_FILE``,
@@ -10,14 +12,140 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit  # noqa: F401
 
-from farm.io.storage import LocalStorage, S3Storage, Storage
 from farm.secrets import SecretError, read_secret
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Var:
+    """One ``FARM_*`` environment variable: its default ("" = unset) and what it means."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+# Every FARM_* variable the code reads, in README order (``python -m farm settings`` prints this
+# table; tests/farm/test_settings.py checks the README holds it and that no module reads a FARM_*
+# variable but through this one).
+VARS = {v.name: v for v in (
+    Var("FARM_REDIS_URL", "redis://127.0.0.1:6379/0",
+        "broker, result backend and farm state (`redis://host:6379/0`)"),
+    Var("FARM_STORAGE_URL", "farm-output", "`s3://bucket/prefix` or a local folder"),
+    Var("FARM_S3_ENDPOINT", "", "S3-compatible endpoint URL (empty for AWS)"),
+    Var("FARM_MODELS", "", "ShapeNetCore.v2-layout model root (with `FARM_TEXTURES`, both or "
+        "neither: the procedural pack)"),
+    Var("FARM_TEXTURES", "", "folder holding `texture/` and `skybox/`"),
+    Var("FARM_DENYLIST", "", "denylist file from `farm assets check` (scheduler and workers)"),
+    Var("FARM_SEED", "2021", "master seed"),
+    Var("FARM_CONFIGS", "", "preset folder (default: the repository's `configs/`)"),
+    Var("FARM_CACHE_DIR", "", "the procedural pack and model bounds (default "
+        "`$XDG_CACHE_HOME/bl30k-farm`, i.e. `~/.cache/bl30k-farm`)"),
+    Var("FARM_CALIBRATION", "", "an extra calibration file for `scheduler plan` (on top of "
+        "`configs/calibration.json`)"),
+    Var("FARM_GPUS", "auto", "`auto` (nvidia-smi: indices and UUIDs), `none`, or indices / UUIDs "
+        "`0,1,2`, `GPU-...`"),
+    Var("FARM_GPU_CLAIM_TIMEOUT", "300", "seconds a starting worker tries to claim a GPU (Redis "
+        "away, every GPU held) before it exits with code 69"),
+    Var("FARM_GPU_INDEX", "", "set by a worker for its children: the GPU it claimed (metrics)"),
+    Var("FARM_NODE_NAME", "", "this host in logs and metrics, and in the lease keys of GPUs known "
+        "only by index (default: the host name)"),
+    Var("FARM_SCRATCH", "/tmp/farm-scratch", "scratch folder for renders before upload"),
+    Var("FARM_SCRATCH_RESERVE_MB", "64", "free scratch kept beyond a render's own need"),
+    Var("FARM_STAGING_MAX_AGE", "3600", "seconds after which another video's untouched, unleased "
+        "staging folder is deleted at task start"),
+    Var("FARM_SCRATCH_FULL_LIMIT", "3", "scratch-full hand-backs in a row before a worker stops "
+        "consuming"),
+    Var("FARM_SCRATCH_FULL_PAUSE", "10", "seconds a worker pauses after a scratch-full hand-back"),
+    Var("FARM_UNHEALTHY_FILE", "", "written by a worker that stopped consuming; the compose "
+        "healthcheck fails while it exists"),
+    Var("FARM_SHUTDOWN_FORCE_S", "60", "a worker stopping itself (lost GPU lease) exits by force "
+        "after this many seconds"),
+    Var("FARM_MAX_DELIVERIES", "3", "lost deliveries / crashes of one video before it is failed"),
+    Var("FARM_MAX_RETRIES", "8", "transient-error (storage, broker) retries per delivery"),
+    Var("FARM_RETRY_BACKOFF", "5", "first transient-error retry delay, seconds (doubling)"),
+    Var("FARM_RETRY_BACKOFF_MAX", "600", "longest transient-error retry delay, seconds"),
+    Var("FARM_LEASE_TTL", "90", "seconds a video or GPU lease survives without heartbeat"),
+    Var("FARM_VISIBILITY_TIMEOUT", "", "override the Redis visibility timeout (default 2x the "
+        "longest hard limit); `enqueue` refuses a spec whose hard limit exceeds it"),
+    Var("FARM_SHORT_VISIBILITY_OK", "0", "`1` lets `enqueue` accept specs longer than the "
+        "visibility timeout (the chaos run's 20 s timeout forces redeliveries on purpose; the "
+        "lease de-duplicates them); never in production"),
+    Var("FARM_STREAM_UPLOAD", "1", "`1`: upload each frame while the rest of the video renders; "
+        "`0`: after it"),
+    Var("FARM_RENDERS_PER_GPU", "", "videos rendered at once per worker / GPU (its Celery "
+        "concurrency, default 1; compose 2; `worker render`: 2 on a GPU, 1 on a CPU)"),
+    Var("FARM_RENDER_PROCESS", "server", "`server` (long-lived render processes) or `oneshot` (a "
+        "fresh process per video, the previous design)"),
+    Var("FARM_RENDER_MAX_VIDEOS", "50", "replace a render process after this many videos"),
+    Var("FARM_RENDER_MAX_GROWTH_MB", "1024", "replace a render process whose memory grew this "
+        "much above its size after its first video"),
+    Var("FARM_RENDER_MAX_RSS_MB", "", "kill a render process whose video's peak resident memory "
+        "exceeds this (unset: no cap)"),
+    Var("FARM_RENDER_BOOT_TIMEOUT", "300", "seconds a render process may take to load Blender"),
+    Var("FARM_KERNEL_CACHE", "", "GPU kernel caches (OptiX, CUDA JIT) of the host's workers "
+        "(default `$FARM_CACHE_DIR/kernels`; image: `/kernel-cache`)"),
+    Var("FARM_WARMUP", "auto", "the warm-up before consuming: `auto`, `full`, `off`"),
+    Var("FARM_WARMUP_DEVICES", "AUTO", "devices the warm-up renders on (`AUTO`, `CPU`, `CUDA`, "
+        "`OPTIX`, comma-separated)"),
+    Var("FARM_HEALTH_FILE", "", "written once the worker is warm and consumes (default "
+        "`$FARM_SCRATCH/worker-ready.json`)"),
+    Var("FARM_BENCH_ABLATE", "", "benchmarks only: `no-mask` (RGB alone), `no-persistent` "
+        "(re-sync every frame), `per-frame-calls` and `serial-masks` (the previous render loop)"),
+    Var("FARM_AWS_CLI", "", "benchmarks only: the `aws` executable the upload benchmark compares "
+        "against (default `.venv-aws/bin/aws`)"),
+)}
+
+
+def text(name: str) -> str:
+    """The variable's value (stripped), or its default when unset or empty."""
+    var = VARS[name]  # KeyError: a FARM_* variable nobody declared
+    return os.environ.get(name, "").strip() or var.default
+
+
+def is_set(name: str) -> bool:
+    """Whether the environment sets the variable (to something other than blanks)."""
+    VARS[name]
+    return bool(os.environ.get(name, "").strip())
+
+
+def number(name: str) -> float:
+    raw = text(name)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def integer(name: str) -> int:
+    raw = text(name)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def optional_number(name: str) -> float | None:
+    """The number, or None when the variable and its default are empty."""
+    return number(name) if text(name) else None
+
+
+def flag(name: str) -> bool:
+    return text(name) not in ("", "0", "false", "no", "off")
+
+
+def markdown_table() -> str:
+    """The README's table of every variable."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for var in VARS.values():
+        default = f"`{var.default}`" if var.default else ""
+        rows.append(f"| `{var.name}` | {default} | {var.meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def secret(name: str) -> str | None:
@@ -27,14 +155,6 @@ def secret(name: str) -> str | None:
         return read_secret(name)
     except SecretError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
 
 
 @dataclass(frozen=True)
@@ -63,57 +183,23 @@ class Settings:
         host = parts.netloc.rsplit("@", 1)[-1]
         return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{host}"))
 
-    def storage(self) -> tuple[Storage, str]:
-        """(storage, base prefix). ``s3://bucket/prefix`` or a local path / ``file://`` URL."""
-        url = self.storage_url
-        if url.startswith("s3://"):
-            parts = urlsplit(url)
-            if not parts.netloc:
-                raise ConfigError(f"FARM_STORAGE_URL={url!r} has no bucket")
-            return S3Storage(parts.netloc, parts.path.strip("/"), endpoint_url=self.s3_endpoint,
-                             region=os.environ.get("AWS_DEFAULT_REGION"),
-                             access_key=secret("AWS_ACCESS_KEY_ID"),
-                             secret_key=secret("AWS_SECRET_ACCESS_KEY")), ""
-        if url.startswith("file://"):
-            url = urlsplit(url).path
-        return LocalStorage(url), ""
-
-    def asset_roots(self) -> tuple[Path, Path]:
-        if self.models and self.textures:
-            return self.models, self.textures
-        from farm.assets.procedural import default_pack
-
-        return default_pack()
-
-    def library(self):
-        """The asset library with the denylist applied (scheduler and workers must agree)."""
-        from farm.assets.library import AssetLibrary, read_denylist
-
-        return AssetLibrary.open(*self.asset_roots(), denylist=read_denylist(self.denylist))
-
 
 def load_settings() -> Settings:
-    env = os.environ.get
-    models, textures = env("FARM_MODELS"), env("FARM_TEXTURES")
+    models, textures = text("FARM_MODELS"), text("FARM_TEXTURES")
     if bool(models) != bool(textures):
         raise ConfigError("set both FARM_MODELS and FARM_TEXTURES, or neither (procedural pack)")
     return Settings(
-        redis_url=env("FARM_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        storage_url=env("FARM_STORAGE_URL", "farm-output"),
-        s3_endpoint=env("FARM_S3_ENDPOINT") or None,
+        redis_url=text("FARM_REDIS_URL"),
+        storage_url=text("FARM_STORAGE_URL"),
+        s3_endpoint=text("FARM_S3_ENDPOINT") or None,
         models=Path(models) if models else None,
         textures=Path(textures) if textures else None,
-        scratch=Path(env("FARM_SCRATCH", "/tmp/farm-scratch")),
-        seed=_int("FARM_SEED", 2021),
-        max_deliveries=_int("FARM_MAX_DELIVERIES", 3),
-        max_retries=_int("FARM_MAX_RETRIES", 8),
-        retry_backoff_max=_int("FARM_RETRY_BACKOFF_MAX", 600),
-        lease_ttl=_int("FARM_LEASE_TTL", 90),
-        denylist=Path(env("FARM_DENYLIST")) if env("FARM_DENYLIST") else None,
-        stream_upload=_int("FARM_STREAM_UPLOAD", 1) != 0,
+        scratch=Path(text("FARM_SCRATCH")),
+        seed=integer("FARM_SEED"),
+        max_deliveries=integer("FARM_MAX_DELIVERIES"),
+        max_retries=integer("FARM_MAX_RETRIES"),
+        retry_backoff_max=integer("FARM_RETRY_BACKOFF_MAX"),
+        lease_ttl=integer("FARM_LEASE_TTL"),
+        denylist=Path(text("FARM_DENYLIST")) if text("FARM_DENYLIST") else None,
+        stream_upload=flag("FARM_STREAM_UPLOAD"),
     )
-
-
-def segment_base(segment: int) -> str:
-    """Storage prefix of a segment: ``<segment>/`` under the storage URL's prefix."""
-    return str(segment)

@@ -17,10 +17,10 @@ for one preset and device, an entry from a later file wins over the shipped one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from farm.model.presets import CONFIG_DIR
+from farm.settings import text
 
 DEFAULT_FILE = CONFIG_DIR / "calibration.json"  # beside the presets (FARM_CONFIGS in images)
 FIELDS = ("s_per_frame", "overhead_s", "bytes_per_frame", "bytes_per_video")
@@ -39,8 +39,8 @@ def default_paths(extra: list[str] | None = None) -> list[Path]:
     paths = [DEFAULT_FILE]
     if LOCAL_FILE.exists() and LOCAL_FILE.resolve() != DEFAULT_FILE.resolve():
         paths.append(LOCAL_FILE)
-    if os.environ.get("FARM_CALIBRATION"):
-        paths.append(Path(os.environ["FARM_CALIBRATION"]))
+    if text("FARM_CALIBRATION"):
+        paths.append(Path(text("FARM_CALIBRATION")))
     return paths + [Path(p) for p in extra or []]
 
 

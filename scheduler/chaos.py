@@ -29,19 +29,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from farm.io.layout import marker_video, segment_base, staged_video
 from farm.io.storage import S3Storage
 from farm.queue.state import FarmState, connect
 from scheduler.faults import HttpFaultProxy
-from scheduler.local import (
-    ROOT,
-    farm_env,
-    free_port,
-    start_reconciler,
-    start_redis,
-    start_s3,
-    start_worker,
-    stop,
-)
+from scheduler.local import farm_env, start_reconciler, start_redis, start_s3, start_worker
+from scheduler.processes import ROOT, free_port, stop
 
 SEGMENT = 7
 BUCKET = "chaos"
@@ -106,7 +99,7 @@ class RenderMonitor(threading.Thread):
                 if b"worker.process.main" in args and b"--spec" in args and _running(proc):
                     spec = Path(args[args.index(b"--spec") + 1].decode())
                     if spec.is_relative_to(self.root):
-                        live[spec.parent.name.removesuffix(".staging")] += 1
+                        live[staged_video(spec.parent) or spec.parent.name] += 1
             self.seen.update(live.keys())
             self.violations.update(v for v, n in live.items() if n > 1)
 
@@ -356,7 +349,7 @@ def _publish_duplicate(broker: str, state: FarmState, video: str) -> None:
     """A second copy of the video's live message (same task id and generation)."""
     from celery import Celery
 
-    from worker.celery_app import TASK_NAME, task_id
+    from farm.queue.app import TASK_NAME, task_id
 
     app = Celery("chaos", broker=broker)
     app.conf.broker_transport_options = {"priority_steps": list(range(10)), "sep": ":",
@@ -381,12 +374,11 @@ def _resent(log_file: Path) -> int:
 def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor,
            env: dict) -> None:
     from farm.generate.sampling import video_id
-    from scheduler.cli import check_videos
+    from scheduler.finalize import check_videos
 
-    base = str(SEGMENT)
+    base = segment_base(SEGMENT)
     expected = {video_id(SEGMENT, i) for i in range(report.videos)}
-    keys = storage.list(base)
-    markers = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if "/done/" in f"/{k}"}
+    markers = {v for v in map(marker_video, storage.list(base)) if v}
     report.lost = sorted(expected - markers)
     problems = check_videos(storage, base, markers)  # names and MD5s against each marker
     report.mixed = {v: p for v, p in problems.items() if not p.startswith("missing ")}

@@ -8,122 +8,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
 from farm.assets.library import AssetError, read_denylist
-from farm.io.outputs import FOLDERS as OUTPUT_FOLDERS
-from farm.io.storage import StorageError, join, remove_frames, verify_video
+from farm.io.layout import META, video_keys
+from farm.io.storage import StorageError, join
 from farm.model.presets import load_preset
-from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, SpecError, VideoSpec, load_spec
-from farm.queue import metrics
-from farm.queue.state import STATES, BrokerUnavailable, FarmState, connect
-from farm.settings import ConfigError, Settings, load_settings, segment_base
-
-BATCH = 500
-# Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
-# of every explicitly prioritised video. The documented default is the middle.
-DEFAULT_PRIORITY = 5
-
-class Context:
-    """Lazily opened services, so each command touches only what it needs."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._state: FarmState | None = None
-        self._storage = None
-        self._library = None
-
-    @property
-    def state(self) -> FarmState:
-        if self._state is None:
-            self._state = FarmState(connect(self.settings.redis_url_with_password))
-        return self._state
-
-    @property
-    def storage(self):
-        if self._storage is None:
-            self._storage = self.settings.storage()
-        return self._storage
-
-    @property
-    def library(self):
-        if self._library is None:
-            self._library = self.settings.library()
-        return self._library
-
-    def base(self, segment: int) -> str:
-        return join(self.storage[1], segment_base(segment))
-
-    def done_videos(self, segment: int) -> set[str]:
-        """Videos whose completion marker exists in storage."""
-        storage = self.storage[0]
-        keys = storage.list(join(self.base(segment), "done"))
-        return {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if k.endswith(".json")}
-
-
-def task_kwargs(spec: VideoSpec, whole: bool = False) -> dict:
-    """A generated spec travels as its recipe (workers regenerate it and check the digest);
-    any other spec (imported, or read from a file a user may have edited) travels whole."""
-    if spec.source == "generated" and not whole:
-        recipe = {"video": spec.id, "segment": spec.segment, "index": spec.index,
-                  "seed": spec.seed, "preset": spec.preset, "digest": spec.digest()}
-        first_attempt = spec.generation.get("gate", {}).get("first_attempt", 0)
-        return {**recipe, "first_attempt": first_attempt} if first_attempt else recipe
-    return {"video": spec.id, "segment": spec.segment, "spec": spec.to_dict()}
-
-
-def time_limits(spec: VideoSpec) -> tuple[int, int]:
-    """The task's (soft, hard) limits; refused when the hard one outlasts the broker's visibility
-    timeout (Redis would deliver the message again while its first delivery still renders)."""
-    from worker.celery_app import VISIBILITY_TIMEOUT
-
-    preset = load_preset(spec.preset)
-    attempts = None if spec.source == "generated" else 1
-    soft, hard = preset.time_limits(spec.frames, attempts)
-    if hard > VISIBILITY_TIMEOUT and os.environ.get("FARM_SHORT_VISIBILITY_OK") != "1":
-        raise SpecError(spec.id, f"its time limit ({hard} s for {spec.frames} frames of "
-                        f"{preset.name}) exceeds the broker's visibility timeout "
-                        f"({VISIBILITY_TIMEOUT} s); set FARM_VISIBILITY_TIMEOUT above {hard} on "
-                        "every worker and the scheduler, or render fewer frames")
-    return soft, hard
-
-
-def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool = False) -> None:
-    """Register specs in Redis and publish one task per video."""
-    from worker.celery_app import TASK_NAME, app, task_id
-
-    limits = {spec.id: time_limits(spec) for spec in specs}  # refuse before registering any
-    by_segment: dict[int, list[VideoSpec]] = {}
-    for spec in specs:
-        by_segment.setdefault(spec.segment, []).append(spec)
-    generations: dict[str, int] = {}
-    for segment, group in by_segment.items():
-        generations.update(ctx.state.register(segment, group))
-    # kombu's publish batch sends the LPUSHes through one Redis pipeline per batch
-    with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH):
-        for spec in specs:
-            soft, hard = limits[spec.id]
-            generation = generations[spec.id]
-            app.send_task(
-                TASK_NAME, kwargs={**task_kwargs(spec, whole), "generation": generation},
-                task_id=task_id(spec.id, generation), producer=producer,
-                priority=DEFAULT_PRIORITY if priority is None else priority,
-                soft_time_limit=soft, time_limit=hard, ignore_result=True,
-                argsrepr="()", kwargsrepr=f"{{'video': '{spec.id}', 'segment': {spec.segment}}}",
-            )
+from farm.model.spec import SpecError, VideoSpec, load_spec
+from farm.queue.state import STATES, BrokerUnavailable
+from farm.settings import ConfigError, load_settings
+from scheduler.context import Context
+from scheduler.finalize import check_videos, prune, requeue_broken, youtube_vos_meta
+from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
 
 
 def cmd_init_storage(ctx: Context, args: argparse.Namespace) -> int:
-    storage, _ = ctx.storage
+    storage = ctx.storage
     print(storage.create())
     return 0
 
@@ -160,7 +67,7 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
         preset = load_preset(args.preset)
         seed = args.seed if args.seed is not None else ctx.settings.seed
         indices = list(range(args.start, args.start + args.count))
-        chunks = generate_many(ctx.settings.library(), preset, args.segment, indices, seed,
+        chunks = generate_many(ctx.library, preset, args.segment, indices, seed,
                                chunk=BATCH, denylist=read_denylist(ctx.settings.denylist))
         total = len(indices)
     done: dict[int, set[str]] = {}
@@ -300,60 +207,6 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def broker_task_ids(r) -> set[str]:
-    """Task ids a worker will still run: messages queued in a priority list, or held
-    unacknowledged with an ETA still ahead (a countdown retry, a deferral).
-
-    A message held unacknowledged without one belongs to a delivery in progress, which holds the
-    video's lease within seconds, or to a worker killed outright, whose message only returns
-    after the visibility timeout (hours): with the lease free for a while, that video counts as
-    stranded and is sent again as a new generation (the old message is dropped if it returns).
-    """
-    ids = set()
-    for key in r.scan_iter("render*"):
-        if r.type(key) == "list":
-            for raw in r.lrange(key, 0, -1):
-                ids.add(json.loads(raw)["headers"]["id"])
-    now = datetime.now(UTC)
-    for raw in r.hvals("unacked"):
-        headers = json.loads(raw)[0]["headers"]
-        eta = headers.get("eta")
-        if eta and datetime.fromisoformat(eta).astimezone(UTC) > now:
-            ids.add(headers["id"])
-    return ids
-
-
-def stranded_videos(ctx: Context, segments: list[int]) -> dict[int, dict[str, float]]:
-    """Pending videos (queued, retrying, running) with no message in Redis and no live lease,
-    with the time each was first found so: nothing renders them unless they are sent again."""
-    from worker.celery_app import task_id
-
-    present = broker_task_ids(ctx.state.r)
-    found: dict[int, dict[str, float]] = {}
-    for segment in segments:
-        now = {video for video, st in ctx.state.states(segment).items()
-               if st in ("queued", "retrying", "running")
-               and task_id(video, ctx.state.generation(video)) not in present
-               and ctx.state.holder(f"video:{video}") is None}
-        found[segment] = ctx.state.stranded_since(segment, now)
-    return found
-
-
-def reconcile_once(ctx: Context, segments: list[int], min_age_s: float = 0.0) -> list[str]:
-    """Re-send videos stranded for at least ``min_age_s`` (a video between its registration
-    and its publish, or between a retry's ack and its republish, looks stranded an instant)."""
-    now = time.time()
-    resend = []
-    for segment, stranded in stranded_videos(ctx, segments).items():
-        for video, since in sorted(stranded.items()):
-            spec = ctx.state.spec(segment, video)
-            if spec and now - since >= min_age_s:
-                resend.append(VideoSpec.from_dict(spec))
-    send(ctx, resend, None)
-    metrics.record_reconcile(ctx.state.r, len(resend))
-    return [s.id for s in resend]
-
-
 def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
     """Re-send videos that are pending but have no message in Redis and no live lease.
 
@@ -386,7 +239,7 @@ def cmd_exporter(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
-    from worker.celery_app import app, task_id
+    from farm.queue.app import app, task_id
 
     states = ctx.state.states(args.segment)
     videos = args.video or [v for v, s in states.items() if s in ("queued", "retrying")]
@@ -399,90 +252,19 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
-    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames, and
-    the outputs it has; ``outputs``: those of the whole segment (the union)."""
-    videos, every = {}, set()
-    for video, m in sorted(manifests.items()):
-        objects = {}
-        for obj in m["objects"]:
-            frames = [f"{f['frame']:05d}" for f in m["frames"]
-                      if f["objects"][obj["id"] - 1]["pixels"] > 0]
-            objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
-                                       "model": obj["model"], "frames": frames}
-        outputs = list(m.get("outputs") or m.get("render_settings", {}).get("outputs")
-                       or DEFAULT_OUTPUTS)
-        every.update(outputs)
-        videos[video] = {"objects": objects, "outputs": outputs}
-    return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
-
-
-def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
-    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, every file
-    (frames and the extra outputs: depth, flow, normals, camera, amodal masks) the content the
-    marker records (MD5), each extra folder as many files as the marker lists, and its spec and
-    manifest present."""
-    checksums = storage.checksums(base)
-    counts: dict[tuple[str, str], int] = {}
-    for key in checksums:
-        parts = key[len(base):].strip("/").split("/")
-        if len(parts) >= 3 and parts[0] in OUTPUT_FOLDERS.values():
-            counts[(parts[0], parts[1])] = counts.get((parts[0], parts[1]), 0) + 1
-    problems = {}
-    for video in sorted(videos):
-        marker = json.loads(storage.get_bytes(join(base, "done", f"{video}.json")) or b"{}")
-        problem = next((f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
-                        f"{count}" for folder, count in (marker.get("files") or {}).items()
-                        if counts.get((folder, video), 0) != count), None)
-        problem = problem or verify_video(marker, checksums, base, video)
-        for key in (join(base, "specs", f"{video}.yaml"), join(base, "manifests", f"{video}.json")):
-            if problem is None and key not in checksums:
-                problem = f"missing {key}"
-        if problem:
-            problems[video] = problem
-    return problems
-
-
-def _requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
-    """Send videos whose delivery is broken again: their marker goes, a fresh render replaces
-    their frames (each delivery removes an earlier one's)."""
-    storage = ctx.storage[0]
-    specs = []
-    for video in videos:
-        stored = ctx.state.spec(segment, video)
-        if stored is None:
-            print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
-            continue
-        storage.delete([join(ctx.base(segment), "done", f"{video}.json")])
-        specs.append(VideoSpec.from_dict(stored))
-    send(ctx, specs, None)
-    return len(specs)
-
-
-def _prune(ctx: Context, segment: int) -> int:
-    """Remove the frames of failed and cancelled videos, so folder-listing loaders never see
-    them; returns how many videos had frames."""
-    states = ctx.state.states(segment)
-    pruned = 0
-    for video, st in sorted(states.items()):
-        if st in ("failed", "cancelled") and remove_frames(ctx.storage[0], ctx.base(segment), video):
-            pruned += 1
-    return pruned
-
-
 def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
-    storage, _ = ctx.storage
+    storage = ctx.storage
     base = ctx.base(args.segment)
     expected = set(ctx.state.states(args.segment))
     done = ctx.done_videos(args.segment)
     missing = sorted(expected - done)
     if args.prune:
-        print(f"pruned the frames of {_prune(ctx, args.segment)} failed or cancelled videos")
+        print(f"pruned the frames of {prune(ctx, args.segment)} failed or cancelled videos")
     problems = check_videos(storage, base, done)
     for video, problem in problems.items():
         print(f"{video}: {problem}")
     if problems and args.requeue:
-        sent = _requeue_broken(ctx, args.segment, sorted(problems))
+        sent = requeue_broken(ctx, args.segment, sorted(problems))
         print(f"re-enqueued {sent} videos whose frames do not match their marker")
     if missing:
         print(f"segment {args.segment} is incomplete: {len(missing)} of {len(expected)} videos "
@@ -492,7 +274,7 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     videos = sorted(done - set(problems))
 
     def manifest(video: str) -> tuple[str, dict]:
-        return video, json.loads(storage.get_bytes(join(base, "manifests", f"{video}.json")))
+        return video, json.loads(storage.get_bytes(video_keys(base, video)["manifest"]))
 
     with ThreadPoolExecutor(16) as pool:
         manifests = dict(pool.map(manifest, videos))
@@ -506,9 +288,9 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     meta = youtube_vos_meta({v: m for v, m in manifests.items() if v not in shipped})
     # Videos a user chose to keep although they failed the gate (imported, --keep-gate-failures).
     meta["gate_failures_kept"] = sorted(set(failed_gate) - shipped)
-    storage.put_bytes(join(base, "meta.json"), json.dumps(meta).encode())
+    storage.put_bytes(join(base, META), json.dumps(meta).encode())
     print(f"segment {args.segment}: {len(videos)} videos complete, every frame verified; wrote "
-          f"{join(base, 'meta.json')} in {storage.describe()}")
+          f"{join(base, META)} in {storage.describe()}")
     return 0
 
 

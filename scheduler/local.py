@@ -13,37 +13,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not open port {port} within {timeout:.0f} s")
-
-
-def spawn(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
-    """Start ``cmd`` with stdout and stderr appended to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+from farm.settings import text
+from scheduler.processes import ROOT, spawn, stop, wait_port
 
 
 def start_redis(folder: Path, port: int, password: str) -> subprocess.Popen:
@@ -107,21 +83,8 @@ def farm_env(redis_port: int, redis_password: str, s3_port: int, bucket: str,
         "AWS_SECRET_ACCESS_KEY": "local-farm",
         "AWS_DEFAULT_REGION": "us-east-1",
         "FARM_SCRATCH": str(scratch),
-        "FARM_GPUS": os.environ.get("FARM_GPUS", "auto"),
+        "FARM_GPUS": text("FARM_GPUS"),
     }
-
-
-def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
-    """SIGTERM (Celery: warm shutdown), then SIGKILL after ``timeout``."""
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.terminate()
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def start_reconciler(env: dict, log: Path, every_s: float = 30.0, min_age_s: float = 60.0

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from farm.io.storage import Storage, StorageError, join
+from farm.io.layout import MARKERS, join, marker_video, video_keys
+from farm.io.storage import Storage, StorageError
 from farm.model.camera import look_at_rotation, project
 from farm.model.spec import SpecError, VideoSpec, eval_poly, parse_spec_text
 from farm.queue.state import PREFIX, STATES, FarmState, unpack_spec
@@ -150,8 +151,7 @@ def gather(state: FarmState, storage: Storage, base: str, segment: int,
     """The report's figures (JSON-able) and thumbnail PNGs per video."""
     counts = state.counts(segment)
     total = sum(counts.values())
-    done = sorted(k.rsplit("/", 1)[-1].removesuffix(".json")
-                  for k in storage.list(join(base, "done")) if k.endswith(".json"))
+    done = sorted(v for v in map(marker_video, storage.list(join(base, MARKERS))) if v)
     if not total and not done:
         raise StorageError(f"segment {segment}: nothing enqueued in Redis and no finished "
                            f"video in {storage.describe()}")
@@ -244,7 +244,7 @@ def read_video(storage: Storage, base: str, video: str, packed: str | None = Non
     ``packed`` is the spec the scheduler stored in Redis; it is used when its digest is the
     manifest's (else the video was resampled: the spec uploaded beside the frames is read).
     """
-    raw = storage.get_bytes(join(base, "manifests", f"{video}.json"))
+    raw = storage.get_bytes(video_keys(base, video)["manifest"])
     if raw is None:
         return None
     manifest = json.loads(raw)
@@ -255,7 +255,7 @@ def read_video(storage: Storage, base: str, video: str, packed: str | None = Non
             if spec.digest() != manifest.get("spec_digest"):
                 spec = None
         if spec is None:
-            text = storage.get_bytes(join(base, "specs", f"{video}.yaml"))
+            text = storage.get_bytes(video_keys(base, video)["spec"])
             spec = parse_spec_text(text, video) if text else None
     except SpecError:
         spec = None
@@ -501,7 +501,7 @@ ONLOAD = ("addEventListener('load',()=>{const i=[...document.images];"
 
 
 def run(ctx, args) -> int:
-    """The ``report`` command (ctx: scheduler.cli.Context)."""
+    """The ``report`` command (ctx: scheduler.context.Context)."""
     storage, _ = ctx.storage
     figures, thumbs = gather(ctx.state, storage, ctx.base(args.segment), args.segment,
                              args.thumbnails)

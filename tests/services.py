@@ -11,7 +11,8 @@ from pathlib import Path
 
 import boto3
 
-from scheduler.local import farm_env, start_worker, stop
+from scheduler.local import farm_env, start_worker
+from scheduler.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 

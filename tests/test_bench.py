@@ -94,7 +94,7 @@ def test_gpu_bench_marginal_cost_of_farm_render(tmp_path):
     from bench.gpu import bench_marginal
 
     rows = bench_marginal("tiny", 2, 2, tmp_path, repeats=1, loop_frames=3, loop_videos=1)
-    assert {r["design"] for r in rows if r["bench"] == "farm render"} == {"oneshot", "server"}
+    assert {r["design"] for r in rows if r["bench"] == "worker render"} == {"oneshot", "server"}
     loops = [r for r in rows if r["bench"] == "render loop"]
     assert len(loops) == 2 and all(r["s_per_frame"] > 0 for r in loops)
 

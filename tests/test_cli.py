@@ -10,8 +10,8 @@ from farm.assets.library import AssetLibrary
 from farm.model.spec import load_spec
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "farm", "-q", *args], capture_output=True,
+def run(*args: str, package: str = "farm") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", package, "-q", *args], capture_output=True,
                           text=True)
 
 
@@ -50,7 +50,8 @@ def test_render_command_with_preset(pack, tmp_path):
                str(pack.models), "--textures", str(pack.textures)).returncode == 0
     out = tmp_path / "out"
     proc = run("render", "--spec", str(spec_dir / "a00000.yaml"), "--preset", "tiny", "--out",
-               str(out), "--models", str(pack.models), "--textures", str(pack.textures))
+               str(out), "--models", str(pack.models), "--textures", str(pack.textures),
+               package="worker")
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "JPEGImages" / "a00000").glob("*.jpg"))) == 3
     assert load_spec(out / "specs" / "a00000.yaml").preset == "tiny"
@@ -68,13 +69,13 @@ def test_render_exits_non_zero_for_a_gate_failure_and_keeps_it_only_when_asked(p
     save_spec(spec, tmp_path / "speck.yaml")
     common = ["render", "--spec", str(tmp_path / "speck.yaml"), "--models", str(models),
               "--textures", str(pack.textures)]
-    proc = run(*common, "--out", str(tmp_path / "out"))
+    proc = run(*common, "--out", str(tmp_path / "out"), package="worker")
     assert proc.returncode == 4
     assert f"error: {spec.id}: failed the quality gate (3 attempts" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "JPEGImages" / spec.id).exists()
 
-    proc = run(*common, "--out", str(tmp_path / "kept"), "--keep-gate-failures")
+    proc = run(*common, "--out", str(tmp_path / "kept"), "--keep-gate-failures", package="worker")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "kept" / "manifests" / f"{spec.id}.json").read_text())
     assert manifest["gate"]["passed"] is False and manifest["keep_gate_failures"] is True

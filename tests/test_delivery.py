@@ -74,7 +74,7 @@ def test_explicit_priority_is_served_before_the_default(farm):
 
 def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch):
     from farm.generate.sampling import generate_spec
-    from worker.process.runner import render_spec
+    from worker.attempts import render_attempts
 
     secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "REDIS_PASSWORD": "pw",
                "FARM_REDIS_URL": "redis://:pw@127.0.0.1:1/0", "FARM_STORAGE_URL": "s3://b"}
@@ -93,8 +93,8 @@ def test_render_process_gets_no_credentials(library, tiny, tmp_path, monkeypatch
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        render_spec(generate_spec(library, tiny, 0, 3, 2021), library.models_root,
-                    library.textures_root, tmp_path / "scratch")
+        render_attempts(generate_spec(library, tiny, 0, 3, 2021), tiny, library.models_root,
+                        library.textures_root, tmp_path / "scratch")
     finally:
         stop.set()
         watcher.join()
@@ -108,13 +108,14 @@ def test_render_process_dies_with_its_worker(library, tiny, tmp_path):
     """A hard kill of the worker (SIGKILL) must not leave Blender rendering, orphaned."""
     from farm.generate.sampling import generate_spec
     from farm.model.spec import save_spec
-    from worker.process.runner import render_spec  # noqa: F401 - the child imports it
+    from worker.attempts import render_attempts  # noqa: F401 - the child imports it
 
     spec = generate_spec(library, tiny, 0, 3, 2021)
     save_spec(spec, tmp_path / "spec.yaml")
     code = ("import sys; from pathlib import Path; from farm.model.spec import load_spec;"
-            "from worker.process.runner import render_spec;"
-            f"render_spec(load_spec({str(tmp_path / 'spec.yaml')!r}), {str(library.models_root)!r},"
+            "from worker.attempts import render_attempts;"
+            f"render_attempts(load_spec({str(tmp_path / 'spec.yaml')!r}), None, "
+            f"{str(library.models_root)!r},"
             f" {str(library.textures_root)!r}, Path({str(tmp_path / 'scratch')!r}),"
             " progress=lambda d, t: __import__('time').sleep(30))")
     worker = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)

@@ -40,7 +40,8 @@ def assert_complete(farm, segment: int, video: str, frames: int) -> None:
 
 
 def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
-    from scheduler.local import free_port, start_flower, stop
+    from scheduler.local import start_flower
+    from scheduler.processes import free_port, stop
 
     farm.start_worker("w1", FARM_GPUS="0,1")
     farm.start_worker("w2", FARM_GPUS="0,1")
@@ -319,7 +320,7 @@ def test_init_storage_is_idempotent(farm):
 
 
 def test_clear_errors_when_services_are_unreachable(farm):
-    from scheduler.local import free_port
+    from scheduler.processes import free_port
 
     dead = free_port()
     proc = farm.cli("status", env={"FARM_REDIS_URL": f"redis://127.0.0.1:{dead}/0"}, check=False)

@@ -9,9 +9,10 @@ import pytest
 from speck import speck_models
 
 from farm.generate.sampling import generate_spec
+from farm.io.layout import staging_dir
 from farm.model.gate import geometric_gate, mask_gate
-from farm.model.presets import QualityGate
-from worker.process.runner import GateFailed, render_spec, staging_dir
+from farm.model.presets import QualityGate, find_preset
+from worker.attempts import GateFailed, render_attempts
 
 GATE = QualityGate(min_first_frame_pixels_fraction=0.001, min_visible_frames_fraction=0.5,
                    max_attempts=3)
@@ -77,7 +78,8 @@ def test_video_that_never_passes_the_gate_fails(speck_library, pack, tiny, tmp_p
     spec = generate_spec(speck_library, tiny, 0, 1, 5)
     assert spec.generation["gate"]["passed"]
     with pytest.raises(GateFailed) as failure:
-        render_spec(spec, speck_library.models_root, pack.textures, tmp_path / "scratch")
+        render_attempts(spec, find_preset(spec.preset),
+                        speck_library.models_root, pack.textures, tmp_path / "scratch")
     message = str(failure.value)
     assert f"{tiny.quality_gate.max_attempts} attempts" in message
     assert "pixels in frame 0" in message and "00000002/speck" in message
@@ -87,7 +89,8 @@ def test_video_that_never_passes_the_gate_fails(speck_library, pack, tiny, tmp_p
 @pytest.mark.render
 def test_kept_gate_failure_records_every_attempt(speck_library, pack, tiny, tmp_path):
     spec = replace(generate_spec(speck_library, tiny, 0, 1, 5), keep_gate_failures=True)
-    outcome = render_spec(spec, speck_library.models_root, pack.textures, tmp_path / "scratch")
+    outcome = render_attempts(spec, find_preset(spec.preset),
+                              speck_library.models_root, pack.textures, tmp_path / "scratch")
     manifest = outcome.manifest
     assert manifest["attempt"] == tiny.quality_gate.max_attempts - 1 == outcome.spec.attempt
     rejected = manifest["rejected_attempts"]

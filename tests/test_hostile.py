@@ -130,7 +130,7 @@ def test_absurd_sizes_are_rejected(valid, field, value):
 
 
 def test_celery_accepts_json_only():
-    from worker.celery_app import app
+    from farm.queue.app import app
 
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
     assert app.conf.result_accept_content == ["json"]

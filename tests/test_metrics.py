@@ -65,7 +65,8 @@ def test_exporter_values_after_two_done_videos(redis_url, library, tiny, monkeyp
         outcome = SimpleNamespace(spec=spec, manifest={
             "device": "OPTIX: NVIDIA H200", "timings": {"render_s": [0.2, 0.3, 7.0]}})
         metrics.record_video(state.r, "w1@host", outcome, {"bytes": 1000, "upload_s": 0.4})
-    from worker.process.runner import GateFailed, RenderCrash
+    from worker.attempts import GateFailed
+    from worker.process.runner import RenderCrash
 
     metrics.record_failure(state.r, GateFailed("a00002: failed the quality gate"), True, "w1@host")
     metrics.record_failure(state.r, RenderCrash("killed: exceeded the 60 s time limit"), False,
@@ -116,7 +117,8 @@ def test_failure_reasons_are_a_bounded_set():
     from farm.io.storage import StorageError
     from farm.model.spec import SpecError
     from farm.queue.state import BrokerUnavailable
-    from worker.process.runner import GateFailed, PermanentRenderError, RenderCrash, ScratchFull
+    from worker.attempts import GateFailed
+    from worker.process.runner import PermanentRenderError, RenderCrash, ScratchFull
 
     cases = {
         GateFailed("x"): "gate", AssetError("no faces"): "asset", SpecError("f", "bad"): "spec",
@@ -136,7 +138,7 @@ def test_failure_reasons_are_a_bounded_set():
 
 
 def test_exporter_without_redis_says_so():
-    from scheduler.local import free_port
+    from scheduler.processes import free_port
 
     s = scrape(f"redis://127.0.0.1:{free_port()}/0")
     assert value(s, "farm_exporter_redis_up") == 0
@@ -206,7 +208,8 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(farm, pack, t
     from farm.generate.sampling import generate_spec
     from farm.model.spec import save_spec
     from scheduler import monitoring
-    from scheduler.local import free_port, start_flower, stop
+    from scheduler.local import start_flower
+    from scheduler.processes import free_port, stop
 
     if not monitoring.prometheus_binary():
         pytest.fail("prometheus not installed: run `make system-deps` (apt-get install prometheus)")

@@ -171,7 +171,7 @@ def test_sigterm_hands_the_render_back_at_once(farm, library, tmp_path):
     """A redeploy (SIGTERM) mid-render: the worker kills Blender, re-publishes the video and exits
     within seconds; another worker renders it long before the visibility timeout; one upload, no
     lost delivery or crash counted."""
-    from worker.celery_app import VISIBILITY_TIMEOUT
+    from farm.queue.app import VISIBILITY_TIMEOUT
 
     spec, path = slow_spec(library, 20, tmp_path)  # finishing it would take far longer
     video = spec.id
@@ -262,7 +262,8 @@ def _env_without(env: dict, *names: str) -> dict:
 
 
 def test_secrets_come_from_files_and_a_conflict_is_an_error(farm, tmp_path):
-    from scheduler.local import free_port, start_worker, stop, wait_port
+    from scheduler.local import start_worker
+    from scheduler.processes import free_port, stop, wait_port
 
     secrets = tmp_path / "secrets"
     secrets.mkdir()

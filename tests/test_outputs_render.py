@@ -19,9 +19,9 @@ from PIL import Image
 from farm.assets.procedural import normalize, sphere, write_obj
 from farm.io import outputs as fo
 from farm.model.camera import look_at_rotation
-from farm.model.presets import load_preset
+from farm.model.presets import find_preset, load_preset
 from farm.model.spec import OUTPUTS, BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, eval_poly
-from worker.process.runner import render_spec
+from worker.attempts import render_attempts
 
 pytestmark = pytest.mark.render
 
@@ -55,7 +55,7 @@ def sphere_spec(render) -> VideoSpec:
 
 
 def render_and_load(spec, models, pack, tmp_path):
-    outcome = render_spec(spec, models, pack.textures, tmp_path)
+    outcome = render_attempts(spec, find_preset(spec.preset), models, pack.textures, tmp_path)
     root = outcome.staging
     (root / "manifests").mkdir()
     (root / "manifests" / f"{spec.id}.json").write_text(json.dumps(outcome.manifest))
@@ -257,7 +257,7 @@ def test_movi_like_video_renders_locally_with_every_output(library, tmp_path):
     path.write_text(spec.to_yaml())
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "farm", "-q", "render", "--spec", str(path), "--preset",
+        [sys.executable, "-m", "worker", "-q", "render", "--spec", str(path), "--preset",
          "tiny-movi", "--out", str(out), "--models", str(library.models_root), "--textures",
          str(library.textures_root)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

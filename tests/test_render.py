@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 
 from farm.assets.procedural import normalize, sphere, write_obj
-from farm.cli import render_specs
 from farm.generate.sampling import generate_spec
 from farm.io.masks import PALETTE
 from farm.model.camera import focal_pixels, look_at_rotation, project
-from farm.model.presets import apply_preset
+from farm.model.presets import apply_preset, find_preset
 from farm.model.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, load_spec
-from worker.process.runner import PermanentRenderError, render_spec
+from worker.attempts import render_attempts
+from worker.cli import write_videos
+from worker.process.runner import PermanentRenderError
 
 pytestmark = pytest.mark.render
 
@@ -28,8 +29,7 @@ pytestmark = pytest.mark.render
 def rendered(library, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("render")
     specs = [generate_spec(library, tiny, 0, i, 2021) for i in (3, 4)]
-    manifests, failed = render_specs(specs, library.models_root, library.textures_root, out,
-                                     quiet=True)
+    manifests, failed = write_videos(specs, library, out, quiet=True)
     assert not failed
     return out, specs, manifests
 
@@ -113,7 +113,7 @@ def test_mask_agrees_with_projected_geometry(sphere_pack, pack, tiny, tmp_path):
                           rotation_poly=[[0, 0, 0]])],
         background=BackgroundSpec(image="skybox/wood/0.jpg", strength=0.5),
         render=tiny.render, source="imported", preset="tiny")
-    outcome = render_spec(spec, sphere_pack, pack.textures, tmp_path)
+    outcome = render_attempts(spec, find_preset(spec.preset), sphere_pack, pack.textures, tmp_path)
     assert "render device: CPU" in (outcome.staging / "render.log").read_text()  # choice logged
     ids = np.asarray(Image.open(outcome.staging / "Annotations/spheres/00000.png"))
     rot = look_at_rotation(np.array(cam_loc), np.array(look))
@@ -147,7 +147,7 @@ def _spec_with_model(library, tiny, **changes):
 def test_missing_model_is_a_clear_permanent_error(library, tiny, tmp_path):
     spec = _spec_with_model(library, tiny, model="02691156/missing")
     with pytest.raises(PermanentRenderError, match="02691156/missing.*not found"):
-        render_spec(spec, library.models_root, library.textures_root, tmp_path)
+        render_attempts(spec, find_preset(spec.preset), library.models_root, library.textures_root, tmp_path)
 
 
 def test_broken_obj_is_a_clear_permanent_error(library, pack, tiny, tmp_path):
@@ -157,7 +157,8 @@ def test_broken_obj_is_a_clear_permanent_error(library, pack, tiny, tmp_path):
     try:
         spec = _spec_with_model(library, tiny, model="02691156/broken")
         with pytest.raises(PermanentRenderError, match="02691156/broken.*no faces"):
-            render_spec(spec, library.models_root, library.textures_root, tmp_path)
+            render_attempts(spec, find_preset(spec.preset),
+                            library.models_root, library.textures_root, tmp_path)
     finally:
         import shutil
 
@@ -170,7 +171,8 @@ def test_unreadable_texture_is_a_clear_permanent_error(library, pack, tiny, tmp_
     try:
         spec = _spec_with_model(library, tiny, texture="texture/wood/corrupt.jpg")
         with pytest.raises(PermanentRenderError, match="cannot read image .*corrupt.jpg"):
-            render_spec(spec, library.models_root, library.textures_root, tmp_path)
+            render_attempts(spec, find_preset(spec.preset),
+                            library.models_root, library.textures_root, tmp_path)
     finally:
         bad.unlink()
 
@@ -180,14 +182,14 @@ def test_cli_render_reports_errors_without_traceback(library, pack, tiny, tmp_pa
     path = tmp_path / "bad.yaml"
     path.write_text(spec.to_yaml())
     proc = subprocess.run(
-        [sys.executable, "-m", "farm", "-q", "render", "--spec", str(path), "--out",
+        [sys.executable, "-m", "worker", "-q", "render", "--spec", str(path), "--out",
          str(tmp_path / "out"), "--models", str(pack.models), "--textures", str(pack.textures)],
         capture_output=True, text=True)
     assert proc.returncode != 0
     assert "error:" in proc.stderr and "02691156/missing" in proc.stderr
     assert "Traceback" not in proc.stderr
     path.write_text("id: [broken")
-    proc = subprocess.run([sys.executable, "-m", "farm", "render", "--spec", str(path), "--out",
+    proc = subprocess.run([sys.executable, "-m", "worker", "render", "--spec", str(path), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2 and "not valid YAML" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -210,11 +212,13 @@ def test_benchmark_ablation_renders_rgb_alone(library, tiny, tmp_path):
     """FARM_BENCH_ABLATE=no-mask (the mask-cost benchmark) renders the JPEGs and writes no masks;
     an unknown ablation is refused."""
     spec = generate_spec(library, tiny, 0, 5, 2021)
-    out = render_spec(spec, library.models_root, library.textures_root, tmp_path / "a",
+    out = render_attempts(spec, find_preset(spec.preset),
+                          library.models_root, library.textures_root, tmp_path / "a",
                       env={"FARM_BENCH_ABLATE": "no-mask,no-persistent"})
     assert len(list((out.staging / "JPEGImages" / spec.id).glob("*.jpg"))) == spec.frames
     assert not list((out.staging / "Annotations" / spec.id).glob("*.png"))
     assert len(out.manifest["timings"]["render_s"]) == spec.frames
     with pytest.raises(Exception, match="FARM_BENCH_ABLATE: unknown"):
-        render_spec(spec, library.models_root, library.textures_root, tmp_path / "b",
+        render_attempts(spec, find_preset(spec.preset),
+                        library.models_root, library.textures_root, tmp_path / "b",
                     env={"FARM_BENCH_ABLATE": "no-denoise"})

@@ -16,8 +16,10 @@ import pytest
 from PIL import Image
 
 from farm.generate.sampling import generate_spec
+from farm.model.presets import find_preset
+from worker.attempts import render_attempts
 from worker.process.pool import RenderPool
-from worker.process.runner import PermanentRenderError, RenderCrash, render_spec
+from worker.process.runner import PermanentRenderError, RenderCrash
 
 pytestmark = pytest.mark.render
 
@@ -33,11 +35,12 @@ def test_one_process_renders_many_videos_like_fresh_processes(library, tiny, tmp
     specs = [generate_spec(library, tiny, 0, i, 2021) for i in (6, 7, 8)]
     roots = (library.models_root, library.textures_root)
     with RenderPool(1) as pool:
-        served = [render_spec(s, *roots, tmp_path / "server", pool=pool) for s in specs]
+        served = [render_attempts(s, find_preset(s.preset),
+                                  *roots, tmp_path / "server", pool=pool) for s in specs]
         (proc,) = pool.processes()
         assert proc.videos >= 3 and pool.recycled == []  # one process did all (and resamples)
     for spec, out in zip(specs, served, strict=True):
-        fresh = render_spec(spec, *roots, tmp_path / "oneshot")
+        fresh = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "oneshot")
         rgb_a, masks_a, names_a = _frames(out.staging, spec.id)
         rgb_b, masks_b, names_b = _frames(fresh.staging, spec.id)
         assert names_a == names_b and len(masks_a) == spec.frames
@@ -57,8 +60,8 @@ def test_animation_render_loop_writes_what_the_per_frame_loop_wrote(library, tin
     both write the same pixels, masks and manifest frames."""
     spec = replace(generate_spec(library, tiny, 0, 21, 2021), frames=6)
     roots = (library.models_root, library.textures_root)
-    new = render_spec(spec, *roots, tmp_path / "new", resample=False)
-    old = render_spec(spec, *roots, tmp_path / "old", resample=False,
+    new = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "new", resample=False)
+    old = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "old", resample=False,
                       env={"FARM_BENCH_ABLATE": "per-frame-calls,serial-masks"})
     rgb_new, masks_new, names_new = _frames(new.staging, spec.id)
     rgb_old, masks_old, names_old = _frames(old.staging, spec.id)
@@ -83,15 +86,16 @@ def test_a_failed_video_costs_only_itself(library, pack, tiny, tmp_path):
     try:
         with RenderPool(1) as pool:
             first = pool.processes()[0].pid
-            render_spec(good, *roots, tmp_path, pool=pool)
+            render_attempts(good, find_preset(good.preset), *roots, tmp_path, pool=pool)
             broken = generate_spec(library, tiny, 0, 10, 2021)
             broken = replace(broken, objects=[replace(broken.objects[0], model="02691156/broken-srv"),
                                               *broken.objects[1:]])
             with pytest.raises(PermanentRenderError, match="broken-srv.*no faces"):
-                render_spec(broken, *roots, tmp_path, pool=pool)
+                render_attempts(broken, find_preset(broken.preset), *roots, tmp_path, pool=pool)
             second = pool.processes()[0].pid
             assert second != first and pool.recycled == ["died"]
-            assert render_spec(good, *roots, tmp_path, pool=pool).manifest["num_frames"] == 3
+            assert render_attempts(good, find_preset(good.preset),
+                                   *roots, tmp_path, pool=pool).manifest["num_frames"] == 3
 
             # kill -9 the process while it renders a longer video
             long = replace(good, frames=40)
@@ -103,10 +107,11 @@ def test_a_failed_video_costs_only_itself(library, pack, tiny, tmp_path):
                     os.kill(pool.processes()[0].pid, signal.SIGKILL)
 
             with pytest.raises(RenderCrash, match=r"died \(signal 9\)"):
-                render_spec(long, *roots, tmp_path, pool=pool, progress=progress)
+                render_attempts(long, find_preset(long.preset),
+                                *roots, tmp_path, pool=pool, progress=progress)
             third = pool.processes()[0].pid
             assert third not in (first, second)
-            out = render_spec(good, *roots, tmp_path, pool=pool)
+            out = render_attempts(good, find_preset(good.preset), *roots, tmp_path, pool=pool)
             assert len(list((out.staging / "Annotations" / good.id).iterdir())) == 3
     finally:
         import shutil
@@ -122,7 +127,7 @@ def test_processes_are_recycled_after_n_videos(library, tiny, tmp_path, monkeypa
         for i in range(3):
             spec = replace(generate_spec(library, tiny, 0, 11 + i, 2021), frames=1)
             pids.append(pool.processes()[0].pid)
-            render_spec(spec, *roots, tmp_path, pool=pool, resample=False)
+            render_attempts(spec, find_preset(spec.preset), *roots, tmp_path, pool=pool, resample=False)
         assert pool.recycled == ["rendered 2 videos"]
         pids.append(pool.processes()[0].pid)
     assert pids[0] == pids[1] != pids[2] == pids[3]  # replaced after its second video
@@ -137,15 +142,16 @@ def test_memory_cap_kills_the_video_not_the_next(library, pack, tiny, tmp_path, 
     try:
         with RenderPool(1) as pool:
             healthy = generate_spec(library, tiny, 0, 17, 2021)
-            peak = render_spec(healthy, *roots, tmp_path, pool=pool).manifest["peak_rss_mb"]
+            peak = render_attempts(healthy, find_preset(healthy.preset),
+                                   *roots, tmp_path, pool=pool).manifest["peak_rss_mb"]
             monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", str(peak + 150))
             poison = generate_spec(library, tiny, 0, 18, 2021)
             poison = replace(poison, objects=[replace(poison.objects[0], texture=str(
                 bomb.relative_to(pack.textures))), *poison.objects[1:]])
             before = pool.processes()[0].pid
             with pytest.raises(RenderCrash, match="over the .* MB limit"):
-                render_spec(poison, *roots, tmp_path, pool=pool)
-            after = render_spec(healthy, *roots, tmp_path, pool=pool)
+                render_attempts(poison, find_preset(poison.preset), *roots, tmp_path, pool=pool)
+            after = render_attempts(healthy, find_preset(healthy.preset), *roots, tmp_path, pool=pool)
             assert pool.processes()[0].pid != before
             assert after.manifest["peak_rss_mb"] <= peak + 150
     finally:
@@ -166,7 +172,8 @@ def test_the_busy_process_names_its_video(library, tiny, tmp_path):
         pid = pool.processes()[0].pid
         pool.processes()[0].wait_ready()
         idle = Path(f"/proc/{pid}/cmdline").read_bytes()
-        out = render_spec(spec, library.models_root, library.textures_root, tmp_path,
+        out = render_attempts(spec, find_preset(spec.preset),
+                              library.models_root, library.textures_root, tmp_path,
                           pool=pool, progress=progress)
         time.sleep(0.2)
         after = Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.io.storage import FrameStreamer, S3Storage, StorageError, upload_video, video_keys
+from farm.io.layout import video_keys
+from farm.io.storage import FrameStreamer, S3Storage, StorageError, upload_video
 
 pytestmark = pytest.mark.services
 _buckets = itertools.count()
@@ -56,7 +57,7 @@ def test_streamed_frames_are_not_sent_twice_and_rewritten_ones_are(s3_service, t
 
 
 def test_streaming_to_unreachable_storage_loses_nothing(s3_service, tmp_path):
-    from scheduler.local import free_port
+    from scheduler.processes import free_port
 
     staging = stage(tmp_path, 3)
     dead = s3(free_port(), connect_timeout=0.5, max_attempts=1)

@@ -17,9 +17,9 @@ from thirdparty import DENIED, MODELS, build_tree
 import farm.assets.library as assets
 from farm.assets.check import check_library, check_obj
 from farm.assets.library import AssetError, AssetLibrary, LibraryDeclaration, read_declaration
-from farm.cli import render_specs
 from farm.generate.sampling import generate_spec
 from farm.model.spec import VideoSpec, load_spec
+from worker.cli import write_videos
 
 VIDEOS = range(8)  # generated videos rendered from each tree (segment 0, seed 2021)
 
@@ -228,8 +228,7 @@ def _render_tree(models: Path, pack, tiny, problems, out: Path, keep_gate_failur
     lib = AssetLibrary.open(models, pack.textures, denylist=deny)
     specs = [replace(generate_spec(lib, tiny, 0, i, 2021), keep_gate_failures=keep_gate_failures)
              for i in VIDEOS]
-    manifests, failed = render_specs(specs, models, pack.textures, out, quiet=True,
-                                     denylist=deny)
+    manifests, failed = write_videos(specs, lib, out, quiet=True)
     assert not failed, failed
     return [(load_spec(out / "specs" / f"{m['video']}.yaml"), m) for m in manifests]
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.warmup import host_lock, kernel_cache_env, kernel_settings
+from worker.process.environment import kernel_cache_env
+from worker.warmup import host_lock, kernel_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ def test_kernel_caches_default_to_the_shared_folder(tmp_path, monkeypatch):
     assert (tmp_path / "kc" / "optix").is_dir() and (tmp_path / "kc" / "cuda").is_dir()
     # an operator's own setting wins; the render processes' allow-list lets all three through
     assert "CUDA_CACHE_PATH" not in kernel_cache_env({"CUDA_CACHE_PATH": "/elsewhere"})
-    from worker.process.runner import render_env
+    from worker.process.environment import render_env
 
     assert set(render_env({**env, "AWS_SECRET_ACCESS_KEY": "x"})) == set(env)
 

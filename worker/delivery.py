@@ -27,8 +27,10 @@ from pathlib import Path
 
 import redis
 
-from farm.assets.library import AssetError, AssetLibrary, read_denylist
+from farm.assets.library import AssetError, AssetLibrary
+from farm.assets.roots import open_library
 from farm.generate.sampling import generate_spec
+from farm.io.layout import staging_dir
 from farm.io.outputs import scratch_bytes_per_pixel
 from farm.io.storage import (
     FrameStreamer,
@@ -38,28 +40,26 @@ from farm.io.storage import (
     remove_frames,
     upload_video,
 )
-from farm.model.presets import load_preset
+from farm.model.presets import Preset
 from farm.model.spec import SpecError, VideoSpec
 from farm.queue import metrics
 from farm.queue.state import BrokerUnavailable, FarmState, Lease
 from farm.settings import Settings
+from farm.settings import integer as settings_integer
 from worker import scratch, shutdown
+from worker.attempts import GateFailed, RenderOutcome, render_attempts
 from worker.process.pool import worker_pool
 from worker.process.runner import (
-    GateFailed,
     PermanentRenderError,
     Progress,
     RenderAborted,
     RenderCrash,
-    RenderOutcome,
     ScratchFull,
-    render_spec,
-    staging_dir,
 )
 
 log = logging.getLogger(__name__)
 # free scratch kept beyond a render's own need (FARM_SCRATCH_RESERVE_MB)
-SCRATCH_MARGIN = int(os.environ.get("FARM_SCRATCH_RESERVE_MB") or 64) * 2**20
+SCRATCH_MARGIN = settings_integer("FARM_SCRATCH_RESERVE_MB") * 2**20
 HANDED_BACK_SCRATCH_FULL = "handed back: scratch full"
 HANDED_BACK_STOPPING = "handed back: worker stopping"
 TRANSIENT = (StorageError, BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
@@ -87,13 +87,15 @@ class LeaseLost(RuntimeError):
 
 @dataclass
 class Job:
-    """One message: the video, its spec (whole or as a recipe) and the queue's bookkeeping."""
+    """One message: the video, its spec (whole or as a recipe), its preset (resolved by the
+    scheduler) and the queue's bookkeeping."""
 
     video: str
     segment: int
     base: str  # storage prefix of the segment
+    preset: Preset | None = None  # None: a spec of a preset unknown here (default gate)
     spec: dict | None = None
-    recipe: dict | None = None  # index, seed, preset, digest, first_attempt
+    recipe: dict | None = None  # index, seed, digest, first_attempt
     generation: int | None = None
     retries: int = 0
     max_retries: int = 0
@@ -113,13 +115,20 @@ class Farm:
 _libraries: dict[tuple, AssetLibrary] = {}  # per worker process: the index is loaded once
 
 
-def regenerate(settings: Settings, segment: int, recipe: dict) -> VideoSpec:
-    """Rebuild a generated spec from its recipe; its digest must equal the scheduler's."""
-    key = (*settings.asset_roots(), settings.denylist)
+def library(settings: Settings) -> AssetLibrary:
+    """The asset library of the settings (with the denylist), loaded once per process."""
+    key = (settings.models, settings.textures, settings.denylist)
     if key not in _libraries:
-        _libraries[key] = settings.library()
-    spec = generate_spec(_libraries[key], load_preset(recipe["preset"]), segment,
-                         recipe["index"], recipe["seed"], recipe.get("first_attempt", 0))
+        _libraries[key] = open_library(settings)
+    return _libraries[key]
+
+
+def regenerate(settings: Settings, segment: int, recipe: dict, preset: Preset | None) -> VideoSpec:
+    """Rebuild a generated spec from its recipe; its digest must equal the scheduler's."""
+    if preset is None:
+        raise SpecError("preset", "a generated spec's task carries no preset")
+    spec = generate_spec(library(settings), preset, segment, recipe["index"], recipe["seed"],
+                         recipe.get("first_attempt", 0))
     if spec.digest() != recipe["digest"]:
         raise SpecError("spec", f"{spec.id} regenerated on this worker differs from the "
                         "scheduler's (different asset library, denylist or code version)")
@@ -205,8 +214,8 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
            gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     spec = None
     try:
-        spec = VideoSpec.from_dict(job.spec) if job.spec else regenerate(settings, job.segment,
-                                                                          job.recipe or {})
+        spec = (VideoSpec.from_dict(job.spec) if job.spec
+                else regenerate(settings, job.segment, job.recipe or {}, job.preset))
         if spec.id != video or spec.segment != job.segment:
             raise SpecError("id", f"task for {video} (segment {job.segment}) carries spec "
                             f"{spec.id}")
@@ -288,7 +297,8 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
 
     try:
         with shutdown.render_phase():  # a stopping worker hands the video back
-            outcome = _render(settings, spec, _attempt_budget(spec, job.soft_limit),
+            outcome = _render(settings, spec, job.preset,
+                              _attempt_budget(job.preset, spec, job.soft_limit),
                               streamer.frame_done if streamer else None, abort)
     except RenderAborted as exc:
         raise LeaseLost(str(exc)) from None
@@ -333,18 +343,18 @@ def _reuse_staging(staging: Path, spec: VideoSpec) -> RenderOutcome | None:
     return RenderOutcome(VideoSpec.from_dict(saved["spec"]), saved["manifest"], staging)
 
 
-def _render(settings: Settings, spec: VideoSpec, timeout: float | None,
+def _render(settings: Settings, spec: VideoSpec, preset: Preset | None, timeout: float | None,
             progress: Progress | None, abort: Callable[[], str | None]) -> RenderOutcome:
     staging = staging_dir(settings.scratch, spec.id)
     outcome = _reuse_staging(staging, spec)
     if outcome:
         log.info("%s: reusing the finished render in %s", spec.id, staging)
         return outcome
-    models, textures = settings.asset_roots()
     try:
-        outcome = render_spec(spec, models, textures, settings.scratch, progress=progress,
-                              timeout=timeout, denylist=read_denylist(settings.denylist),
-                              abort=abort, pool=worker_pool())
+        lib = library(settings)
+        outcome = render_attempts(spec, preset, lib.models_root, lib.textures_root,
+                                  settings.scratch, progress=progress, timeout=timeout,
+                                  library=lib, abort=abort, pool=worker_pool())
         _rendered_marker(staging).write_text(json.dumps({
             "input_digest": spec.digest(), "spec": outcome.spec.to_dict(),
             "manifest": outcome.manifest}))
@@ -367,13 +377,10 @@ def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
                           f"the render needs about {need / 2**20:.0f} MB")
 
 
-def _attempt_budget(spec: VideoSpec, soft: float | None) -> float | None:
+def _attempt_budget(preset: Preset | None, spec: VideoSpec, soft: float | None) -> float | None:
     """Seconds one render (one gate attempt) may take: its preset's one-attempt limit, within
     what is left of the task's soft limit."""
-    try:
-        one = load_preset(spec.preset).time_limits(spec.frames, attempts=1)[0]
-    except SpecError:
-        one = None
+    one = preset.time_limits(spec.frames, attempts=1)[0] if preset else None
     budgets = [b for b in (one, soft - 30 if soft else None) if b]
     return min(budgets) if budgets else None
 
@@ -384,5 +391,5 @@ def _last_attempt(job: Job) -> int:
         gate = job.spec.get("generation", {}).get("gate", {})
         return int(gate.get("last_attempt", job.spec.get("attempt", 0)))
     recipe = job.recipe or {}
-    preset = load_preset(recipe["preset"])
-    return recipe.get("first_attempt", 0) + preset.quality_gate.max_attempts - 1
+    attempts = job.preset.quality_gate.max_attempts if job.preset else 1
+    return recipe.get("first_attempt", 0) + attempts - 1

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,79 +30,17 @@ from dataclasses import dataclass, field
 import redis
 
 from farm.queue.state import PREFIX, BrokerUnavailable, FarmState
+from farm.settings import number, text
+from worker.process.environment import Gpu, discover_gpus, say
 
 EXIT_NO_GPU = 69  # EX_UNAVAILABLE: no GPU could be claimed within FARM_GPU_CLAIM_TIMEOUT
 EXIT_GPU_LOST = 75  # EX_TEMPFAIL: the GPU lease was lost; restart and claim again
 
 
-def _say(message: str) -> None:
-    """worker_init runs before Celery configures logging: write straight to stderr."""
-    print(f"[gpu] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class Gpu:
-    index: str  # nvidia-smi's index (a label), or the entry of FARM_GPUS
-    uuid: str | None = None  # GPU-xxxxxxxx-...: the physical device
-
-    def lease_key(self, node: str) -> str:
-        return f"gpu:{self.uuid}" if self.uuid else f"gpu:{node}:{self.index}"
-
-    @property
-    def visible(self) -> str:
-        """The value for CUDA_VISIBLE_DEVICES (the UUID when known: immune to index order)."""
-        return self.uuid or self.index
-
-    def __str__(self) -> str:
-        return f"{self.index} ({self.uuid})" if self.uuid and self.uuid != self.index else self.index
-
-
-def _nvidia_smi() -> list[Gpu] | None:
-    """The host's GPUs with their UUIDs; None without a working nvidia-smi."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError) as exc:
-        _say(f"nvidia-smi failed ({exc}): no GPU used")
-        return None
-    gpus = []
-    for line in out.splitlines():
-        index, _, gpu_uuid = (part.strip() for part in line.partition(","))
-        if index:
-            gpus.append(Gpu(index, gpu_uuid or None))
-    return gpus
-
-
-def discover_gpus(spec: str | None = None) -> list[Gpu]:
-    """``FARM_GPUS``: "auto" (nvidia-smi), "none", or indices / UUIDs like "0,1" or "GPU-...".
-
-    Listed indices get their UUIDs from nvidia-smi when it is there.
-    """
-    spec = (spec if spec is not None else os.environ.get("FARM_GPUS", "auto")).strip()
-    if spec.lower() in ("none", "cpu", ""):
-        return []
-    listed = _nvidia_smi()
-    if spec.lower() == "auto":
-        return listed or []
-    by_index = {g.index: g for g in listed or []}
-    by_uuid = {g.uuid: g for g in listed or [] if g.uuid}
-    gpus = []
-    for entry in (e.strip() for e in spec.split(",")):
-        if not entry:
-            continue
-        if entry.upper().startswith("GPU-"):
-            gpus.append(by_uuid.get(entry) or Gpu(entry, entry))
-        else:
-            gpus.append(by_index.get(entry) or Gpu(entry))
-    return gpus
-
-
 def node_name() -> str:
     """This host's name in GPU lease keys and metrics: FARM_NODE_NAME, else the host name
     (never a shared constant: two hosts with one name would compete for index-keyed leases)."""
-    return os.environ.get("FARM_NODE_NAME") or socket.gethostname()
+    return text("FARM_NODE_NAME") or socket.gethostname()
 
 
 @dataclass
@@ -189,7 +124,7 @@ class NoGpu(RuntimeError):
 
 
 def claim_timeout() -> float:
-    return float(os.environ.get("FARM_GPU_CLAIM_TIMEOUT") or 300)
+    return number("FARM_GPU_CLAIM_TIMEOUT")
 
 
 def pin_worker(connect: Callable[[], FarmState], ttl_s: float = 90.0,
@@ -227,14 +162,14 @@ def pin_worker(connect: Callable[[], FarmState], ttl_s: float = 90.0,
         left = deadline - time.monotonic()
         if left <= 0:
             raise NoGpu(f"no GPU claimed within {timeout_s:.0f} s (FARM_GPU_CLAIM_TIMEOUT): {why}")
-        _say(f"{why}; retrying ({left:.0f} s left)")
+        say(f"{why}; retrying ({left:.0f} s left)")
         time.sleep(min(poll_s, max(left, 0.1)))
 
 
 def describe_claim(lease: GpuLease | None) -> str:
     if lease is None:
         return "CPU (no GPU visible)"
-    index = os.environ.get("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    index = text("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     label = f"GPU {index}" + (f" ({visible})" if visible and visible != index else "")
     return f"{label} of node {node_name()} (lease {lease.key})"

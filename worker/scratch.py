@@ -20,12 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from farm.io.layout import staged_video
+from farm.settings import integer, number, text
+
 log = logging.getLogger(__name__)
-STAGING_SUFFIX = ".staging"
 
 
 def max_age_s() -> float:
-    return float(os.environ.get("FARM_STAGING_MAX_AGE") or 3600)
+    return number("FARM_STAGING_MAX_AGE")
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -52,9 +54,8 @@ def remove_stale(scratch: Path, keep: str, leased=None, age_s: float | None = No
         return removed
     now = time.time()
     for folder in entries:
-        video = folder.name[:-len(STAGING_SUFFIX)]
-        if not folder.name.endswith(STAGING_SUFFIX) or video == keep or folder.is_symlink() \
-                or not folder.is_dir():
+        video = staged_video(folder)
+        if video is None or video == keep or folder.is_symlink() or not folder.is_dir():
             continue
         try:
             idle = now - _newest_mtime(folder)
@@ -80,12 +81,12 @@ _full_in_a_row = 0
 
 
 def full_limit() -> int:
-    return int(os.environ.get("FARM_SCRATCH_FULL_LIMIT") or 3)
+    return integer("FARM_SCRATCH_FULL_LIMIT")
 
 
 def health_file(nodename: str | None = None) -> Path:
     """Where an unhealthy worker says so: FARM_UNHEALTHY_FILE, else one per Celery node name."""
-    path = os.environ.get("FARM_UNHEALTHY_FILE")
+    path = text("FARM_UNHEALTHY_FILE")
     if path:
         return Path(path)
     safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in nodename or "worker")

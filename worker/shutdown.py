@@ -30,6 +30,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from farm.settings import number
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,7 @@ def stop_worker(exitcode: int, reason: str) -> None:
     print(f"worker stopping: {reason}", file=sys.__stderr__, flush=True)
     pids = hand_back_active()
     state.should_stop = exitcode  # warm shutdown: the event loop raises WorkerShutdown(exitcode)
-    force = float(os.environ.get("FARM_SHUTDOWN_FORCE_S") or 60)
+    force = number("FARM_SHUTDOWN_FORCE_S")
 
     def _force() -> None:
         for pid in pids + active_task_pids():

@@ -8,16 +8,17 @@ handed-back video is published again (``Requeue``) without counting as a retry.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from farm.io.storage import join
+from farm.io.layout import segment_base
+from farm.io.storage import open_storage
+from farm.model.presets import Preset, find_preset, preset_from_data
+from farm.queue.app import TASK_NAME, app, settings
 from farm.queue.state import FarmState, connect
-from farm.settings import segment_base
+from farm.settings import integer, number
 from worker import scratch
-from worker.celery_app import TASK_NAME, app, settings
 from worker.delivery import (
     HANDED_BACK_SCRATCH_FULL,
     TRANSIENT,
@@ -30,28 +31,31 @@ from worker.delivery import (
 )
 
 log = logging.getLogger(__name__)
-SCRATCH_FULL_PAUSE_S = float(os.environ.get("FARM_SCRATCH_FULL_PAUSE", "10"))
+SCRATCH_FULL_PAUSE_S = number("FARM_SCRATCH_FULL_PAUSE")
 
 
 @app.task(bind=True, name=TASK_NAME, autoretry_for=TRANSIENT,
-          retry_backoff=int(os.environ.get("FARM_RETRY_BACKOFF", "5")),
+          retry_backoff=integer("FARM_RETRY_BACKOFF"),
           retry_backoff_max=settings.retry_backoff_max, retry_jitter=True,
           max_retries=settings.max_retries)
 def render_video(self, video: str, segment: int, spec: dict | None = None, index: int | None = None,
-                 seed: int | None = None, preset: str | None = None, digest: str | None = None,
-                 first_attempt: int = 0, generation: int | None = None) -> dict:
-    """Render one video. ``spec`` is the whole spec, or (index, seed, preset, digest and the
-    first gate attempt) its recipe; ``generation`` the enqueue it belongs to."""
-    storage, prefix = settings.storage()
-    recipe = None if spec else {"index": index, "seed": seed, "preset": preset, "digest": digest,
+                 seed: int | None = None, preset: dict | str | None = None,
+                 digest: str | None = None, first_attempt: int = 0,
+                 generation: int | None = None) -> dict:
+    """Render one video. ``spec`` is the whole spec, or (index, seed, digest and the first gate
+    attempt) its recipe; ``preset`` the spec's preset resolved by the scheduler (a name in
+    messages of earlier versions); ``generation`` the enqueue it belongs to."""
+    recipe = None if spec else {"index": index, "seed": seed, "digest": digest,
                                 "first_attempt": first_attempt}
     request = self.request
-    job = Job(video=video, segment=segment, base=join(prefix, segment_base(segment)), spec=spec,
+    job = Job(video=video, segment=segment, base=segment_base(segment),
+              preset=_preset(preset, spec), spec=spec,
               recipe=recipe, generation=generation, retries=request.retries,
               max_retries=self.max_retries,
               soft_limit=request.timelimit[1] if request.timelimit else None,
               worker=request.hostname or "")
-    farm = Farm(FarmState(connect(settings.redis_url_with_password)), storage, settings)
+    farm = Farm(FarmState(connect(settings.redis_url_with_password)), open_storage(settings),
+                settings)
     try:
         result = deliver(job, farm, interrupts=(SoftTimeLimitExceeded,))
     except Requeue as again:
@@ -73,6 +77,14 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
     if result.get("status") == "done":
         scratch.note_ok()
     return result
+
+
+def _preset(preset: dict | str | None, spec: dict | None) -> Preset | None:
+    """The message's preset; a name (or none: a whole spec) is looked up in this worker's
+    configs, and a spec of a preset unknown here gets the default gate."""
+    if isinstance(preset, dict):
+        return preset_from_data(preset)
+    return find_preset(preset or (spec or {}).get("preset", "bl30k"))
 
 
 def _requeue(task, countdown: float) -> None:

@@ -53,43 +53,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from farm.settings import is_set, text
+from worker.process.environment import gpu_visible, kernel_cache_dir
+
 log = logging.getLogger(__name__)
 
-CUDA_CACHE_BYTES = str(4 << 30)
 # The render settings that change what runs on the device (kernel features, denoiser).
 KERNEL_KEYS = ("denoise", "denoise_prefilter", "denoise_quality", "adaptive")
-
-
-def kernel_cache_dir() -> Path:
-    from farm.assets.library import default_cache_dir
-
-    value = os.environ.get("FARM_KERNEL_CACHE", "").strip()
-    return Path(value) if value else default_cache_dir() / "kernels"
-
-
-def kernel_cache_env(environ: dict | None = None) -> dict[str, str]:
-    """OPTIX_CACHE_PATH, CUDA_CACHE_PATH and CUDA_CACHE_MAXSIZE for render processes: in the
-    host's kernel cache, unless the environment already sets them."""
-    environ = os.environ if environ is None else environ
-    root = kernel_cache_dir()
-    wanted = {"OPTIX_CACHE_PATH": str(root / "optix"), "CUDA_CACHE_PATH": str(root / "cuda"),
-              "CUDA_CACHE_MAXSIZE": CUDA_CACHE_BYTES}
-    out = {k: v for k, v in wanted.items() if not environ.get(k)}
-    for key in ("OPTIX_CACHE_PATH", "CUDA_CACHE_PATH"):
-        if key in out:
-            with contextlib.suppress(OSError):
-                Path(out[key]).mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def gpu_visible() -> bool:
-    """Whether render processes of this worker will see a GPU (after its GPU pin)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return visible.strip() not in ("", "-1", "none")
-    from worker.gpu import discover_gpus
-
-    return bool(discover_gpus())
 
 
 def kernel_settings(presets: list[str] | None = None) -> list[dict]:
@@ -150,7 +120,8 @@ def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None 
     """Render the warm-up videos in ``pool`` (a ``worker.process.pool.RenderPool``); their timings, and
     the first frame's latency from ``started`` (perf_counter, default now)."""
     from farm.assets.procedural import default_pack
-    from worker.process.runner import render_spec
+    from farm.model.presets import find_preset
+    from worker.attempts import render_attempts
 
     devices = devices or ["AUTO"]
     settings = settings or kernel_settings()
@@ -161,8 +132,9 @@ def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None 
     with tempfile.TemporaryDirectory(prefix="farm-warmup-") as scratch:
         for spec in warmup_specs(devices, settings):
             t1 = time.perf_counter()
-            out = render_spec(spec, models, textures, scratch, resample=False, pool=pool,
-                              progress=lambda *_: first.append(time.perf_counter()))
+            out = render_attempts(spec, find_preset(spec.preset), models, textures, scratch,
+                                  resample=False, pool=pool,
+                                  progress=lambda *_: first.append(time.perf_counter()))
             r = spec.render
             renders.append({"device": out.manifest["device"], "denoise": r.denoise,
                             "prefilter": r.denoise_prefilter if r.denoise else "",
@@ -177,7 +149,7 @@ def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None 
 def warmup_mode() -> str:
     """FARM_WARMUP: ``auto`` (default: every preset's settings on a GPU, one render on a CPU,
     where nothing compiles), ``full`` (every setting anyway) or ``off``."""
-    value = os.environ.get("FARM_WARMUP", "auto").strip().lower() or "auto"
+    value = text("FARM_WARMUP").lower()
     if value not in ("auto", "full", "off"):
         raise ValueError(f"FARM_WARMUP must be auto, full or off, not {value!r}")
     return value
@@ -197,7 +169,7 @@ def warm_up_worker() -> dict:
         _report.update(seconds=0.0, mode=mode)
         return _report
     gpu = gpu_visible()
-    devices = [d.strip() for d in os.environ.get("FARM_WARMUP_DEVICES", "AUTO").split(",")
+    devices = [d.strip() for d in text("FARM_WARMUP_DEVICES").split(",")
                if d.strip()]
     settings = kernel_settings() if (gpu or mode == "full") else kernel_settings(["tiny"])
     t0 = time.perf_counter()
@@ -216,10 +188,11 @@ def warm_up_worker() -> dict:
 
 
 def health_file() -> Path:
-    value = os.environ.get("FARM_HEALTH_FILE", "").strip()
+    value = text("FARM_HEALTH_FILE")
     if value:
         return Path(value)
-    return Path(os.environ.get("FARM_SCRATCH") or tempfile.gettempdir()) / "worker-ready.json"
+    folder = text("FARM_SCRATCH") if is_set("FARM_SCRATCH") else tempfile.gettempdir()
+    return Path(folder) / "worker-ready.json"
 
 
 def write_health(**info) -> None:
@@ -261,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true",
                     help="exit 0 if this container's worker is ready (the healthcheck)")
-    ap.add_argument("--devices", default=os.environ.get("FARM_WARMUP_DEVICES", "AUTO"),
+    ap.add_argument("--devices", default=text("FARM_WARMUP_DEVICES"),
                     help="comma list: AUTO, CPU, CUDA, OPTIX")
     ap.add_argument("--presets", help="only these presets' settings (default: every preset)")
     ap.add_argument("--json", type=Path, help="write the timings here")

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from farm.model.spec import UP_AXES
+from farm.settings import text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tga", ".tif", ".tiff", ".exr", ".hdr"}
 INDEX_VERSION = 3
@@ -124,7 +125,7 @@ def _json_bounds(path: Path) -> list[list[float]] | None:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("FARM_CACHE_DIR") or os.path.join(
+    base = text("FARM_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bl30k-farm")
     return Path(base)
 

@@ -48,11 +48,10 @@ import numpy as np
 from PIL import Image
 
 from farm.io.codecs import read_exr, read_flo, read_png16, write_exr, write_flo, write_png16
+from farm.io.layout import FOLDERS, frame_name
 from farm.io.masks import save_mask
 from farm.model.spec import DEFAULT_OUTPUTS
 
-FOLDERS = {"rgb": "JPEGImages", "masks": "Annotations", "depth": "Depth", "flow": "Flow",
-           "normals": "Normals", "camera": "Camera", "amodal": "AmodalAnnotations"}
 DEPTH_SCALE_M = 0.001  # metres per PNG unit: 1 mm steps up to 65.534 m
 NO_HIT_DEPTH_M = 1e9  # Cycles writes ~1e10 where a ray leaves the scene
 FLOW_DIRECTIONS = ("forward", "backward")
@@ -107,7 +106,7 @@ def extension(settings: Any, output: str) -> str:
 
 def frame_files(settings: Any, video: str, frame: int, num_objects: int) -> list[str]:
     """Paths (relative to the dataset root) of every per-frame file of ``frame``."""
-    name = f"{frame:05d}"
+    name = frame_name(frame)
     out = []
     for output in outputs_of(settings):
         folder, ext = f"{FOLDERS[output]}/{video}", extension(settings, output)
@@ -328,7 +327,7 @@ def write_frame(root: Path, video: str, frame: int, frames: int, settings: Any, 
     per output (of this thread: the encoding overlaps the next frame's render)."""
     import time
 
-    outs, name, record = outputs_of(settings), f"{frame:05d}", {}
+    outs, name, record = outputs_of(settings), frame_name(frame), {}
 
     def path(output: str, sub: str = "") -> Path:
         p = root / FOLDERS[output] / video / sub / f"{name}{extension(settings, output)}"
@@ -392,7 +391,7 @@ def write_camera(root: Path, video: str, record: dict) -> Path:
 
 def load_video_outputs(root: str | Path, video: str, frames: Sequence[int] | None = None,
                        outputs: Sequence[str] | None = None) -> dict[str, Any]:
-    """Read a rendered video's outputs from a dataset folder (a ``farm render`` output or a
+    """Read a rendered video's outputs from a dataset folder (a ``worker render`` output or a
     segment folder copied from the bucket) into numpy arrays with the units in ``UNITS``.
 
     ``frames`` selects frames (default all); ``outputs`` selects outputs (default all the video
@@ -412,7 +411,7 @@ def load_video_outputs(root: str | Path, video: str, frames: Sequence[int] | Non
     idx = list(range(manifest["num_frames"])) if frames is None else list(frames)
     num_objects = len(manifest["objects"])
     per_frame = {f["frame"]: f for f in manifest.get("frames", [])}
-    names = [f"{i:05d}" for i in idx]
+    names = [frame_name(i) for i in idx]
     out: dict[str, Any] = {"video": video, "frames": idx, "outputs": list(want),
                            "units": UNITS, "manifest": manifest}
 

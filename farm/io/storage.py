@@ -20,8 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
-from farm.io.outputs import FOLDERS, folder_counts
+from farm.io.layout import FOLDERS, IMAGES, MASKS, frame_names, join, video_keys
+from farm.io.outputs import folder_counts
+from farm.settings import ConfigError, Settings, secret
 
 UPLOAD_THREADS = 16
 
@@ -40,10 +43,6 @@ class Storage(Protocol):
     def delete(self, keys: list[str]) -> None: ...
     def create(self) -> str: ...
     def describe(self) -> str: ...
-
-
-def join(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
 class LocalStorage:
@@ -231,17 +230,6 @@ class S3Storage:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS'}"
 
 
-def video_keys(base: str, video: str) -> dict[str, str]:
-    return {
-        "base": base,
-        "images": join(base, "JPEGImages", video),
-        "masks": join(base, "Annotations", video),
-        "spec": join(base, "specs", f"{video}.yaml"),
-        "manifest": join(base, "manifests", f"{video}.json"),
-        "marker": join(base, "done", f"{video}.json"),
-    }
-
-
 def is_done(storage: Storage, base: str, video: str) -> bool:
     return storage.exists(video_keys(base, video)["marker"])
 
@@ -380,12 +368,6 @@ def file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def frame_names(frames: int) -> set[str]:
-    """Every file a finished video of ``frames`` frames holds under its two frame folders."""
-    return ({f"JPEGImages/{i:05d}.jpg" for i in range(frames)}
-            | {f"Annotations/{i:05d}.png" for i in range(frames)})
-
-
 def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str) -> str | None:
     """Why the stored frames of ``video`` are not exactly the ones its marker records, or None.
 
@@ -396,7 +378,7 @@ def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str)
     if not isinstance(frames, int):
         return "marker has no frame count"
     stored = {}
-    for folder in ("JPEGImages", "Annotations"):
+    for folder in (IMAGES, MASKS):
         prefix = join(base, folder, video) + "/"
         stored.update({f"{folder}/{k[len(prefix):]}": d for k, d in checksums.items()
                        if k.startswith(prefix)})
@@ -419,3 +401,20 @@ def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str)
         if stored_digest != digest:
             return f"{rel} is not the file its marker records (another delivery wrote it)"
     return None
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The farm's storage: ``s3://bucket/prefix`` (the prefix is the storage's own) or a local
+    path / ``file://`` URL."""
+    url = settings.storage_url
+    if url.startswith("s3://"):
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise ConfigError(f"FARM_STORAGE_URL={url!r} has no bucket")
+        return S3Storage(parts.netloc, parts.path.strip("/"), endpoint_url=settings.s3_endpoint,
+                         region=os.environ.get("AWS_DEFAULT_REGION"),
+                         access_key=secret("AWS_ACCESS_KEY_ID"),
+                         secret_key=secret("AWS_SECRET_ACCESS_KEY"))
+    if url.startswith("file://"):
+        url = urlsplit(url).path
+    return LocalStorage(url)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields, replace
+import json
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from farm.model.spec import RenderSettings, SpecError, VideoSpec, _parse_render
+from farm.settings import text
 
-CONFIG_DIR = Path(os.environ.get("FARM_CONFIGS", Path(__file__).resolve().parents[2] / "configs"))
+CONFIG_DIR = Path(text("FARM_CONFIGS") or Path(__file__).resolve().parents[2] / "configs")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ class Preset:
         tries = attempts or self.quality_gate.max_attempts
         soft = int(self.overhead_seconds + self.seconds_per_frame * n * tries)
         return soft, soft + max(60, soft // 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The preset resolved into plain data, in the preset file's shape (``base:`` merged):
+        ``preset_from_data`` reads it back. Task messages carry it, so workers render with the
+        scheduler's preset and never re-read ``configs/``."""
+        return {"name": self.name, "frames": self.frames, "resolution": list(self.resolution),
+                "render": json.loads(json.dumps(asdict(self.render))),
+                "quality_gate": asdict(self.quality_gate),
+                "time_limit": {"seconds_per_frame": self.seconds_per_frame,
+                               "overhead_seconds": self.overhead_seconds},
+                "motion": {"step_clamp": self.step_clamp}}
 
 
 def available() -> list[str]:
@@ -92,6 +104,21 @@ def load_preset(name_or_path: str) -> Preset:
     A preset may start from another one (``base: <name>``) and override some of its keys.
     """
     path, data = _read(name_or_path)
+    return preset_from_data({"name": path.stem, **data})
+
+
+def find_preset(name: str) -> Preset | None:
+    """``load_preset``, or None for a preset unknown here (an imported spec may name one)."""
+    try:
+        return load_preset(name)
+    except SpecError:
+        return None
+
+
+def preset_from_data(data: Any) -> Preset:
+    """A preset from a preset file's data (``base:`` already merged) or ``Preset.to_dict()``."""
+    if not isinstance(data, dict):
+        raise SpecError("preset", "expected a mapping")
     gate = data.get("quality_gate", {})
     limits = data.get("time_limit", {})
     motion = data.get("motion", {})
@@ -104,16 +131,19 @@ def load_preset(name_or_path: str) -> Preset:
     gate_names = {f.name for f in fields(QualityGate)}
     if not isinstance(gate, dict) or set(gate) - gate_names:
         raise SpecError("preset.quality_gate", f"expected fields among {sorted(gate_names)}")
-    return Preset(
-        name=str(data.get("name", path.stem)),
-        frames=int(data["frames"]),
-        resolution=(int(data["resolution"][0]), int(data["resolution"][1])),
-        render=_parse_render(data.get("render", {})),
-        quality_gate=QualityGate(**gate),
-        seconds_per_frame=float(limits.get("seconds_per_frame", 20)),
-        overhead_seconds=float(limits.get("overhead_seconds", 120)),
-        step_clamp=step_clamp,
-    )
+    try:
+        return Preset(
+            name=str(data["name"]),
+            frames=int(data["frames"]),
+            resolution=(int(data["resolution"][0]), int(data["resolution"][1])),
+            render=_parse_render(data.get("render", {})),
+            quality_gate=QualityGate(**gate),
+            seconds_per_frame=float(limits.get("seconds_per_frame", 20)),
+            overhead_seconds=float(limits.get("overhead_seconds", 120)),
+            step_clamp=step_clamp,
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise SpecError("preset", f"malformed preset data: {exc!r}") from None
 
 
 def apply_preset(spec: VideoSpec, preset: Preset, **render_overrides: Any) -> VideoSpec:

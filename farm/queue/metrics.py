@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import redis
 
+from farm.settings import text
+
 log = logging.getLogger(__name__)
 PREFIX = "farm:metrics:"
 
@@ -120,13 +122,13 @@ def device_class(device: str | None) -> str:
 
 def node_name() -> str:
     """The physical host (as worker.gpu.node_name: replicas of one host share it)."""
-    return os.environ.get("FARM_NODE_NAME") or socket.gethostname()
+    return text("FARM_NODE_NAME") or socket.gethostname()
 
 
 def gpu_label() -> str:
     """The GPU index this worker claimed (worker/gpu.py; CUDA_VISIBLE_DEVICES may hold its
     UUID), ``none`` when on CPU."""
-    return os.environ.get("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES") or "none"
+    return text("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES") or "none"
 
 
 # --- writing ---------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from farm.io.layout import IMAGES, MARKERS, MASKS, join, marker_video, video_keys
 from farm.io.masks import PALETTE
-from farm.io.storage import LocalStorage, Storage, StorageError, join
+from farm.io.storage import LocalStorage, Storage, StorageError, open_storage
 
 SHEET_CHUNK = "bl30k-preview"
 MIN_PANEL_W, MAX_PANEL_W = 192, 384  # panels are scaled into this width range
@@ -63,7 +64,7 @@ def open_source(location: str) -> Source:
     if location.startswith("s3://"):
         from farm.settings import load_settings
 
-        storage, _ = replace(load_settings(), storage_url=location).storage()
+        storage = open_storage(replace(load_settings(), storage_url=location))
         return Source(storage, "", location)
     path = Path(location.removeprefix("file://"))
     if not path.is_dir():
@@ -73,11 +74,10 @@ def open_source(location: str) -> Source:
 
 def list_videos(src: Source) -> list[str]:
     """Finished videos (completion markers); without markers, the folders under JPEGImages/."""
-    done = [k.rsplit("/", 1)[-1].removesuffix(".json") for k in src.storage.list(src.key("done"))
-            if k.endswith(".json")]
+    done = [v for v in map(marker_video, src.storage.list(src.key(MARKERS))) if v]
     if done:
         return sorted(done)
-    names = {k.split("/")[-2] for k in src.storage.list(src.key("JPEGImages")) if k.endswith(".jpg")}
+    names = {k.split("/")[-2] for k in src.storage.list(src.key(IMAGES)) if k.endswith(".jpg")}
     return sorted(names)
 
 
@@ -97,17 +97,17 @@ class Video:
 
 
 def read_manifest(src: Source, video: str) -> dict:
-    raw = src.storage.get_bytes(src.key("manifests", f"{video}.json"))
+    raw = src.storage.get_bytes(video_keys(src.base, video)["manifest"])
     return json.loads(raw) if raw else {}
 
 
 def frame_names(src: Source, video: str) -> list[str]:
     """The video's frame names (``00000``...) present under JPEGImages/."""
     names = sorted(k.rsplit("/", 1)[-1].removesuffix(".jpg")
-                   for k in src.storage.list(src.key("JPEGImages", video) + "/")
+                   for k in src.storage.list(src.key(IMAGES, video) + "/")
                    if k.endswith(".jpg"))
     if not names:
-        raise StorageError(f"{video}: no frames under {src.key('JPEGImages', video)}/ in "
+        raise StorageError(f"{video}: no frames under {src.key(IMAGES, video)}/ in "
                            f"{src.label}")
     return names
 
@@ -119,8 +119,8 @@ def load_video(src: Source, video: str, names: list[str] | None = None,
     manifest = read_manifest(src, video) if manifest is None else manifest
 
     def read(name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        jpg = src.storage.get_bytes(src.key("JPEGImages", video, f"{name}.jpg"))
-        png = src.storage.get_bytes(src.key("Annotations", video, f"{name}.png"))
+        jpg = src.storage.get_bytes(src.key(IMAGES, video, f"{name}.jpg"))
+        png = src.storage.get_bytes(src.key(MASKS, video, f"{name}.png"))
         if jpg is None:
             raise StorageError(f"{video}: frame {name}.jpg vanished from {src.label}")
         rgb = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))

@@ -1,11 +1,10 @@
 """Process entry point for one render: ``python -m worker.process.main --spec FILE ...``.
 
 The one-shot design: a fresh process per video, so Blender state and memory never leak between
-videos and a Blender crash kills only this render. Reports through a JSON result file and the exit
-code: 0 rendered, 3 permanent error (bad spec, missing or broken asset), 4 rejected by the quality
-gate, anything else (or a signal) a crash. Progress lines ``@@progress <done> <total>`` go to
-stderr. ``run_job`` is the job itself; the long-lived render server (``worker.process.server``)
-runs the same function for each video it is sent.
+videos and a Blender crash kills only this render. Reports through a JSON result file, the exit
+code and progress lines on stderr (``worker.process.protocol``). ``run_job`` is the job itself;
+the long-lived render server (``worker.process.server``) runs the same function for each video it
+is sent.
 """
 
 from __future__ import annotations
@@ -22,8 +21,14 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-EXIT_OK, EXIT_PERMANENT, EXIT_GATE = 0, 3, 4
-
+from worker.process.protocol import (
+    EXIT_GATE,
+    EXIT_OK,
+    EXIT_PERMANENT,
+    GATE_MODES,
+    RenderJob,
+    progress_line,
+)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -37,21 +42,18 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def run_job(spec_file: Path, models: Path, textures: Path, staging: Path, gate_mode: str,
-            progress: Callable[[int, int], None] | None = None) -> tuple[int, dict]:
-    """Render one spec file into ``staging``: (exit code, result payload) as documented above."""
+def run_job(job: RenderJob, progress: Callable[[int, int], None] | None = None
+            ) -> tuple[int, dict]:
+    """Render one job into its staging folder: (exit code, result payload), see the protocol."""
     from farm.assets.library import AssetError
     from farm.model.gate import mask_gate
-    from farm.model.presets import QualityGate, load_preset
+    from farm.model.presets import QualityGate
     from farm.model.spec import SpecError, load_spec
 
     try:
-        spec = load_spec(spec_file)
-        try:
-            gate = load_preset(spec.preset).quality_gate
-        except SpecError:
-            gate = QualityGate()
-    except SpecError as exc:
+        spec = load_spec(job.spec)
+        gate = QualityGate(**job.gate)
+    except (SpecError, TypeError) as exc:
         return EXIT_PERMANENT, {"status": "error", "kind": "spec", "message": str(exc)}
 
     verdict: dict = {}
@@ -59,16 +61,16 @@ def run_job(spec_file: Path, models: Path, textures: Path, staging: Path, gate_m
     def check(counts):
         reason = mask_gate(counts, gate, *spec.resolution)
         verdict.update(passed=reason is None, reason=reason, frames_checked=len(counts))
-        return None if gate_mode == "record" else reason
+        return None if job.gate_mode == "record" else reason
 
     def on_frame(frame: int) -> None:
         if progress:
             progress(frame + 1, spec.frames)
 
-    from worker.render.frames import GateRejected, render_video
+    from worker.render.frames import GateRejected, render_frames
 
     try:
-        render = render_video(spec, models, textures, staging, check, on_frame)
+        render = render_frames(spec, job.models, job.textures, job.staging, check, on_frame)
     except GateRejected as exc:
         return EXIT_GATE, {"status": "rejected", "reason": str(exc)}
     except (AssetError, SpecError) as exc:
@@ -89,17 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--textures", required=True, type=Path)
     ap.add_argument("--staging", required=True, type=Path)
     ap.add_argument("--result", required=True, type=Path)
-    ap.add_argument("--gate", choices=("enforce", "record"), default="record")
+    ap.add_argument("--gate", choices=GATE_MODES, default="record")
+    ap.add_argument("--quality-gate", type=json.loads, default={},
+                    help="the preset's quality_gate fields, as JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def progress(done: int, total: int) -> None:
-        sys.stderr.write(f"@@progress {done} {total}\n")  # one write: mask thread + logging
+        sys.stderr.write(progress_line(done, total) + "\n")  # one write: mask thread + logging
         sys.stderr.flush()
 
-    code, payload = run_job(args.spec, args.models, args.textures, args.staging, args.gate,
-                            progress)
+    job = RenderJob(args.spec, args.models, args.textures, args.staging, args.gate,
+                    args.quality_gate)
+    code, payload = run_job(job, progress)
     args.result.write_text(json.dumps(payload))
     return code
 

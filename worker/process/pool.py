@@ -22,9 +22,9 @@ protected is kept:
   between two samples still fails the video that caused it, and only that one.
 - **No credentials** reach it (``runner.render_env``) and it dies with its parent
   (PR_SET_PDEATHSIG, armed by the thread that starts it: start processes from a thread that
-  outlives them, as the main thread of a Celery pool process or a ``farm render`` does).
+  outlives them, as the main thread of a Celery pool process or a ``worker render`` does).
 
-``RenderPool`` holds ``size`` such processes (one per concurrent render; ``farm render`` and each
+``RenderPool`` holds ``size`` such processes (one per concurrent render; ``worker render`` and each
 Celery pool process use one), starting them at once so that their boot (``import bpy``) overlaps
 whatever comes before the first video.
 """
@@ -43,28 +43,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.process.runner import Watchdog, max_rss_mb, render_env, status_mb
+from farm.settings import integer, is_set, number, text
+from worker.process.environment import gpu_visible, kernel_cache_env, render_env
+from worker.process.protocol import DONE, EXIT_GATE, EXIT_OK, PROGRESS, READY, RenderJob, parse
+from worker.process.watchdog import Watchdog, max_rss_mb, status_mb
 
 ROOT = Path(__file__).resolve().parents[2]
 TITLE_SPACE = 2048  # worker.process.server.TITLE_SPACE (not imported: that module loads bpy's side)
 Progress = Callable[[int, int], None]
 
 
-def _env_number(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    return float(value) if value.strip() else default
-
-
 def recycle_limits() -> tuple[int, float]:
     """(videos per process, MB of growth) before a render process is replaced."""
-    return (int(_env_number("FARM_RENDER_MAX_VIDEOS", 50)),
-            _env_number("FARM_RENDER_MAX_GROWTH_MB", 1024))
+    return integer("FARM_RENDER_MAX_VIDEOS"), number("FARM_RENDER_MAX_GROWTH_MB")
 
 
 def boot_timeout() -> float:
     """Seconds a render process may take to start (import bpy); not the kernel compilation,
     which happens in the first render and counts against that render's limit."""
-    return _env_number("FARM_RENDER_BOOT_TIMEOUT", 300)
+    return number("FARM_RENDER_BOOT_TIMEOUT")
 
 
 @dataclass
@@ -108,8 +105,6 @@ class RenderProcess:
     """
 
     def __init__(self, env: dict | None = None, log_dir: str | Path | None = None) -> None:
-        from worker.warmup import kernel_cache_env
-
         self.env = dict(env or {})
         child_env = {**kernel_cache_env(), **render_env(), **self.env, "PYTHONUNBUFFERED": "1"}
         fd, log = tempfile.mkstemp(prefix="bl30k-render-server-", suffix=".log", dir=log_dir)
@@ -135,9 +130,9 @@ class RenderProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _send(self, job: dict) -> None:
+    def _send(self, line: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
     def wait_ready(self, timeout: float | None = None) -> dict:
@@ -148,8 +143,9 @@ class RenderProcess:
         watch = Watchdog(self.proc, timeout or boot_timeout(), None)
         try:
             for line in self.proc.stdout:
-                if line.startswith("@@ready"):
-                    self.ready = json.loads(line.split(" ", 1)[1])
+                kind, data = parse(line) or (None, None)
+                if kind == READY:
+                    self.ready = data
                     self.ready_s = round(time.monotonic() - self.started, 3)
                     return self.ready
         finally:
@@ -159,20 +155,18 @@ class RenderProcess:
         raise RuntimeError(f"render process {self.pid} exited with code {code} while starting"
                            f"{why}: {' | '.join(_tail(self.log, 8))}")
 
-    def run(self, spec_file: Path, models: Path, textures: Path, staging: Path, gate: str,
-            timeout: float | None = None, progress: Progress | None = None,
+    def run(self, job: RenderJob, timeout: float | None = None, progress: Progress | None = None,
             max_rss: float | None = None, abort=None) -> JobResult:
-        """Render one spec file (already written into ``staging``) as ``worker.process.main``
-        would, in this process."""
-        log = staging / "render.log"
+        """Render one job (its spec file already in its staging folder) as
+        ``worker.process.main`` would, in this process."""
+        log = job.staging / "render.log"
         try:
             self.wait_ready()
         except RuntimeError as exc:
             return JobResult(1, {"status": "error", "kind": "crash", "message": str(exc)},
                              tail=_tail(self.log), log=self.log)
         try:
-            self._send({"op": "render", "spec": str(spec_file), "models": str(models),
-                        "textures": str(textures), "staging": str(staging), "gate": gate})
+            self._send(job.to_json())
         except OSError:  # it died since the last video (an OOM kill, say): this one failed
             self.proc.kill()
             code, rusage_peak = _reap(self.proc)
@@ -182,12 +176,11 @@ class RenderProcess:
         assert self.proc.stdout is not None
         try:
             for line in self.proc.stdout:
-                if line.startswith("@@progress"):
-                    if progress:
-                        finished, total = line.split()[1:3]
-                        progress(int(finished), int(total))
-                elif line.startswith("@@done"):
-                    done = json.loads(line.split(" ", 1)[1])
+                kind, data = parse(line) or (None, None)
+                if kind == PROGRESS and progress:
+                    progress(*data)
+                elif kind == DONE:
+                    done = data
                     break
         except BaseException:  # a soft time limit, a lost lease, a shutdown: never orphan it
             self.kill()
@@ -206,7 +199,7 @@ class RenderProcess:
             return JobResult(-9, {}, peak, f"resident memory {peak:.0f} MB over the "
                              f"{max_rss:.0f} MB limit", _tail(log), log)
         code = int(done["code"])
-        if code not in (0, 4):  # the server exits after a failed job; wait for it
+        if code not in (EXIT_OK, EXIT_GATE):  # the server exits after a failed job; wait for it
             self.close()
         else:
             self.rss_mb = status_mb(self.pid, "VmRSS")
@@ -238,7 +231,7 @@ class RenderProcess:
         """Ask the process to exit (kill it if it does not); drop its between-jobs log."""
         if self.proc.poll() is None:
             try:
-                self._send({"op": "quit"})
+                self._send(json.dumps({"op": "quit"}))
                 self.proc.wait(timeout=timeout)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 self.proc.kill()
@@ -292,8 +285,7 @@ class RenderPool:
     def processes(self) -> list[RenderProcess]:
         return [p for p in self._slots if p is not None]
 
-    def run(self, spec_file: Path, models: Path, textures: Path, staging: Path, gate: str,
-            timeout: float | None = None, progress: Progress | None = None,
+    def run(self, job: RenderJob, timeout: float | None = None, progress: Progress | None = None,
             env: dict | None = None, abort=None) -> JobResult:
         env = {**self.env, **(env or {})}
         slot = self._acquire()
@@ -306,8 +298,7 @@ class RenderPool:
                 proc = self._slots[slot] = self._spawn(env)
             cap = max_rss_mb()
             try:
-                result = proc.run(spec_file, models, textures, staging, gate, timeout, progress,
-                                  cap, abort)
+                result = proc.run(job, timeout, progress, cap, abort)
             except BaseException:  # a soft time limit, a shutdown: this process goes
                 proc.kill()
                 self._slots[slot] = None  # the next video starts a fresh one
@@ -347,18 +338,15 @@ def renders_per_device() -> int:
     process path-traces while the other does its CPU part: scene sync, compositing, image and
     mask encoding, scene build between videos; measured at ~45 % GPU use for one alone) and 1
     on a CPU (Cycles already uses every core)."""
-    value = os.environ.get("FARM_RENDERS_PER_GPU", "").strip()
-    if value:
-        return max(1, int(value))
-    from worker.warmup import gpu_visible
-
+    if is_set("FARM_RENDERS_PER_GPU"):
+        return max(1, integer("FARM_RENDERS_PER_GPU"))
     return 2 if gpu_visible() else 1
 
 
 def render_design() -> str:
     """FARM_RENDER_PROCESS: ``server`` (default: long-lived render processes) or ``oneshot``
     (a fresh process per video, the previous design; benchmarks compare the two)."""
-    value = os.environ.get("FARM_RENDER_PROCESS", "server").strip().lower() or "server"
+    value = text("FARM_RENDER_PROCESS").lower()
     if value not in ("server", "oneshot"):
         raise ValueError(f"FARM_RENDER_PROCESS must be server or oneshot, not {value!r}")
     return value

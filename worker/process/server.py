@@ -2,11 +2,8 @@
 
 Started and driven by ``worker.process.pool.RenderProcess`` (see there for the design). It imports bpy,
 and so loads Cycles' kernels and initialises the device, once, then reads one JSON job per line
-on stdin and answers on its original stdout, which becomes a protocol channel:
-
-    @@ready {"pid": ..., "boot_s": ...}         once, after ``import bpy``
-    @@progress <done> <total>                    per finished frame (mask written)
-    @@done {"code": <exit code>, "payload": {...}}   per job, codes as ``worker.process.main``
+on stdin and answers on its original stdout, which becomes the protocol channel
+(``worker.process.protocol``: ``@@ready`` once, ``@@progress`` per frame, ``@@done`` per job).
 
 Everything else the process prints (Blender, Cycles, logging) goes to the job's
 ``staging/render.log`` while a job runs and to the ``--log`` file between jobs: file
@@ -34,7 +31,8 @@ import threading
 import time
 from pathlib import Path
 
-from worker.process.main import EXIT_GATE, EXIT_OK, die_with_parent, run_job
+from worker.process.main import die_with_parent, run_job
+from worker.process.protocol import DONE, EXIT_GATE, EXIT_OK, READY, RenderJob, message, progress_line
 
 TITLE_SPACE = 2048  # bytes of command line kept for the title (the pool pads with this much)
 _libc = ctypes.CDLL(None)
@@ -116,26 +114,23 @@ def main(argv: list[str] | None = None) -> int:
 
     videos = 0
     title.set("bl30k-render-server", "idle")
-    send("@@ready " + json.dumps({"pid": os.getpid(),
-                                  "boot_s": round(time.perf_counter() - started, 3)}))
+    send(message(READY, {"pid": os.getpid(), "boot_s": round(time.perf_counter() - started, 3)}))
     for line in sys.stdin:
         if not line.strip():
             continue
-        job = json.loads(line)
-        if job.get("op") == "quit":
+        data = json.loads(line)
+        if data.get("op") == "quit":
             break
-        staging = Path(job["staging"])
-        title.set(sys.executable, "-m", "worker.process.main", "--spec", job["spec"])
+        job = RenderJob.from_json(data)
+        title.set(sys.executable, "-m", "worker.process.main", "--spec", str(job.spec))
         reset_peak_rss()
-        out.to(staging / "render.log")
+        out.to(job.staging / "render.log")
         try:
-            code, payload = run_job(Path(job["spec"]), Path(job["models"]),
-                                    Path(job["textures"]), staging, job["gate"],
-                                    lambda done, total: send(f"@@progress {done} {total}"))
+            code, payload = run_job(job, lambda done, total: send(progress_line(done, total)))
         finally:
             out.back()
         videos += 1
-        send("@@done " + json.dumps({"code": code, "payload": payload}))
+        send(message(DONE, {"code": code, "payload": payload}))
         if code not in (EXIT_OK, EXIT_GATE):
             break  # a failed job may have left Blender in any state: the next video gets a fresh one
         title.set("bl30k-render-server", "idle", f"({videos} videos)")

@@ -21,8 +21,10 @@ import bpy
 import numpy as np
 from PIL import Image
 
+from farm.io.layout import frame_dirs
 from farm.io.masks import object_stats, save_mask
 from farm.model.spec import VideoSpec
+from farm.settings import text
 from worker.render.device import select_device
 from worker.render.scene import build_scene
 
@@ -32,7 +34,7 @@ def ablations() -> frozenset[str]:
     masks written), ``no-persistent`` re-syncs the whole scene every frame, ``serial-masks``
     encodes each frame's mask on the render thread between two renders, ``per-frame-calls``
     renders every frame with its own render call (those two: the previous loop)."""
-    raw = os.environ.get("FARM_BENCH_ABLATE", "")
+    raw = text("FARM_BENCH_ABLATE")
     found = {a.strip() for a in raw.split(",") if a.strip()}
     unknown = found - {"no-mask", "no-persistent", "serial-masks", "per-frame-calls"}
     if unknown:
@@ -180,7 +182,7 @@ class MaskWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
+def render_frames(spec: VideoSpec, models_root: Path, textures_root: Path, staging: Path,
                  gate_check: Callable[[np.ndarray], str | None] | None = None,
                  on_frame: Callable[[int], None] | None = None) -> dict:
     """Render ``spec`` into ``staging/JPEGImages/<id>`` and ``staging/Annotations/<id>``.
@@ -194,8 +196,7 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     ablate = ablations()
     device = configure_render(scene, spec, ablate)
     build_s = time.perf_counter() - t0
-    jpg_dir = staging / "JPEGImages" / spec.id
-    ann_dir = staging / "Annotations" / spec.id
+    jpg_dir, ann_dir = frame_dirs(staging, spec.id)
     jpg_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
@@ -321,8 +322,7 @@ def _render_with_outputs(spec: VideoSpec, scene: bpy.types.Scene, tree, layers, 
     timings."""
     from worker.render.outputs import ExtraOutputs
 
-    jpg_dir = staging / "JPEGImages" / spec.id
-    ann_dir = staging / "Annotations" / spec.id
+    jpg_dir, ann_dir = frame_dirs(staging, spec.id)
     extras = ExtraOutputs(scene, spec, tree, layers, node, mask_dir)
     k = len(spec.objects)
     frames, render_s, render_cpu_s, encode_s, extra_frames = [], [], [], [], []

@@ -1,0 +1,91 @@
+"""Every folder and key name of the farm's output, in one place.
+
+A segment of a dataset (storage prefix ``<storage URL prefix>/<segment>/``) holds the DAVIS /
+YouTube-VOS layout and the farm's bookkeeping:
+
+    JPEGImages/<video>/00000.jpg          frames (and the extra outputs' folders, FOLDERS)
+    Annotations/<video>/00000.png         palette masks, 0 = background, 1..K = objects
+    specs/<video>.yaml                    the spec the video was rendered from
+    manifests/<video>.json                the render's manifest (timings, device, objects)
+    done/<video>.json                     completion marker: written last, lists every file
+    meta.json                             the segment's summary (``scheduler finalize``)
+
+A worker stages a video in ``<scratch>/<video>.staging/`` with the same frame folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# output kind -> folder (farm/io/outputs.py documents the extra outputs' formats)
+FOLDERS = {"rgb": "JPEGImages", "masks": "Annotations", "depth": "Depth", "flow": "Flow",
+           "normals": "Normals", "camera": "Camera", "amodal": "AmodalAnnotations"}
+IMAGES, MASKS = FOLDERS["rgb"], FOLDERS["masks"]
+SPECS, MANIFESTS, MARKERS = "specs", "manifests", "done"
+META = "meta.json"
+STAGING_SUFFIX = ".staging"
+
+
+def join(*parts: str) -> str:
+    """Storage keys are '/'-joined; empty parts are dropped."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+def segment_base(segment: int) -> str:
+    """A segment's prefix within the storage (whose URL may carry a prefix of its own)."""
+    return str(segment)
+
+
+def frame_name(frame: int) -> str:
+    """A frame's file stem: ``00000``."""
+    return f"{frame:05d}"
+
+
+def image_file(frame: int) -> str:
+    return f"{frame_name(frame)}.jpg"
+
+
+def mask_file(frame: int) -> str:
+    return f"{frame_name(frame)}.png"
+
+
+def video_keys(base: str, video: str) -> dict[str, str]:
+    """The keys of one video under a segment's ``base`` prefix."""
+    return {
+        "base": base,
+        "images": join(base, IMAGES, video),
+        "masks": join(base, MASKS, video),
+        "spec": join(base, SPECS, f"{video}.yaml"),
+        "manifest": join(base, MANIFESTS, f"{video}.json"),
+        "marker": join(base, MARKERS, f"{video}.json"),
+    }
+
+
+def marker_video(key: str) -> str | None:
+    """The video a key under ``done/`` marks, or None for any other key."""
+    folder, _, name = key.rpartition("/")
+    if folder.rsplit("/", 1)[-1] != MARKERS or not name.endswith(".json"):
+        return None
+    return name.removesuffix(".json")
+
+
+def frame_names(frames: int) -> set[str]:
+    """Every file a finished video of ``frames`` frames holds under its two frame folders,
+    relative to the video's folders (``JPEGImages/00000.jpg``)."""
+    return ({f"{IMAGES}/{image_file(i)}" for i in range(frames)}
+            | {f"{MASKS}/{mask_file(i)}" for i in range(frames)})
+
+
+def staging_dir(scratch: str | Path, video: str) -> Path:
+    """Where a worker stages a video until it is uploaded."""
+    return Path(scratch) / f"{video}{STAGING_SUFFIX}"
+
+
+def staged_video(path: Path) -> str | None:
+    """The video a staging folder belongs to, or None for anything else."""
+    return path.name.removesuffix(STAGING_SUFFIX) if path.name.endswith(STAGING_SUFFIX) else None
+
+
+def frame_dirs(root: Path, video: str) -> tuple[Path, Path]:
+    """(images, masks) folders of ``video`` under a local dataset or staging root."""
+    return root / IMAGES / video, root / MASKS / video

@@ -1,0 +1,74 @@
+"""The farm's queue: the Celery app (Redis broker and result backend, JSON only, long-task
+settings), the render task's name and ids. The scheduler publishes with it; workers
+(``worker.celery_app``) consume with it.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from farm.model.presets import available, load_preset
+from farm.queue import compat
+from farm.settings import integer, is_set, load_settings
+
+compat.apply()
+
+settings = load_settings()
+TASK_NAME = "farm.render_video"
+
+
+def task_id(video: str, generation: int) -> str:
+    """One task id per enqueue of a video (its generation, kept in Redis): revoking a cancelled
+    generation never discards a later enqueue of the same video."""
+    return f"render-{video}-{generation}"
+
+
+# The longest hard time limit of any preset (tasks carry their own limits, see scheduler).
+MAX_HARD_LIMIT = max(load_preset(name).time_limits()[1] for name in available())
+# A Redis message that is not acknowledged within the visibility timeout is delivered again, even
+# while its first delivery is still rendering (celery#5935). It must outlast the longest task.
+VISIBILITY_TIMEOUT = (integer("FARM_VISIBILITY_TIMEOUT") if is_set("FARM_VISIBILITY_TIMEOUT")
+                      else 2 * MAX_HARD_LIMIT)
+
+app = Celery("bl30k")
+app.conf.update(
+    broker_url=settings.redis_url_with_password,
+    result_backend=settings.redis_url_with_password,
+    # JSON only: a pickle payload from the queue would be code execution on every worker.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # Acknowledge a video only when it finished (uploaded + marker): a worker killed mid-render
+    # leaves the message to be delivered again instead of losing the video.
+    task_acks_late=True,
+    # A worker process that dies (kill -9, OOM, hard time limit) requeues its task. Celery puts
+    # no cap on that (celery#9082): worker.tasks counts deliveries per video and fails the video
+    # after FARM_MAX_DELIVERIES.
+    task_reject_on_worker_lost=True,
+    # Reserve one task at a time: a worker busy for minutes must not hoard videos others could run.
+    worker_prefetch_multiplier=1,
+    # Set the visibility timeout everywhere Celery/kombu read it: broker transport, result
+    # backend transport, and the top-level setting older code paths consult.
+    broker_transport_options={
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    },
+    result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    visibility_timeout=VISIBILITY_TIMEOUT,
+    task_default_queue="render",
+    task_default_priority=5,
+    # Events for Flower: sent/started/succeeded/failed/retried.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    result_expires=7 * 24 * 3600,
+    result_extended=True,
+    broker_connection_retry_on_startup=True,
+    # A short broker outage must not cancel hour-long renders; the per-video lease prevents a
+    # redelivered copy from rendering at the same time.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    worker_max_tasks_per_child=200,
+)

@@ -1,0 +1,86 @@
+"""Finishing a segment: check every finished video against its completion marker (names and
+MD5s of every file), re-send broken ones, prune failed videos' frames, and the YouTube-VOS
+``meta.json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from farm.io.layout import FOLDERS, video_keys
+from farm.io.storage import remove_frames, verify_video
+from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
+from scheduler.context import Context
+from scheduler.publish import send
+
+
+def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
+    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames, and
+    the outputs it has; ``outputs``: those of the whole segment (the union)."""
+    videos, every = {}, set()
+    for video, m in sorted(manifests.items()):
+        objects = {}
+        for obj in m["objects"]:
+            frames = [f"{f['frame']:05d}" for f in m["frames"]
+                      if f["objects"][obj["id"] - 1]["pixels"] > 0]
+            objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
+                                       "model": obj["model"], "frames": frames}
+        outputs = list(m.get("outputs") or m.get("render_settings", {}).get("outputs")
+                       or DEFAULT_OUTPUTS)
+        every.update(outputs)
+        videos[video] = {"objects": objects, "outputs": outputs}
+    return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
+
+
+def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
+    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, every file
+    (frames and the extra outputs: depth, flow, normals, camera, amodal masks) the content the
+    marker records (MD5), each extra folder as many files as the marker lists, and its spec and
+    manifest present."""
+    checksums = storage.checksums(base)
+    counts: dict[tuple[str, str], int] = {}
+    for key in checksums:
+        parts = key[len(base):].strip("/").split("/")
+        if len(parts) >= 3 and parts[0] in FOLDERS.values():
+            counts[(parts[0], parts[1])] = counts.get((parts[0], parts[1]), 0) + 1
+    problems = {}
+    for video in sorted(videos):
+        keys = video_keys(base, video)
+        marker = json.loads(storage.get_bytes(keys["marker"]) or b"{}")
+        problem = next((f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
+                        f"{count}" for folder, count in (marker.get("files") or {}).items()
+                        if counts.get((folder, video), 0) != count), None)
+        problem = problem or verify_video(marker, checksums, base, video)
+        for key in (keys["spec"], keys["manifest"]):
+            if problem is None and key not in checksums:
+                problem = f"missing {key}"
+        if problem:
+            problems[video] = problem
+    return problems
+
+
+def requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
+    """Send videos whose delivery is broken again: their marker goes, a fresh render replaces
+    their frames (each delivery removes an earlier one's)."""
+    storage = ctx.storage
+    specs = []
+    for video in videos:
+        stored = ctx.state.spec(segment, video)
+        if stored is None:
+            print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
+            continue
+        storage.delete([video_keys(ctx.base(segment), video)["marker"]])
+        specs.append(VideoSpec.from_dict(stored))
+    send(ctx, specs, None)
+    return len(specs)
+
+
+def prune(ctx: Context, segment: int) -> int:
+    """Remove the frames of failed and cancelled videos, so folder-listing loaders never see
+    them; returns how many videos had frames."""
+    states = ctx.state.states(segment)
+    pruned = 0
+    for video, st in sorted(states.items()):
+        if st in ("failed", "cancelled") and remove_frames(ctx.storage, ctx.base(segment), video):
+            pruned += 1
+    return pruned

@@ -1,0 +1,92 @@
+"""The watchdog of a render process: time limit, memory cap (peak resident memory) and the
+caller's abort (no bpy here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+from farm.settings import optional_number
+
+Abort = Callable[[], str | None]  # polled while rendering: a reason to stop, or None
+
+
+def max_rss_mb() -> float | None:
+    """FARM_RENDER_MAX_RSS_MB: resident-memory cap of one render process (unset: none)."""
+    return optional_number("FARM_RENDER_MAX_RSS_MB")
+
+
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of ``/proc/<pid>/status`` in MB, e.g. ``VmHWM`` (peak resident memory:
+    a spike between two samples of the watchdog still counts) or ``VmRSS``; 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Watchdog:
+    """Kills a render process that runs past its time limit, holds too much memory (its peak,
+    VmHWM) or that the caller stops (``abort``); samples every ``interval`` seconds: one-shot
+    processes, and the pool's long-lived ones per video.
+
+    A poison asset (an absurd mesh or texture) then fails as a crash with a reason instead of
+    taking the machine's memory; the worker itself is unaffected.
+    """
+
+    def __init__(self, proc: subprocess.Popen, timeout: float | None, max_rss: float | None,
+                 interval: float = 0.5, abort: Abort | None = None) -> None:
+        self.proc, self.timeout, self.max_rss, self.interval = proc, timeout, max_rss, interval
+        self.abort = abort
+        self.reason: str | None = None
+        self.aborted: str | None = None  # the caller's reason to stop, when it stopped it
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.interval):
+            self.aborted = self.abort() if self.abort else None
+            if self.aborted:
+                self.proc.kill()
+                return
+            rss = self._sample()
+            if self.timeout and time.monotonic() - started > self.timeout:
+                self.reason = f"exceeded the {self.timeout:.0f} s time limit"
+            elif self.max_rss and rss > self.max_rss:
+                self.reason = f"resident memory {rss:.0f} MB over the {self.max_rss:.0f} MB limit"
+            if self.reason:
+                self.proc.kill()
+                return
+
+    def _sample(self) -> float:
+        rss = status_mb(self.proc.pid, "VmHWM")
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()  # the job's peak once more (a spike between two samples counts); a
+        # process that has exited has no memory figures left and is not reaped here
+
+    def reap(self) -> int:
+        """Wait for the process and return its exit code; its lifetime peak memory (rusage)
+        is checked once more, so a spike shorter than the sampling interval still counts."""
+        self.stop()
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.peak_rss_mb = max(self.peak_rss_mb, usage.ru_maxrss / 1024)  # KiB on Linux
+        if not self.reason and self.max_rss and self.peak_rss_mb > self.max_rss:
+            self.reason = (f"resident memory {self.peak_rss_mb:.0f} MB over the "
+                           f"{self.max_rss:.0f} MB limit")
+        return self.proc.returncode
