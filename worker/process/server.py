@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     out.back()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import bpy  # noqa: F401 - loads Blender (and Cycles) once for every video
-
-    import worker.render.frames  # noqa: F401 - and the render code with it
+    import worker.render.frames  # noqa: F401 - loads Blender (bpy, Cycles) once for every video
 
     videos = 0
     title.set("bl30k-render-server", "idle")
