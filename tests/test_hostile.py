@@ -84,7 +84,9 @@ def test_mutated_specs_give_only_validation_errors(valid, data):
 @settings(max_examples=300, deadline=None)
 @given(blob=st.binary(max_size=2048))
 def test_random_bytes_give_only_validation_errors(blob):
-    _only_validation_errors(parse_spec_text, blob)
+    spec = _only_validation_errors(parse_spec_text, blob)
+    if spec is not None:  # bytes that happen to parse must be a sane spec that round-trips
+        assert parse_spec_text(spec.to_yaml()) == spec
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -99,9 +101,11 @@ def test_enqueue_path_gives_only_validation_errors(valid, data, tmp_path_factory
     else:
         path.write_text(yaml.safe_dump(_mutate(valid, data)))
     try:
-        load_spec_files([str(folder)])
+        specs = load_spec_files([str(folder)])
     except SpecError as exc:
         assert str(path) in str(exc)
+    else:  # what the enqueue path accepts is one valid spec, equal to itself after a round trip
+        assert len(specs) == 1 and parse_spec_text(specs[0].to_yaml()) == specs[0]
 
 
 def test_yaml_alias_bomb_and_deep_nesting_are_rejected():

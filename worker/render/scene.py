@@ -231,9 +231,3 @@ def build_scene(spec: VideoSpec, models_root: Path, textures_root: Path) -> bpy.
     add_camera(spec, t)
     return scene
 
-
-def camera_rotation_matrix(location, target) -> np.ndarray:
-    """Blender's look-at rotation (for tests comparing against farm.model.camera)."""
-    quat = mathutils.Vector(np.asarray(target) - np.asarray(location)).to_track_quat("-Z", "Y")
-    return np.array(quat.to_matrix())
-
