@@ -502,7 +502,7 @@ ONLOAD = ("addEventListener('load',()=>{const i=[...document.images];"
 
 def run(ctx, args) -> int:
     """The ``report`` command (ctx: scheduler.context.Context)."""
-    storage, _ = ctx.storage
+    storage = ctx.storage
     figures, thumbs = gather(ctx.state, storage, ctx.base(args.segment), args.segment,
                              args.thumbnails)
     out = Path(args.out)

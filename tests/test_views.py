@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.render]
 
 
-def farm_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "farm", "-q", *args], capture_output=True,
+def farm_cli(*args: str, env: dict | None = None, package: str = "farm"
+             ) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", package, "-q", *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -80,7 +81,8 @@ def check_preview(sheet: Path, animation: Path, frames_dir: Path, masks_dir: Pat
 def test_demo_writes_previews_and_preview_reads_a_local_folder(pack, tmp_path):
     out = tmp_path / "demo"
     proc = farm_cli("demo", "--preset", "tiny", "--count", "1", "--out", str(out),
-                    "--models", str(pack.models), "--textures", str(pack.textures))
+                    "--models", str(pack.models), "--textures", str(pack.textures),
+                    package="worker")
     sheet, gif = out / "previews" / "a00000_sheet.png", out / "previews" / "a00000_overlay.gif"
     assert f"  {sheet}\n  {gif}" in proc.stdout  # make demo prints where its previews are
     manifest = json.loads((out / "manifests" / "a00000.json").read_text())

@@ -31,9 +31,11 @@ VISIBILITY_TIMEOUT = (integer("FARM_VISIBILITY_TIMEOUT") if is_set("FARM_VISIBIL
                       else 2 * MAX_HARD_LIMIT)
 
 app = Celery("bl30k")
+# The broker URL carries the Redis password (a secret file): read when the configuration is first
+# used, so a bad secret is the command's one-line error, not an import-time traceback.
+app.add_defaults(lambda: {"broker_url": settings.redis_url_with_password,
+                          "result_backend": settings.redis_url_with_password})
 app.conf.update(
-    broker_url=settings.redis_url_with_password,
-    result_backend=settings.redis_url_with_password,
     # JSON only: a pickle payload from the queue would be code execution on every worker.
     task_serializer="json",
     result_serializer="json",
