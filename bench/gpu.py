@@ -50,7 +50,7 @@ from farm.model.spec import VideoSpec, save_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 # The previous design: a fresh process per video, a render call per frame, masks encoded
-# between two renders (the same pixels and masks: tests/test_render_server.py).
+# between two renders (the same pixels and masks: tests/worker/process/test_server.py).
 OLD = {"FARM_RENDER_PROCESS": "oneshot", "FARM_BENCH_ABLATE": "per-frame-calls,serial-masks"}
 NEW = {"FARM_RENDER_PROCESS": "server"}
 DESIGN_ENV = {"oneshot": OLD, "server": NEW}

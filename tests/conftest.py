@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ORIGINAL_YAML = Path(__file__).resolve().parent / "data" / "original_yaml"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from scheduler.local import farm_env, start_worker
 from scheduler.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
+ORIGINAL_YAML = ROOT / "tests" / "data" / "original_yaml"  # configs of the original generator
 
 
 class Farm:

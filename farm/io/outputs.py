@@ -186,7 +186,7 @@ def decode_depth_png16(q: np.ndarray, scale: float = DEPTH_SCALE_M) -> np.ndarra
 
 def flow_from_vector(vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cycles' Vector pass (H, W, 4) = (prev - cur, cur - next), y up -> forward and backward
-    flow (H, W, 2) in pixels, dx right, dy down (measured: tests/test_outputs_render.py)."""
+    flow (H, W, 2) in pixels, dx right, dy down (measured: tests/worker/render/test_extra_outputs.py)."""
     v = np.asarray(vector, np.float32)
     forward = np.stack([-v[..., 2], v[..., 3]], axis=-1)
     backward = np.stack([v[..., 0], -v[..., 1]], axis=-1)

@@ -21,7 +21,7 @@ from farm.queue import metrics
 from farm.queue.state import FarmState, connect
 from scheduler.exporter import registry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "farm.json"
 # Grafana's variables, as the test substitutes them ($segment: "All").
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s",

@@ -205,7 +205,7 @@ def test_normals_in_the_opencv_camera_frame():
 
 def test_intrinsics_and_extrinsics_agree_with_the_pinhole_math():
     """K and world_to_camera project like farm.model.camera.project (which matches Blender's render,
-    tests/test_render.py), shifted by half a pixel to OpenCV's pixel centres."""
+    tests/worker/render/test_frames.py), shifted by half a pixel to OpenCV's pixel centres."""
     rng = np.random.default_rng(5)
     for _ in range(10):
         loc, target = rng.normal(0, 1, 3) + [0, -5, 0], rng.normal(0, 1, 3) + [0, 4, 0]

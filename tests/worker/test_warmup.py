@@ -16,7 +16,7 @@ import pytest
 from worker.process.environment import kernel_cache_env
 from worker.warmup import host_lock, kernel_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_kernel_caches_default_to_the_shared_folder(tmp_path, monkeypatch):

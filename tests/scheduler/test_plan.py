@@ -13,7 +13,7 @@ import pytest
 
 from scheduler.calibration import DEFAULT_FILE, load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scheduler(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

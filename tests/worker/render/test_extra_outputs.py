@@ -2,7 +2,7 @@
 
 Scene: sphere 1 static at (0, 2, 0); sphere 2 in front of it, moving by (0.5, 0, 0.25) per frame
 and partly hiding sphere 1; the camera moves too. The truth comes from the spec's polynomials and
-the pinhole math of farm.model.camera (checked against Blender in tests/test_render.py).
+the pinhole math of farm.model.camera (checked against Blender in tests/worker/render/test_frames.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ORIGINAL_YAML
+from services import ORIGINAL_YAML
 
 from farm.assets.library import AssetLibrary
 from farm.assets.original import import_file

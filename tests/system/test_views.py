@@ -22,7 +22,7 @@ from farm.io.masks import PALETTE
 from farm.model.presets import load_preset
 from farm.view.preview import read_layout, resize_ids, resize_rgb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.render]
 
 

@@ -14,7 +14,7 @@ import pytest
 from farm import settings
 from farm.settings import VARS, ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CODE = [p for pkg in ("farm", "worker", "scheduler", "bench") for p in (ROOT / pkg).rglob("*.py")]
 BEGIN, END = "<!-- settings table: python -m farm settings -->", "<!-- end of settings table -->"
 
