@@ -187,6 +187,48 @@ def test_min_path_distance_is_the_straightforward_formula_bit_for_bit():
         assert got.tobytes() == want.tobytes()
 
 
+def test_object_path_is_the_generic_walk_bit_for_bit():
+    """sample_object_path writes _walk out for speed: the same draws and floats as the generic
+    walk over _frustum_point / _step_towards / Draws.u / Draws.n."""
+
+    from farm.sampling import (
+        DEGREE,
+        Draws,
+        SamplingParams,
+        _frustum_point,
+        _poly,
+        _step_towards,
+        _walk,
+        sample_object_path,
+    )
+
+    def reference(rng, p):
+        d = Draws(rng, 48, 24)
+        tsl = p.obj_tsl_per_frame * p.n_frames / DEGREE
+        rot = p.obj_rot_per_frame * p.n_frames / DEGREE
+        lo, hi = (c ** (1 / DEGREE) for c in p.scale_change)
+        one_sided = p.step_clamp == "one-sided"
+        loc, angles, scale = _walk(
+            d,
+            [_frustum_point(d, p), [d.u(0, 2 * np.pi) for _ in range(3)],
+             [d.u(*p.obj_scale) for _ in range(3)]],
+            [lambda d, cur: _step_towards(cur, _frustum_point(d, p),
+                                          [d.n(tsl) for _ in range(3)], one_sided),
+             lambda d, cur: [c + d.n(rot) for c in cur],
+             lambda d, cur: [c * d.u(lo, hi) for c in cur]],
+            p,
+        )
+        return _poly(loc), _poly(angles), _poly(scale)
+
+    for clamp in ("one-sided", "symmetric"):
+        for p in (SamplingParams(step_clamp=clamp),
+                  SamplingParams(step_clamp=clamp, enter_static_prob=0.5, obj_into=(-1.0, 7.0))):
+            for seed in range(300):
+                got = sample_object_path(np.random.default_rng(seed), p)
+                want = reference(np.random.default_rng(seed), p)
+                assert np.array(got).tobytes() == np.array(want).tobytes()
+
+
 def test_video_ids():
     assert video_id(0, 42) == "a00042"
     assert video_id(2, 4999) == "c04999"
