@@ -451,9 +451,15 @@ def _block_sequence(data: list | tuple, indent: int, inline: bool, out: list[str
 
 def save_spec(spec: VideoSpec, path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data = spec.to_yaml().encode()  # ASCII: non-ASCII characters are written escaped
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(spec.to_yaml())
+    try:  # the folder usually exists: one system call less per file than mkdir(exist_ok=True)
+        file = open(tmp, "wb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(tmp, "wb")  # noqa: SIM115
+    with file:
+        file.write(data)
     tmp.replace(path)
 
 
