@@ -430,6 +430,15 @@ def _block_sequence(data: list | tuple, indent: int, inline: bool, out: list[str
                        f"{lead}- {_float_text(value)}\n")
             lead = pad
             continue
+        if type(value) is list and len(value) == 3:  # most lists: [x, y, z] rows of polys
+            x, y, z = value
+            if type(x) is float and type(y) is float and type(z) is float:
+                tx, ty, tz = repr(x), repr(y), repr(z)
+                joined = tx + ty + tz
+                if "e" not in joined and "n" not in joined:  # no exponent, no inf or nan
+                    out.append(f"{lead}- - {tx}\n{pad}  - {ty}\n{pad}  - {tz}\n")
+                    lead = pad
+                    continue
         text = _scalar_text(value)
         if text is not None:
             out.append(f"{lead}- {text}\n")

@@ -125,7 +125,9 @@ def test_direct_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
         check(replace(spec, objects=[replace(obj, synset=synset)]))
     for extra in ({"empty": {}, "list": [], "deep": [[[1.5, -0.0, 1e16, 2**70]], {"k": None}]},
                   {"numpy": np.float64(0.1)}, {"nan": float("nan")}, {1: "int key"},
-                  {"tuple": (1, 2)}, {"light": spec.lights[0]}, {"ints": np.arange(3)}):
+                  {"tuple": (1, 2)}, {"light": spec.lights[0]}, {"ints": np.arange(3)},
+                  {"rows": [[1.0, 2e-07, 3.0], [1, 2.0, 3.0], [0.5, -1e+16, 0.25], (0.5, 1.5, 2.5)]},
+                  {"inf row": [[0.5, float("inf"), 1.0]]}):
         check(replace(spec, generation={**spec.generation, "extra": extra}))
     check(replace(spec, render=replace(spec.render, outputs=("rgb", "masks", "depth"))))
 
