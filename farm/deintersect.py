@@ -39,8 +39,8 @@ def min_path_distances(path: np.ndarray, others: list[np.ndarray]) -> np.ndarray
     else:
         diff[:, : len(path)] -= path
     e = GRID_POWERS[:, :terms] @ diff  # (k, grid, 3)
-    ex, ey, ez = e[..., 0], e[..., 1], e[..., 2]
-    flat = (ex * ex + ey * ey + ez * ez).reshape(-1)  # squared distance, (k, grid) row by row
+    e *= e
+    flat = (e[..., 0] + e[..., 1] + e[..., 2]).reshape(-1)  # squared distance, (k, grid) rows
     rows = np.arange(0, count * size, size)
     first = flat.reshape(count, size).argmin(axis=1)
     lowest = flat[rows + first]  # the row minima
