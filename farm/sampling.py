@@ -273,7 +273,8 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
 def sample_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, seed: int,
                 attempt: int, p: SamplingParams = SamplingParams()) -> VideoSpec:
     """One sampling attempt, without the quality gate; the preset chooses the step clamp."""
-    p = replace(p, step_clamp=preset.step_clamp)
+    if p.step_clamp != preset.step_clamp:
+        p = replace(p, step_clamp=preset.step_clamp)
     rng = video_rng(seed, segment, index, attempt)
     camera = sample_camera(rng, p)
     objects, deintersection = _sample_objects(rng, lib, seed, segment, index, p)
