@@ -212,9 +212,13 @@ def sample_object_path(rng: np.random.Generator, p: SamplingParams) -> tuple[lis
             scale.append(scale[-1])
             static = u() < p.continue_static_prob
         else:
-            target = frustum_point()
-            loc.append(_step_towards(loc[-1], target, [n() * tsl, n() * tsl, n() * tsl],
-                                     one_sided))
+            (tx, ty, tz), (cx, cy, cz) = frustum_point(), loc[-1]
+            mx, my, mz = abs(n() * tsl), abs(n() * tsl), abs(n() * tsl)
+            if one_sided:  # _step_towards
+                loc.append([cx + min(mx, tx - cx), cy + min(my, ty - cy), cz + min(mz, tz - cz)])
+            else:
+                loc.append([cx + max(-mx, min(mx, tx - cx)), cy + max(-my, min(my, ty - cy)),
+                            cz + max(-mz, min(mz, tz - cz))])
             angles.append([c + n() * rot for c in angles[-1]])
             scale.append([c * (lo + u() * (hi - lo)) for c in scale[-1]])
             static = u() < p.enter_static_prob
