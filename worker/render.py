@@ -32,10 +32,13 @@ def ablations() -> frozenset[str]:
     """FARM_BENCH_ABLATE, for benchmarks only: ``no-mask`` renders RGB alone (no index pass, no
     masks written), ``no-persistent`` re-syncs the whole scene every frame, ``serial-masks``
     encodes each frame's mask on the render thread between two renders, ``per-frame-calls``
-    renders every frame with its own render call (those two: the previous loop)."""
+    renders every frame with its own render call (those two: the previous loop),
+    ``previous-settings`` the previous per-frame settings (the image through the compositor's
+    group output, the Z pass, glibc's default trimming of freed memory)."""
     raw = os.environ.get("FARM_BENCH_ABLATE", "")
     found = {a.strip() for a in raw.split(",") if a.strip()}
-    unknown = found - {"no-mask", "no-persistent", "serial-masks", "per-frame-calls"}
+    unknown = found - {"no-mask", "no-persistent", "serial-masks", "per-frame-calls",
+                       "previous-settings"}
     if unknown:
         raise ValueError(f"FARM_BENCH_ABLATE: unknown {sorted(unknown)}")
     return frozenset(found)
@@ -96,7 +99,8 @@ def configure_render(scene: bpy.types.Scene, spec: VideoSpec,
     c.max_bounces = r.max_bounces
     c.seed = spec.index  # fixed noise pattern per video: re-renders are reproducible
     scene.view_layers[0].use_pass_object_index = "no-mask" not in ablate
-    scene.view_layers[0].use_pass_z = False  # on by default; the depth output turns it on
+    if "previous-settings" not in ablate:
+        scene.view_layers[0].use_pass_z = False  # on by default; the depth output turns it on
     device = select_device(scene, r.device)
     # OIDN runs on the CPU unless told otherwise (bpy 5.0 default False): on a GPU worker it
     # would take seconds per frame of CPU time next to a render of a fraction of that.
@@ -235,7 +239,7 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
     mask_dir = Path(tempfile.mkdtemp(prefix="farm-index-", dir=shm))
     extras = bool(set(spec.render.outputs) - {"rgb", "masks"})
     node, tree, layers = (None, None, None) if "no-mask" in ablate else add_index_output(
-        scene, mask_dir, rgb=extras)
+        scene, mask_dir, rgb=extras or "previous-settings" in ablate)
     if node is not None and extras:
         try:
             return {"blender_version": bpy.app.version_string, "device": device,
@@ -291,7 +295,8 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
         render_cpu_s.append(time.process_time() - cpu_starts[-1])
         finished(scene_.frame_current)
 
-    keep_freed_memory(True)
+    if "previous-settings" not in ablate:
+        keep_freed_memory(True)
     try:
         still(0)  # alone: the gate checks the first frame's masks before the rest is rendered
         if spec.frames > 1 and "per-frame-calls" in ablate:
@@ -325,7 +330,8 @@ def render_video(spec: VideoSpec, models_root: Path, textures_root: Path, stagin
         if writer is not None:
             writer.close()
         shutil.rmtree(mask_dir, ignore_errors=True)
-        keep_freed_memory(False)
+        if "previous-settings" not in ablate:
+            keep_freed_memory(False)
     encode_s = writer.encode_s if writer is not None else []
     # Per frame, from its start to the next one's (the last: to its mask written): the loop's
     # whole cost per frame, path tracing included, as a video of n frames pays it n times.
