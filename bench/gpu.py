@@ -50,8 +50,10 @@ from farm.model.spec import VideoSpec, save_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 # The previous design: a fresh process per video, a render call per frame, masks encoded
-# between two renders (the same pixels and masks: tests/worker/process/test_server.py).
-OLD = {"FARM_RENDER_PROCESS": "oneshot", "FARM_BENCH_ABLATE": "per-frame-calls,serial-masks"}
+# between two renders, the previous per-frame settings (the same pixels and masks:
+# tests/worker/process/test_server.py).
+OLD = {"FARM_RENDER_PROCESS": "oneshot",
+       "FARM_BENCH_ABLATE": "per-frame-calls,serial-masks,previous-settings"}
 NEW = {"FARM_RENDER_PROCESS": "server"}
 DESIGN_ENV = {"oneshot": OLD, "server": NEW}
 

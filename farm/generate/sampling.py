@@ -186,17 +186,45 @@ def sample_object_path(rng: np.random.Generator, p: SamplingParams) -> tuple[lis
     rot = p.obj_rot_per_frame * p.n_frames / DEGREE
     lo, hi = (c ** (1 / DEGREE) for c in p.scale_change)
     one_sided = p.step_clamp == "one-sided"
-    loc, angles, scale = _walk(
-        d,
-        [_frustum_point(d, p), [d.u(0, 2 * np.pi) for _ in range(3)],
-         [d.u(*p.obj_scale) for _ in range(3)]],
-        [lambda d, cur: _step_towards(cur, _frustum_point(d, p), [d.n(tsl) for _ in range(3)],
-                                      one_sided),
-         lambda d, cur: [c + d.n(rot) for c in cur],
-         lambda d, cur: [c * d.u(lo, hi) for c in cur]],
-        p,
-    )
-    return _poly(loc), _poly(angles), _poly(scale)
+    # ``_walk`` over (location, angles, scale) written out: this runs ~8 times per video. The
+    # same draws in the same order and the same arithmetic as ``_frustum_point``,
+    # ``d.u(lo, hi)`` (lo + x * (hi - lo)) and ``d.n(scale)`` (x * scale).
+    u, n = d._u.pop, d._n.pop
+    (y0, y1), (b0, b1), c0 = p.obj_into, p.obj_base, p.cam_into[0]
+    s0, s1 = p.obj_scale
+    two_pi = 2 * np.pi
+
+    def frustum_point() -> Vec:
+        y = y0 + u() * (y1 - y0)
+        widen = (y - c0) / (y0 - c0)
+        a, b = b0 * widen, b1 * widen
+        x = a + u() * (b - a)
+        return [x, y, a + u() * (b - a)]
+
+    loc = [frustum_point()]
+    angles = [[0 + u() * (two_pi - 0) for _ in range(3)]]
+    scale = [[s0 + u() * (s1 - s0) for _ in range(3)]]
+    static = u() < p.enter_static_prob
+    for _ in range(DEGREE):
+        if static:
+            loc.append(loc[-1])
+            angles.append(angles[-1])
+            scale.append(scale[-1])
+            static = u() < p.continue_static_prob
+        else:
+            (tx, ty, tz), (cx, cy, cz) = frustum_point(), loc[-1]
+            mx, my, mz = abs(n() * tsl), abs(n() * tsl), abs(n() * tsl)
+            if one_sided:  # _step_towards
+                loc.append([cx + min(mx, tx - cx), cy + min(my, ty - cy), cz + min(mz, tz - cz)])
+            else:
+                loc.append([cx + max(-mx, min(mx, tx - cx)), cy + max(-my, min(my, ty - cy)),
+                            cz + max(-mz, min(mz, tz - cz))])
+            angles.append([c + n() * rot for c in angles[-1]])
+            scale.append([c * (lo + u() * (hi - lo)) for c in scale[-1]])
+            static = u() < p.enter_static_prob
+    # _poly of each channel, in one (batched, slice by slice identical) matmul
+    loc_poly, angles_poly, scale_poly = (FIT @ np.array([loc, angles, scale])).tolist()
+    return loc_poly, angles_poly, scale_poly
 
 
 def sample_light(rng: np.random.Generator, p: SamplingParams) -> LightSpec:
@@ -226,13 +254,14 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
         tries = 0
         while True:  # resample the path until it keeps its distance, at most max_path_retries
             loc, ang, scl = sample_object_path(rng, p)
-            dists = min_path_distances(np.asarray(loc), paths)
+            path = np.asarray(loc)
+            dists = min_path_distances(path, paths)
             if dists.size == 0 or dists.min() >= p.min_path_distance or tries == p.max_path_retries:
                 break
             tries += 1
         retries.append(tries)
         pairs += [[k, j, round(float(d), 6)] for k, d in enumerate(dists)]
-        paths.append(np.asarray(loc))
+        paths.append(path)
         objects.append(ObjectSpec(
             model=model.id, synset=model.synset, category=model.category, location_poly=loc,
             rotation_poly=ang, scale_poly=scl, texture=texture, **lib.geometry(model)))
@@ -248,7 +277,8 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
 def sample_spec(lib: AssetLibrary, preset: Preset, segment: int, index: int, seed: int,
                 attempt: int, p: SamplingParams = SamplingParams()) -> VideoSpec:
     """One sampling attempt, without the quality gate; the preset chooses the step clamp."""
-    p = replace(p, step_clamp=preset.step_clamp)
+    if p.step_clamp != preset.step_clamp:
+        p = replace(p, step_clamp=preset.step_clamp)
     rng = video_rng(seed, segment, index, attempt)
     camera = sample_camera(rng, p)
     objects, deintersection = _sample_objects(rng, lib, seed, segment, index, p)

@@ -14,12 +14,20 @@ WORLD_UP = np.array([0.0, 0.0, 1.0])
 
 def look_at_rotation(location: np.ndarray, target: np.ndarray) -> np.ndarray:
     """World-from-camera rotation matrices (..., 3, 3); columns are the camera's x, y, z axes."""
+    # np.linalg.norm's and np.cross's arithmetic, written out (the same floats; those two
+    # functions' argument handling cost more than the arithmetic on a video's frames)
     forward = np.asarray(target, float) - np.asarray(location, float)
-    forward /= np.linalg.norm(forward, axis=-1, keepdims=True)
-    x = np.cross(forward, WORLD_UP)
-    x /= np.linalg.norm(x, axis=-1, keepdims=True)
-    y = np.cross(x, forward)
-    return np.stack([x, y, -forward], axis=-1)
+    forward /= np.sqrt(np.add.reduce(forward * forward, axis=-1, keepdims=True))
+    f0, f1, f2 = forward[..., 0], forward[..., 1], forward[..., 2]
+    u0, u1, u2 = WORLD_UP
+    rot = np.empty(forward.shape + (3,))  # columns x, y, -forward
+    x, y = rot[..., 0], rot[..., 1]
+    x[..., 0], x[..., 1], x[..., 2] = f1 * u2 - f2 * u1, f2 * u0 - f0 * u2, f0 * u1 - f1 * u0
+    x /= np.sqrt(np.add.reduce(x * x, axis=-1, keepdims=True))
+    x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
+    y[..., 0], y[..., 1], y[..., 2] = x1 * f2 - x2 * f1, x2 * f0 - x0 * f2, x0 * f1 - x1 * f0
+    np.negative(forward, out=rot[..., 2])
+    return rot
 
 
 def focal_pixels(fov: float, width: int, height: int) -> float:

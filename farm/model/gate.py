@@ -26,10 +26,21 @@ def object_discs(spec: VideoSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     if len(t) > MAX_CHECKED_FRAMES:
         t = t[np.linspace(0, len(t) - 1, MAX_CHECKED_FRAMES).round().astype(int)]
     width, height = spec.resolution
-    cam_loc = eval_poly(spec.camera.location_poly, t)
-    rot = look_at_rotation(cam_loc, eval_poly(spec.camera.look_at_poly, t))
-    centers = np.stack([eval_poly(o.location_poly, t) for o in spec.objects])  # (K, F, 3)
-    scales = np.stack([np.abs(eval_poly(o.scale_poly, t)).max(axis=-1) for o in spec.objects])
+    count = len(spec.objects)
+    polys = [spec.camera.location_poly, spec.camera.look_at_poly,
+             *(o.location_poly for o in spec.objects), *(o.scale_poly for o in spec.objects)]
+    try:  # all polys of one degree (generated specs): eval_poly's arithmetic in one matmul
+        coeffs = np.asarray(polys, dtype=float)  # (2 + 2K, terms, 3)
+    except ValueError:
+        coeffs = None
+    if coeffs is not None and coeffs.ndim == 3:
+        values = (t[..., None] ** np.arange(coeffs.shape[1])) @ coeffs
+    else:
+        values = np.stack([eval_poly(p, t) for p in polys])
+    cam_loc = values[0]
+    rot = look_at_rotation(cam_loc, values[1])
+    centers = values[2:2 + count]  # (K, F, 3)
+    scales = np.abs(values[2 + count:]).max(axis=-1)
     radius = scales * np.array([o.radius for o in spec.objects])[:, None]
     col, row, depth = project(centers, cam_loc, rot, spec.camera.fov, width, height)
     rad_px = focal_pixels(spec.camera.fov, width, height) * radius / np.maximum(depth, NEAR)

@@ -154,8 +154,18 @@ class VideoSpec:
 
     def to_yaml(self) -> str:
         """The spec file: ``yaml.safe_dump(self.to_dict(), sort_keys=False, width=100)``,
-        byte for byte, written by libyaml's emitter (``dump_yaml``)."""
-        return dump_yaml(self.to_dict())
+        byte for byte.
+
+        Written directly from the dataclasses (``_block_mapping``) when every value is one that
+        writer knows (plain str/int/float/bool/None, lists, dicts: what generated specs hold);
+        anything else goes through ``to_dict`` and libyaml's emitter (``dump_yaml``).
+        """
+        out: list[str] = []
+        try:
+            _block_mapping(self.__dict__, 0, False, out)
+        except (_NotBlockPlain, RecursionError):
+            return dump_yaml(self.to_dict())
+        return "".join(out)
 
     def digest(self) -> str:
         """Stable content hash: sha256 of the canonical JSON (fields in declaration order)."""
@@ -314,11 +324,151 @@ def dump_yaml(data: Any) -> str:
     return yaml.emit(events, Dumper=yaml.CSafeDumper, width=100)
 
 
+# --- writing: the common case without events ------------------------------------------------
+#
+# Even fed with events, libyaml's path costs building ~550 event objects per spec plus the JSON
+# round trip of ``to_dict``. Generated specs use a small part of YAML: block mappings and
+# sequences of finite floats, ints, bools, nulls and short strings of [A-Za-z0-9_./-]. For those
+# the emitter's layout is fixed (keys at the mapping's indent; a sequence under a key at the
+# key's indent, "- " items; a collection inside a sequence item starts on the item's line,
+# indented by 2; empty collections as [] / {}), so the text is written directly. Any other value
+# raises ``_NotBlockPlain`` and the whole spec goes through ``dump_yaml`` (tests compare both
+# with safe_dump).
+
+
+class _NotBlockPlain(Exception):
+    """A value outside what ``_block_mapping`` writes; the caller falls back to ``dump_yaml``."""
+
+
+_SIMPLE_STR = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,99}").fullmatch
+_SPEC_CLASSES = frozenset({VideoSpec, CameraSpec, ObjectSpec, LightSpec, BackgroundSpec,
+                           RenderSettings})
+
+
+@lru_cache(maxsize=65536)
+def _str_text(value: str) -> str | None:
+    """A simple string's emitted text (None: not simple). Such a string has no quote, space or
+    indicator: it is plain, or single-quoted where it would read back as another type."""
+    if _SIMPLE_STR(value) is None:
+        return None
+    return value if _str_implicit(value)[0] else f"'{value}'"
+
+
+def _scalar_text(value: Any) -> str | None:
+    """The emitted text of a scalar; None for a collection; raises for anything unknown."""
+    kind = type(value)
+    if kind is float:
+        if value - value != 0.0:  # inf or nan
+            raise _NotBlockPlain
+        text = repr(value)
+        return text if "e" not in text else _float_text(value)
+    if kind is str:
+        text = _str_text(value)
+        if text is None:
+            raise _NotBlockPlain
+        return text
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is list or kind is tuple or kind is dict or kind in _SPEC_CLASSES:
+        return None
+    raise _NotBlockPlain
+
+
+def _mapping_items(value: Any) -> dict:
+    """What ``to_dict`` makes of a mapping-like value (``_plain`` for the spec's dataclasses)."""
+    kind = type(value)
+    if kind is dict:
+        return value
+    if kind is RenderSettings:
+        return _plain(value)
+    if kind in _SPEC_CLASSES:
+        return value.__dict__
+    raise _NotBlockPlain
+
+
+def _block_mapping(data: dict, indent: int, inline: bool, out: list[str]) -> None:
+    """Append the block mapping ``data`` with keys at column ``indent``; ``inline``: the first
+    key goes on the current line (after a sequence item's "- ")."""
+    pad = " " * indent
+    lead = "" if inline else pad
+    for key, value in data.items():
+        if type(key) is not str:
+            raise _NotBlockPlain
+        key_text = _scalar_text(key)
+        text = _scalar_text(value)
+        if text is not None:
+            out.append(f"{lead}{key_text}: {text}\n")
+        elif type(value) is list or type(value) is tuple:
+            if value:
+                out.append(f"{lead}{key_text}:\n")
+                _block_sequence(value, indent, False, out)
+            else:
+                out.append(f"{lead}{key_text}: []\n")
+        else:
+            items = _mapping_items(value)
+            if items:
+                out.append(f"{lead}{key_text}:\n")
+                _block_mapping(items, indent + 2, False, out)
+            else:
+                out.append(f"{lead}{key_text}: {{}}\n")
+        lead = pad
+
+
+def _block_sequence(data: list | tuple, indent: int, inline: bool, out: list[str]) -> None:
+    """Append the block sequence ``data`` with its "- " at column ``indent`` (see
+    ``_block_mapping`` for ``inline``)."""
+    pad = " " * indent
+    lead = "" if inline else pad
+    for value in data:
+        if type(value) is float and value - value == 0.0:  # most values: finite floats
+            text = repr(value)
+            out.append(f"{lead}- {text}\n" if "e" not in text else
+                       f"{lead}- {_float_text(value)}\n")
+            lead = pad
+            continue
+        if type(value) is list and len(value) == 3:  # most lists: [x, y, z] rows of polys
+            x, y, z = value
+            if type(x) is float and type(y) is float and type(z) is float:
+                tx, ty, tz = repr(x), repr(y), repr(z)
+                joined = tx + ty + tz
+                if "e" not in joined and "n" not in joined:  # no exponent, no inf or nan
+                    out.append(f"{lead}- - {tx}\n{pad}  - {ty}\n{pad}  - {tz}\n")
+                    lead = pad
+                    continue
+        text = _scalar_text(value)
+        if text is not None:
+            out.append(f"{lead}- {text}\n")
+        elif type(value) is list or type(value) is tuple:
+            if value:
+                out.append(f"{lead}- ")
+                _block_sequence(value, indent + 2, True, out)
+            else:
+                out.append(f"{lead}- []\n")
+        else:
+            items = _mapping_items(value)
+            if items:
+                out.append(f"{lead}- ")
+                _block_mapping(items, indent + 2, True, out)
+            else:
+                out.append(f"{lead}- {{}}\n")
+        lead = pad
+
+
 def save_spec(spec: VideoSpec, path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data = spec.to_yaml().encode()  # ASCII: non-ASCII characters are written escaped
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(spec.to_yaml())
+    try:  # the folder usually exists: one system call less per file than mkdir(exist_ok=True)
+        file = open(tmp, "wb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(tmp, "wb")  # noqa: SIM115
+    with file:
+        file.write(data)
     tmp.replace(path)
 
 

@@ -108,3 +108,43 @@ def test_attempt_budget_continues_after_a_failed_run(library, tiny):
     record = spec.generation["gate"]
     assert spec.attempt >= 3 and record["first_attempt"] == 3
     assert record["last_attempt"] == 3 + tiny.quality_gate.max_attempts - 1
+
+
+def test_object_discs_are_the_straightforward_formula_bit_for_bit(library, bl30k, tiny):
+    """object_discs evaluates all polys in one matmul and look_at_rotation writes out np.cross
+    and np.linalg.norm; gate decisions (and so spec files) depend on their exact floats."""
+    from farm.camera import WORLD_UP, focal_pixels, look_at_rotation, project
+    from farm.gate import MAX_CHECKED_FRAMES, NEAR, object_discs
+    from farm.sampling import sample_spec
+    from farm.spec import eval_poly
+
+    def rotation(location, target):
+        forward = np.asarray(target, float) - np.asarray(location, float)
+        forward /= np.linalg.norm(forward, axis=-1, keepdims=True)
+        x = np.cross(forward, WORLD_UP)
+        x /= np.linalg.norm(x, axis=-1, keepdims=True)
+        return np.stack([x, np.cross(x, forward), -forward], axis=-1)
+
+    def reference(spec):
+        t = spec.frame_times()
+        if len(t) > MAX_CHECKED_FRAMES:
+            t = t[np.linspace(0, len(t) - 1, MAX_CHECKED_FRAMES).round().astype(int)]
+        width, height = spec.resolution
+        cam_loc = eval_poly(spec.camera.location_poly, t)
+        rot = rotation(cam_loc, eval_poly(spec.camera.look_at_poly, t))
+        centers = np.stack([eval_poly(o.location_poly, t) for o in spec.objects])
+        scales = np.stack([np.abs(eval_poly(o.scale_poly, t)).max(axis=-1) for o in spec.objects])
+        radius = scales * np.array([o.radius for o in spec.objects])[:, None]
+        col, row, depth = project(centers, cam_loc, rot, spec.camera.fov, width, height)
+        rad_px = focal_pixels(spec.camera.fov, width, height) * radius / np.maximum(depth, NEAR)
+        return col, row, rad_px, depth
+
+    for preset in (bl30k, tiny):
+        for index in range(40):
+            spec = sample_spec(library, preset, 5, index, 2021, index % 3)
+            for got, want in zip(object_discs(spec), reference(spec), strict=True):
+                assert got.tobytes() == want.tobytes()
+    rng = np.random.default_rng(2)
+    for shape in [(3,), (64, 3), (2, 16, 3)]:
+        loc, target = rng.normal(0, 5, shape), rng.normal(0, 5, shape)
+        assert look_at_rotation(loc, target).tobytes() == rotation(loc, target).tobytes()

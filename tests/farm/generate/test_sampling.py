@@ -153,6 +153,83 @@ def test_min_path_distance_against_brute_force():
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_min_path_distance_is_the_straightforward_formula_bit_for_bit():
+    """min_path_distances is written for speed; spec files depend on its exact floats, so it
+    must give the same bits as the plain formula (np.square(...).sum(-1), fancy indexing)."""
+    from farm.deintersect import GRID, GRID_POWERS
+
+    def reference(path, others):
+        terms = max(len(path), *(len(o) for o in others))
+        diff = np.zeros((len(others), terms, 3))
+        for k, other in enumerate(others):
+            diff[k, : len(other)] += other
+        diff[:, : len(path)] -= path
+        sq = np.square(GRID_POWERS[:, :terms] @ diff).sum(-1)
+        rows = np.arange(len(others))
+        best = np.clip(np.argmin(sq, axis=1), 1, GRID.size - 2)
+        left, mid, right = sq[rows, best - 1], sq[rows, best], sq[rows, best + 1]
+        curvature = left - 2 * mid + right
+        shift = np.where(curvature > 0,
+                         0.5 * (left - right) / np.where(curvature > 0, curvature, 1), 0)
+        t = np.clip(GRID[best] + np.clip(shift, -1, 1) * (GRID[1] - GRID[0]), 0.0, 1.0)
+        refined = np.square(np.einsum("kt,ktc->kc", t[:, None] ** np.arange(terms), diff)).sum(-1)
+        return np.sqrt(np.minimum(refined, sq.min(axis=1)))
+
+    rng = np.random.default_rng(3)
+    for trial in range(3000):
+        scale = 10.0 ** rng.integers(-2, 3)
+        a = rng.normal(0, scale, (int(rng.integers(1, 10)) if trial % 5 == 0 else 5, 3))
+        others = [rng.normal(0, scale, (int(rng.integers(1, 10)) if trial % 7 == 0 else 5, 3))
+                  for _ in range(int(rng.integers(1, 9)))]
+        if trial % 3 == 0:  # near misses: the minimum inside the grid, refined
+            others = [a + rng.normal(0, 1e-2, a.shape) if o.shape == a.shape else o
+                      for o in others]
+        got, want = min_path_distances(a, others), reference(a, others)
+        assert got.tobytes() == want.tobytes()
+
+
+def test_object_path_is_the_generic_walk_bit_for_bit():
+    """sample_object_path writes _walk out for speed: the same draws and floats as the generic
+    walk over _frustum_point / _step_towards / Draws.u / Draws.n."""
+
+    from farm.sampling import (
+        DEGREE,
+        Draws,
+        SamplingParams,
+        _frustum_point,
+        _poly,
+        _step_towards,
+        _walk,
+        sample_object_path,
+    )
+
+    def reference(rng, p):
+        d = Draws(rng, 48, 24)
+        tsl = p.obj_tsl_per_frame * p.n_frames / DEGREE
+        rot = p.obj_rot_per_frame * p.n_frames / DEGREE
+        lo, hi = (c ** (1 / DEGREE) for c in p.scale_change)
+        one_sided = p.step_clamp == "one-sided"
+        loc, angles, scale = _walk(
+            d,
+            [_frustum_point(d, p), [d.u(0, 2 * np.pi) for _ in range(3)],
+             [d.u(*p.obj_scale) for _ in range(3)]],
+            [lambda d, cur: _step_towards(cur, _frustum_point(d, p),
+                                          [d.n(tsl) for _ in range(3)], one_sided),
+             lambda d, cur: [c + d.n(rot) for c in cur],
+             lambda d, cur: [c * d.u(lo, hi) for c in cur]],
+            p,
+        )
+        return _poly(loc), _poly(angles), _poly(scale)
+
+    for clamp in ("one-sided", "symmetric"):
+        for p in (SamplingParams(step_clamp=clamp),
+                  SamplingParams(step_clamp=clamp, enter_static_prob=0.5, obj_into=(-1.0, 7.0))):
+            for seed in range(300):
+                got = sample_object_path(np.random.default_rng(seed), p)
+                want = reference(np.random.default_rng(seed), p)
+                assert np.array(got).tobytes() == np.array(want).tobytes()
+
+
 def test_video_ids():
     assert video_id(0, 42) == "a00042"
     assert video_id(2, 4999) == "c04999"

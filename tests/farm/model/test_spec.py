@@ -105,6 +105,33 @@ def test_fast_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
                                                               sort_keys=False, width=100)
 
 
+def test_direct_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
+    """VideoSpec.to_yaml writes common specs without libyaml (farm.spec._block_mapping) and
+    everything else through dump_yaml: either way the text is yaml.safe_dump's."""
+    from dataclasses import replace
+
+    import numpy as np
+    import yaml
+
+    def check(spec):
+        assert spec.to_yaml() == yaml.safe_dump(spec.to_dict(), sort_keys=False, width=100)
+
+    for preset in (bl30k, tiny):
+        for index in range(60):
+            check(generate_spec(library, preset, 4, index, 2021))
+    spec = generate_spec(library, bl30k, 1, 7, 2021)
+    obj = spec.objects[0]
+    for synset in ("03001627", "0x1f", "yes", "1_0", "1e3", "a:b", "x y", "", "é", "-x", "a" * 101):
+        check(replace(spec, objects=[replace(obj, synset=synset)]))
+    for extra in ({"empty": {}, "list": [], "deep": [[[1.5, -0.0, 1e16, 2**70]], {"k": None}]},
+                  {"numpy": np.float64(0.1)}, {"nan": float("nan")}, {1: "int key"},
+                  {"tuple": (1, 2)}, {"light": spec.lights[0]}, {"ints": np.arange(3)},
+                  {"rows": [[1.0, 2e-07, 3.0], [1, 2.0, 3.0], [0.5, -1e+16, 0.25], (0.5, 1.5, 2.5)]},
+                  {"inf row": [[0.5, float("inf"), 1.0]]}):
+        check(replace(spec, generation={**spec.generation, "extra": extra}))
+    check(replace(spec, render=replace(spec.render, outputs=("rgb", "masks", "depth"))))
+
+
 def test_fast_yaml_loader_still_refuses_aliases(spec_dict):
     """The libyaml loader keeps the alias refusal (a '*' sends the text through an event scan)
     and still reads specs whose strings hold a '*'."""

@@ -56,13 +56,14 @@ def test_one_process_renders_many_videos_like_fresh_processes(library, tiny, tmp
 
 def test_animation_render_loop_writes_what_the_per_frame_loop_wrote(library, tiny, tmp_path):
     """Frames 1.. now come from one animation render with masks encoded beside it; the previous
-    loop (a render call per frame, masks encoded between them) is kept as a benchmark ablation:
-    both write the same pixels, masks and manifest frames."""
+    loop (a render call per frame, masks encoded between them, the image through the
+    compositor's group output, the Z pass, glibc's default trimming) is kept as a benchmark
+    ablation: both write the same pixels, masks and manifest frames."""
     spec = replace(generate_spec(library, tiny, 0, 21, 2021), frames=6)
     roots = (library.models_root, library.textures_root)
     new = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "new", resample=False)
     old = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "old", resample=False,
-                      env={"FARM_BENCH_ABLATE": "per-frame-calls,serial-masks"})
+                      env={"FARM_BENCH_ABLATE": "per-frame-calls,serial-masks,previous-settings"})
     rgb_new, masks_new, names_new = _frames(new.staging, spec.id)
     rgb_old, masks_old, names_old = _frames(old.staging, spec.id)
     assert names_new == names_old and len(names_new) == 12
