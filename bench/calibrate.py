@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from farm.io.layout import IMAGES, MASKS
+
 MARKER_BYTES = 150  # done/<video>.json: video, frames, digest, time
 
 
@@ -82,7 +84,7 @@ def measure(preset: str, device: str, frames: int) -> dict:
     spec = bench_spec(preset, 0, frames, device)
     with tempfile.TemporaryDirectory() as tmp:
         outcome = render_bench(spec, tmp)
-        files = sum(p.stat().st_size for folder in ("JPEGImages", "Annotations")
+        files = sum(p.stat().st_size for folder in (IMAGES, MASKS)
                     for p in (outcome.staging / folder / spec.id).iterdir())
     return entry(preset, outcome.manifest, outcome.spec.to_yaml(), files)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.render import bench_spec, render_bench
 from farm.generate.sampling import video_id
-from farm.io.layout import video_keys
+from farm.io.layout import IMAGES, MASKS, frame_name, video_keys
 from farm.io.storage import S3Storage, upload_video
 from farm.model.spec import save_spec
 from farm.queue.state import FarmState, connect
@@ -157,13 +157,13 @@ def aws_cli() -> str | None:
 
 def bench_upload(svc: Services, source: Path, frames: int = 160, repeats: int = 3) -> list[dict]:
     """Upload one 160-frame video folder (frames of a real render, repeated) both ways."""
-    video = next((source / "JPEGImages").iterdir()).name
+    video = next((source / IMAGES).iterdir()).name
     folder = svc.folder / "upload" / f"{video}.staging"
-    for kind, ext in (("JPEGImages", "jpg"), ("Annotations", "png")):
+    for kind, ext in ((IMAGES, "jpg"), (MASKS, "png")):
         rendered = sorted((source / kind / video).glob(f"*.{ext}"))
         (folder / kind / video).mkdir(parents=True, exist_ok=True)
         for i in range(frames):
-            shutil.copyfile(rendered[i % len(rendered)], folder / kind / video / f"{i:05d}.{ext}")
+            shutil.copyfile(rendered[i % len(rendered)], folder / kind / video / f"{frame_name(i)}.{ext}")
     nbytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     aws = aws_cli()
     times: dict[str, list[float]] = {"worker uploader (boto3, 16 threads)": []}

@@ -46,6 +46,7 @@ from pathlib import Path
 from bench.render import bench_spec, render_bench
 from farm.assets.procedural import default_pack
 from farm.generate.sampling import video_id
+from farm.io.layout import IMAGES, MANIFESTS, video_keys
 from farm.model.spec import VideoSpec, save_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,7 +227,6 @@ def _task_path(svc, specs: list[VideoSpec], design: str, renders: int, name: str
     """(seconds from the enqueue, each video's done time from the enqueue, manifests, worker
     start-up seconds until its health file said ready)."""
     from bench.farm import BUCKET  # noqa: F401 - the bucket the services created
-    from farm.io.layout import video_keys
     from scheduler.local import start_worker
     from scheduler.processes import stop
 
@@ -332,10 +332,10 @@ def _farm_render(files: list[Path], design: str, out: Path) -> tuple[float, list
                    check=True, cwd=ROOT, capture_output=True,
                    env={**os.environ, **DESIGN_ENV[design], "FARM_RENDERS_PER_GPU": "1"})
     wall = time.perf_counter() - t0
-    manifests = [json.loads(p.read_text()) for p in sorted((out / "manifests").glob("*.json"))]
+    manifests = [json.loads(p.read_text()) for p in sorted((out / MANIFESTS).glob("*.json"))]
     for m in manifests:
         m["path_tracing_s"] = [path_tracing_s(p) for p in
-                               sorted((out / "JPEGImages" / m["video"]).glob("*.jpg"))]
+                               sorted((out / IMAGES / m["video"]).glob("*.jpg"))]
     shutil.rmtree(out, ignore_errors=True)
     return wall, manifests
 
@@ -352,7 +352,7 @@ def bench_marginal(preset: str, videos: int, frames: int, folder: Path, repeats:
     specs = _specs(preset, max(videos, loop_videos), max(frames, loop_frames), "AUTO", 60)
     files, loop_files = [], []
     for spec in specs:
-        files.append(folder / "specs" / f"{spec.id}.yaml")
+        files.append(folder / video_keys("", spec.id)["spec"])
         save_spec(replace(spec, frames=frames), files[-1])
         loop_files.append(folder / "loop-specs" / f"{spec.id}.yaml")
         save_spec(replace(spec, frames=loop_frames,

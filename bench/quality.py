@@ -20,6 +20,7 @@ from PIL import Image
 from farm.assets.library import AssetLibrary, default_cache_dir
 from farm.assets.procedural import default_pack
 from farm.generate.sampling import generate_spec
+from farm.io.layout import frame_dirs, image_file
 from farm.model.presets import load_preset
 from farm.model.spec import RenderSettings, VideoSpec
 
@@ -137,7 +138,7 @@ def bench_quality(scenes: int = 3, width: int = 384, height: int = 256,
             spec = replace(spec, frames=frames,
                            render=RenderSettings(jpeg_quality=100, device=device, **overrides))
             out = render_bench(spec, f"{tmp}/{spec.id}", pool=pool)
-            image = np.asarray(Image.open(out.staging / "JPEGImages" / spec.id / "00000.jpg"))
+            image = np.asarray(Image.open(frame_dirs(out.staging, spec.id)[0] / image_file(0)))
             return image, out.manifest["timings"]["render_s"][-1]
 
         def reference(spec: VideoSpec) -> np.ndarray:

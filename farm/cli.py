@@ -156,16 +156,38 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m farm", description=__doc__,
+def parser(prog: str, description: str | None) -> tuple[argparse.ArgumentParser,
+                                                         argparse._SubParsersAction]:
+    """A command-line parser with ``-q`` and sub-commands (``python -m farm``/``worker``)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = ap.add_subparsers(dest="command", required=True)
+    return ap, ap.add_subparsers(dest="command", required=True)
 
-    def assets_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--models", help="ShapeNetCore.v2 root (default: procedural pack)")
-        p.add_argument("--textures", help="folder holding texture/ and skybox/")
-        p.add_argument("--denylist", help="file of model ids / image paths to skip")
+
+def assets_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", help="ShapeNetCore.v2 root (default: procedural pack)")
+    p.add_argument("--textures", help="folder holding texture/ and skybox/")
+    p.add_argument("--denylist", help="file of model ids / image paths to skip")
+
+
+def run(args: argparse.Namespace, errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run the chosen command: bad input (spec, asset, storage, setting) is one ``error:`` line
+    and exit 2; ``errors`` more exceptions reported the same way with exit 3."""
+    try:
+        return args.func(args)
+    except (SpecError, AssetError, StorageError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap, sub = parser("python -m farm", __doc__)
 
     assets = sub.add_parser("assets", help="asset packs").add_subparsers(dest="action",
                                                                          required=True)
@@ -233,14 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (SpecError, AssetError, StorageError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

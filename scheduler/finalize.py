@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from farm.io.layout import FOLDERS, video_keys
+from farm.io.layout import FOLDERS, frame_name, video_keys
 from farm.io.storage import remove_frames, verify_video
 from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
 from scheduler.context import Context
@@ -21,7 +21,7 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
     for video, m in sorted(manifests.items()):
         objects = {}
         for obj in m["objects"]:
-            frames = [f"{f['frame']:05d}" for f in m["frames"]
+            frames = [frame_name(f["frame"]) for f in m["frames"]
                       if f["objects"][obj["id"] - 1]["pixels"] > 0]
             objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
                                        "model": obj["model"], "frames": frames}

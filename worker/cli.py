@@ -17,14 +17,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from farm.assets.library import AssetError, AssetLibrary, read_denylist
+from farm.assets.library import AssetLibrary, read_denylist
 from farm.assets.roots import asset_roots
+from farm.cli import assets_opts, parser, run
 from farm.generate.sampling import generate_spec
 from farm.io.layout import IMAGES, MASKS
-from farm.io.storage import LocalStorage, StorageError, upload_video
+from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
-from farm.model.spec import SpecError, VideoSpec, load_spec
-from farm.settings import ConfigError, integer
+from farm.model.spec import VideoSpec, load_spec
+from farm.settings import integer
 from farm.view.preview import open_source, write_preview
 from worker.attempts import GateFailed, render_attempts
 from worker.process.pool import RenderPool, render_design, renders_per_device
@@ -138,15 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m worker", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    def assets_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--models", help="ShapeNetCore.v2 root (default: procedural pack)")
-        p.add_argument("--textures", help="folder holding texture/ and skybox/")
-        p.add_argument("--denylist", help="file of model ids / image paths to skip")
+    ap, sub = parser("python -m worker", __doc__)
 
     render = sub.add_parser("render", help="render spec files locally (no services)")
     render.add_argument("--spec", nargs="+", required=True)
@@ -169,17 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (SpecError, AssetError, StorageError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser().parse_args(argv), errors=(RenderError,))
 
 
 if __name__ == "__main__":

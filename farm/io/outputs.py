@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from farm.io.codecs import read_exr, read_flo, read_png16, write_exr, write_flo, write_png16
-from farm.io.layout import FOLDERS, frame_name
+from farm.io.layout import FOLDERS, frame_name, video_keys
 from farm.io.masks import save_mask
 from farm.model.spec import DEFAULT_OUTPUTS
 
@@ -401,7 +401,7 @@ def load_video_outputs(root: str | Path, video: str, frames: Sequence[int] | Non
     ``frames``, ``outputs``, ``units`` and ``manifest``.
     """
     root = Path(root)
-    manifest = json.loads((root / "manifests" / f"{video}.json").read_text())
+    manifest = json.loads((root / video_keys("", video)["manifest"]).read_text())
     settings = manifest.get("render_settings", {})
     have = outputs_of(settings)
     want = tuple(outputs) if outputs is not None else have

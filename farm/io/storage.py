@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from farm.io.layout import FOLDERS, IMAGES, MASKS, frame_names, join, video_keys
+from farm.io.layout import FOLDERS, IMAGES, MASKS, frame_name, frame_names, join, video_keys
 from farm.io.outputs import folder_counts
 from farm.settings import ConfigError, Settings, secret
 
@@ -278,7 +278,7 @@ class FrameStreamer:
 
     def frame_done(self, done: int, _total: int = 0) -> None:
         """Progress callback: frame ``done - 1`` is written (JPEG, mask and extra outputs)."""
-        name = f"{done - 1:05d}"
+        name = frame_name(done - 1)
         for key, path in _frame_files(self.staging, self.video, self.keys["base"], [name]):
             self._pool.submit(self._put, key, path)
 

@@ -22,7 +22,7 @@ import bpy
 import numpy as np
 from PIL import Image
 
-from farm.io.layout import frame_dirs
+from farm.io.layout import frame_dirs, image_file, mask_file
 from farm.io.masks import object_stats, save_mask
 from farm.model.spec import VideoSpec
 from farm.settings import text
@@ -186,7 +186,7 @@ class MaskWriter:
         if ids.max(initial=0) > self.k:
             raise RuntimeError(f"frame {i}: mask holds id {ids.max()} but the spec has "
                                f"{self.k} objects")
-        save_mask(ids, self.ann_dir / f"{i:05d}.png")
+        save_mask(ids, self.ann_dir / mask_file(i))
         stats = object_stats(ids, self.k)
         self.done_at = time.perf_counter()
         self.encode_s.append(self.done_at - t0)
@@ -276,7 +276,7 @@ def render_frames(spec: VideoSpec, models_root: Path, textures_root: Path, stagi
         starts.append(time.perf_counter())
         cpu_starts.append(time.process_time())
         scene.frame_set(i)
-        scene.render.filepath = str(jpg_dir / f"{i:05d}.jpg")
+        scene.render.filepath = str(jpg_dir / image_file(i))
         if node is not None:
             node.file_name = f"index_{i:05d}_"
         bpy.ops.render.render(write_still=True)
@@ -389,7 +389,7 @@ def _render_with_outputs(spec: VideoSpec, scene: bpy.types.Scene, tree, layers, 
     try:
         for i in range(spec.frames):
             scene.frame_set(i)
-            scene.render.filepath = str(jpg_dir / f"{i:05d}.jpg")
+            scene.render.filepath = str(jpg_dir / image_file(i))
             prefix = f"f{i:05d}_"
             node.file_name = prefix
             extras.name_frame(i, prefix)
@@ -402,7 +402,7 @@ def _render_with_outputs(spec: VideoSpec, scene: bpy.types.Scene, tree, layers, 
             if ids.max(initial=0) > k:
                 raise RuntimeError(f"frame {i}: mask holds id {ids.max()} but the spec has {k} "
                                    "objects")
-            save_mask(ids, ann_dir / f"{i:05d}.png")
+            save_mask(ids, ann_dir / mask_file(i))
             frames.append(object_stats(ids, k))
             encode_s.append(time.perf_counter() - t2)
             cam = extras.camera_now()
