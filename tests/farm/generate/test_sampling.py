@@ -156,7 +156,7 @@ def test_min_path_distance_against_brute_force():
 def test_min_path_distance_is_the_straightforward_formula_bit_for_bit():
     """min_path_distances is written for speed; spec files depend on its exact floats, so it
     must give the same bits as the plain formula (np.square(...).sum(-1), fancy indexing)."""
-    from farm.deintersect import GRID, GRID_POWERS
+    from farm.generate.deintersect import GRID, GRID_POWERS
 
     def reference(path, others):
         terms = max(len(path), *(len(o) for o in others))
@@ -192,7 +192,7 @@ def test_object_path_is_the_generic_walk_bit_for_bit():
     """sample_object_path writes _walk out for speed: the same draws and floats as the generic
     walk over _frustum_point / _step_towards / Draws.u / Draws.n."""
 
-    from farm.sampling import (
+    from farm.generate.sampling import (
         DEGREE,
         Draws,
         SamplingParams,
