@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,14 +17,15 @@ from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
 from farm.assets.library import AssetError, read_denylist
-from farm.io.layout import META, video_keys
+from farm.io.layout import META
 from farm.io.storage import StorageError, join
 from farm.model.presets import load_preset
 from farm.model.spec import SpecError, VideoSpec, load_spec
-from farm.queue.state import STATES, BrokerUnavailable
+from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
 from scheduler.context import Context
-from scheduler.finalize import check_videos, prune, requeue_broken, youtube_vos_meta
+from scheduler.finalize import check_videos, prune, requeue_broken, segment_meta
+from scheduler.progress import segment_status
 from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
 
 
@@ -96,30 +96,6 @@ def cmd_enqueue(ctx: Context, args: argparse.Namespace) -> int:
           f"({sent / max(dt, 1e-9):.0f}/s); skipped {skipped_done} already done, "
           f"{skipped_active} already queued or running")
     return 0
-
-
-def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0,
-                   since: dict[str, float] | None = None) -> dict:
-    """A segment's counts, rates and ETA; ``since``: its stranded videos (``stranded_videos``)."""
-    counts = ctx.state.counts(segment)
-    if since is None:
-        since = stranded_videos(ctx, [segment])[segment]
-    stranded = sorted(v for v, t in since.items() if time.time() - t >= stranded_after)
-    total = sum(counts.values())
-    started = ctx.state.started(segment)
-    if started:  # a segment younger than the window: rate over its age
-        window = max(1.0, min(window, time.time() - started))
-    videos, frames = ctx.state.recent(window, segment)
-    remaining = sum(counts.get(s, 0) for s in ("queued", "running", "retrying"))
-    per_hour = videos * 3600 / window
-    return {
-        "segment": segment, "total": total,
-        **{s: counts.get(s, 0) for s in STATES},
-        "percent_done": round(100 * counts.get("done", 0) / total, 1) if total else 0.0,
-        "videos_per_hour": round(per_hour, 1), "frames_per_s": round(frames / window, 2),
-        "eta_s": round(remaining / per_hour * 3600) if per_hour > 0 and remaining else None,
-        "stranded": stranded,  # pending with no message and no lease for over stranded_after
-    }
 
 
 def _eta(seconds: int | None) -> str:
@@ -272,22 +248,12 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     if (missing or problems) and not args.force:
         return 1
     videos = sorted(done - set(problems))
-
-    def manifest(video: str) -> tuple[str, dict]:
-        return video, json.loads(storage.get_bytes(video_keys(base, video)["manifest"]))
-
-    with ThreadPoolExecutor(16) as pool:
-        manifests = dict(pool.map(manifest, videos))
-    failed_gate = {v: m for v, m in manifests.items() if m.get("gate", {}).get("passed") is False}
-    shipped = {v for v, m in failed_gate.items() if not m.get("keep_gate_failures")}
-    for video in sorted(shipped):
-        print(f"{video}: delivered although its masks failed the quality gate "
-              f"({failed_gate[video]['gate'].get('reason')}), without --keep-gate-failures")
+    meta, shipped = segment_meta(storage, base, videos)
+    for video, reason in sorted(shipped.items()):
+        print(f"{video}: delivered although its masks failed the quality gate ({reason}), "
+              "without --keep-gate-failures")
     if shipped and not args.force:
         return 1
-    meta = youtube_vos_meta({v: m for v, m in manifests.items() if v not in shipped})
-    # Videos a user chose to keep although they failed the gate (imported, --keep-gate-failures).
-    meta["gate_failures_kept"] = sorted(set(failed_gate) - shipped)
     storage.put_bytes(join(base, META), json.dumps(meta).encode())
     print(f"segment {args.segment}: {len(videos)} videos complete, every frame verified; wrote "
           f"{join(base, META)} in {storage.describe()}")

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from farm.io.layout import FOLDERS, frame_name, video_keys
-from farm.io.storage import remove_frames, verify_video
+from farm.io.storage import Storage, remove_frames, verify_video
 from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
 from scheduler.context import Context
 from scheduler.publish import send
@@ -30,6 +31,24 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
         every.update(outputs)
         videos[video] = {"objects": objects, "outputs": outputs}
     return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
+
+
+def segment_meta(storage: Storage, base: str, videos: list[str]) -> tuple[dict, dict[str, str]]:
+    """``meta.json`` of the finished ``videos`` (from their manifests), and the videos delivered
+    although their masks failed the quality gate without ``--keep-gate-failures`` (video ->
+    reason), which it leaves out. Videos kept on purpose are listed in ``gate_failures_kept``."""
+
+    def manifest(video: str) -> tuple[str, dict]:
+        return video, json.loads(storage.get_bytes(video_keys(base, video)["manifest"]))
+
+    with ThreadPoolExecutor(16) as pool:
+        manifests = dict(pool.map(manifest, videos))
+    failed_gate = {v: m for v, m in manifests.items() if m.get("gate", {}).get("passed") is False}
+    shipped = {v: str(m["gate"].get("reason")) for v, m in failed_gate.items()
+               if not m.get("keep_gate_failures")}
+    meta = youtube_vos_meta({v: m for v, m in manifests.items() if v not in shipped})
+    meta["gate_failures_kept"] = sorted(set(failed_gate) - set(shipped))
+    return meta, shipped
 
 
 def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
