@@ -4,6 +4,7 @@ no import cycles), and bpy stays in the worker's render package."""
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -149,3 +150,25 @@ def test_bpy_is_imported_by_the_render_package_only():
     # and no module outside the worker imports the render package
     importers = {a for a, targets in edges.items() for t in targets if stage(t) == "worker.render"}
     assert all(stage(a).startswith("worker") or stage(a) == "bench" for a in importers), importers
+
+
+def readme_stages() -> dict[str, int]:
+    """The stage table of the README's Architecture section: package -> stage."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Architecture", 1)[1].split(" stage  package", 1)[1].split("```", 1)[0]
+    stages, current = {}, None
+    for line in block.splitlines():
+        m = re.match(r" (\d)\s+(\S+)", line) or re.match(r" {8}((?:farm|worker|scheduler|bench)\S*)",
+                                                         line)
+        if not m:
+            continue
+        if len(m.groups()) == 2:
+            current, package = int(m.group(1)), m.group(2)
+        else:
+            package = m.group(1)
+        stages[package.removesuffix(".py").rstrip("/").replace("/", ".")] = current
+    return stages
+
+
+def test_readme_architecture_matches_the_stages():
+    assert readme_stages() == {k: v for k, v in STAGES.items() if k != "farm.__main__"}
