@@ -20,7 +20,7 @@ protected is kept:
   resident memory (VmHWM, reset by the server at the start of each video, so it is that video's
   peak) while it renders, once more when it ends, and on rusage when the process dies: a spike
   between two samples still fails the video that caused it, and only that one.
-- **No credentials** reach it (``runner.render_env``) and it dies with its parent
+- **No credentials** reach it (``environment.render_env``) and it dies with its parent
   (PR_SET_PDEATHSIG, armed by the thread that starts it: start processes from a thread that
   outlives them, as the main thread of a Celery pool process or a ``worker render`` does).
 
