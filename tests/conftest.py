@@ -90,3 +90,17 @@ def farm(redis_service, s3_service, pack, tmp_path):
              pack.models, pack.textures)
     yield f
     f.close()
+
+
+@pytest.fixture(scope="module")
+def sphere_models(tmp_path_factory):
+    """A ShapeNet-layout models root holding one unit sphere (``00000001/ball``): mask geometry
+    can be checked against the pinhole projection."""
+    import numpy as np
+
+    from farm.assets.procedural import normalize, sphere, write_obj
+
+    root = tmp_path_factory.mktemp("spheres")
+    write_obj(root / "models/00000001/ball/models", normalize(sphere(n=48)), None,
+              np.array([0.8, 0.8, 0.8]))
+    return root / "models"

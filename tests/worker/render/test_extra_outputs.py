@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.assets.procedural import normalize, sphere, write_obj
 from farm.io import outputs as fo
 from farm.model.camera import look_at_rotation
 from farm.model.presets import find_preset, load_preset
@@ -31,14 +30,6 @@ CENTRES = [[[0.0, 2.0, 0.0]], [[-0.6, 0.0, 0.2], [1.0, 0.0, 0.5]]]  # polys: sta
 CAMERA = [[0.2, -5.5, 0.1], [0.3, 0.0, 0.2]]
 LOOK_AT = [[0.0, 3.5, -0.2]]
 PLANE_Y = 12.0  # the background plane (BackgroundSpec default location), facing -y
-
-
-@pytest.fixture(scope="module")
-def sphere_models(pack, tmp_path_factory):
-    root = tmp_path_factory.mktemp("spheres")
-    write_obj(root / "models/00000001/ball/models", normalize(sphere(n=48)), None,
-              np.array([0.8, 0.8, 0.8]))
-    return root / "models"
 
 
 def sphere_spec(render) -> VideoSpec:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.assets.procedural import normalize, sphere, write_obj
 from farm.generate.sampling import generate_spec
 from farm.io.masks import PALETTE
 from farm.model.camera import focal_pixels, look_at_rotation, project
@@ -95,15 +94,7 @@ def test_loads_with_a_davis_style_loader(rendered):
     assert num_objects == len(specs[0].objects)
 
 
-@pytest.fixture(scope="module")
-def sphere_pack(pack, tmp_path_factory):
-    root = tmp_path_factory.mktemp("spheres")
-    write_obj(root / "models/00000001/ball/models", normalize(sphere(n=48)), None,
-              np.array([0.8, 0.8, 0.8]))
-    return root / "models"
-
-
-def test_mask_agrees_with_projected_geometry(sphere_pack, pack, tiny, tmp_path):
+def test_mask_agrees_with_projected_geometry(sphere_models, pack, tiny, tmp_path):
     """Spheres: mask centroid and area match the pinhole projection of farm.model.camera."""
     radius = 0.5 / np.sqrt(3)  # unit-diagonal bounding box of a sphere
     centers = [[-0.8, 2.0, 0.3], [0.9, 0.5, -0.4]]
@@ -121,7 +112,7 @@ def test_mask_agrees_with_projected_geometry(sphere_pack, pack, tiny, tmp_path):
                           rotation_poly=[[0, 0, 0]])],
         background=BackgroundSpec(image="skybox/wood/0.jpg", strength=0.5),
         render=tiny.render, source="imported", preset="tiny")
-    outcome = render_attempts(spec, find_preset(spec.preset), sphere_pack, pack.textures, tmp_path)
+    outcome = render_attempts(spec, find_preset(spec.preset), sphere_models, pack.textures, tmp_path)
     assert "render device: CPU" in (outcome.staging / "render.log").read_text()  # choice logged
     ids = np.asarray(Image.open(outcome.staging / "Annotations/spheres/00000.png"))
     rot = look_at_rotation(np.array(cam_loc), np.array(look))
