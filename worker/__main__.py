@@ -1,5 +1,12 @@
 import sys
 
-from worker.cli import main
+from farm.settings import ConfigError
 
-sys.exit(main())
+try:  # a malformed FARM_* setting is one line, also when a module reads it on import
+    from worker.cli import main
+
+    code = main()
+except ConfigError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    code = 2
+sys.exit(code)

@@ -4,6 +4,7 @@ the README's table is the one the registry prints."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -83,3 +84,16 @@ def test_values_defaults_and_errors(monkeypatch):
     assert settings.flag("FARM_STREAM_UPLOAD") is False
     with pytest.raises(KeyError):
         settings.text("FARM_NOT_A_SETTING")
+
+
+@pytest.mark.parametrize("command, name", [
+    (["farm", "specs", "--segment", "0", "--count", "1", "--out", "unused"], "FARM_SEED"),
+    (["worker", "render", "--spec", "unused.yaml", "--out", "unused"], "FARM_SEED"),
+    (["scheduler", "status"], "FARM_LEASE_TTL"),
+    (["scheduler", "status"], "FARM_VISIBILITY_TIMEOUT"),  # read when the queue app is imported
+])
+def test_a_malformed_setting_is_one_line_in_every_cli(command, name, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, name: "soon", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {name}='soon' is not an integer\n"
