@@ -1,4 +1,6 @@
-"""Delivery correctness on real services: every enqueued video ends done or failed, in order."""
+"""Delivery correctness: the state machine (``worker.delivery.deliver``) called directly against a
+real redis-server and real storage, no Celery worker; then on the whole local farm (real Celery
+workers): every enqueued video ends done or failed, in order."""
 
 from __future__ import annotations
 
@@ -15,6 +17,128 @@ import pytest
 from services import ROOT, render_processes
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
+
+
+# --- deliver() without Celery --------------------------------------------------------------------
+
+
+@pytest.fixture
+def direct(redis_service, pack, tiny, tmp_path, monkeypatch):
+    """What a delivery works with: a clean Redis database of the real server, a local storage,
+    the procedural pack; renders in a fresh process each (no render pool to clean up)."""
+    from farm.io.storage import LocalStorage
+    from farm.queue.state import FarmState, connect
+    from farm.settings import Settings
+    from worker.delivery import Farm
+
+    monkeypatch.setenv("FARM_RENDER_PROCESS", "oneshot")
+    port, password = redis_service
+    url = f"redis://:{password}@127.0.0.1:{port}/5"
+    state = FarmState(connect(url))
+    state.r.flushdb()
+    settings = Settings(redis_url=url, storage_url=str(tmp_path / "store"), s3_endpoint=None,
+                        models=pack.models, textures=pack.textures, scratch=tmp_path / "scratch",
+                        seed=2021, max_deliveries=3, max_retries=8, retry_backoff_max=600,
+                        lease_ttl=30)
+    return Farm(state, LocalStorage(tmp_path / "store"), settings)
+
+
+def _job(farm, spec, preset, **changes):
+    """Register ``spec`` (a new generation) and return its message as the task would build it."""
+    from dataclasses import replace
+
+    from farm.io.layout import segment_base
+    from worker.delivery import Job
+
+    generation = farm.state.register(spec.segment, [spec])[spec.id]
+    job = Job(video=spec.id, segment=spec.segment, base=segment_base(spec.segment), preset=preset,
+              recipe={"index": spec.index, "seed": spec.seed, "digest": spec.digest(),
+                      "first_attempt": 0}, generation=generation, max_retries=8)
+    return replace(job, **changes)
+
+
+def test_deliver_renders_uploads_and_marks_done(direct, library, tiny):
+    from farm.generate.sampling import generate_spec
+    from farm.io.layout import video_keys
+    from farm.io.storage import verify_video
+    from worker.delivery import deliver
+
+    spec = generate_spec(library, tiny, 4, 0, 2021)
+    job = _job(direct, spec, tiny)
+    result = deliver(job, direct)
+    assert result["status"] == "done" and result["frames"] == 3
+    assert direct.state.state(4, spec.id) == "done"
+    assert direct.state.video(spec.id)["uploads"] == "1"
+    marker = json.loads(direct.storage.get_bytes(video_keys(job.base, spec.id)["marker"]))
+    assert verify_video(marker, direct.storage.checksums(job.base), job.base, spec.id) is None
+    assert deliver(job, direct) == {"video": spec.id, "status": "already done"}
+    assert direct.state.video(spec.id)["uploads"] == "1"  # rendered once
+
+
+def test_deliver_drops_cancelled_and_superseded_messages(direct, library, tiny):
+    from farm.generate.sampling import generate_spec
+    from farm.io.layout import video_keys
+    from worker.delivery import deliver
+
+    spec = generate_spec(library, tiny, 4, 1, 2021)
+    first = _job(direct, spec, tiny)
+    direct.state.set_state(4, spec.id, "cancelled")
+    assert deliver(first, direct)["status"] == "cancelled"
+    _job(direct, spec, tiny)  # enqueued again: a new generation supersedes the first message
+    assert deliver(first, direct)["status"] == "superseded"
+    assert not direct.storage.exists(video_keys(first.base, spec.id)["marker"])
+
+
+def test_deliver_defers_a_video_another_worker_leases(direct, library, tiny):
+    from farm.generate.sampling import generate_spec
+    from worker.delivery import Requeue, deliver
+
+    spec = generate_spec(library, tiny, 4, 2, 2021)
+    job = _job(direct, spec, tiny)
+    assert direct.state.acquire(f"video:{spec.id}", "another-worker", 30)
+    with pytest.raises(Requeue) as again:
+        deliver(job, direct)
+    assert again.value.status == "deferred"
+    assert direct.state.state(4, spec.id) == "queued"
+
+
+def test_deliver_never_renders_blind_when_storage_is_unreachable(direct, library, tiny):
+    """Once it holds the lease, a delivery must know whether the video is already done: with the
+    storage unreachable it defers instead of rendering (and maybe overwriting) it."""
+    from dataclasses import replace
+
+    from farm.generate.sampling import generate_spec
+    from farm.io.storage import S3Storage
+    from scheduler.processes import free_port
+    from worker.delivery import Requeue, deliver
+
+    spec = generate_spec(library, tiny, 4, 3, 2021)
+    job = _job(direct, spec, tiny)
+    nowhere = S3Storage("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                        access_key="k", secret_key="s", connect_timeout=1, max_attempts=1)
+    with pytest.raises(Requeue) as again:
+        deliver(job, replace(direct, storage=nowhere))
+    assert again.value.status == "deferred: storage unavailable"
+    assert direct.state.state(4, spec.id) == "retrying"
+    assert "deferred" in direct.state.video(spec.id)["last_error"]
+    assert not any((direct.settings.scratch).glob("*.staging"))  # nothing rendered
+
+
+def test_deliver_fails_a_recipe_this_worker_regenerates_differently(direct, library, tiny):
+    from farm.generate.sampling import generate_spec
+    from worker.delivery import deliver
+    from worker.process.runner import PermanentRenderError
+
+    spec = generate_spec(library, tiny, 4, 4, 2021)
+    job = _job(direct, spec, tiny)
+    job.recipe["digest"] = "0" * 16  # e.g. the scheduler had another asset library
+    with pytest.raises(PermanentRenderError, match="differs from the scheduler's"):
+        deliver(job, direct)
+    assert direct.state.state(4, spec.id) == "failed"
+    assert "differs" in direct.state.video(spec.id)["last_error"]
+
+
+# --- the whole farm ------------------------------------------------------------------------------
 
 
 def celery_control(farm, *args: str) -> str:
