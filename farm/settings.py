@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit  # noqa: F401
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from farm.secrets import SecretError, read_secret
 
