@@ -254,7 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+MOVED = ("render", "demo")  # the worker's now (it alone runs Blender): python -m worker ...
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    words = [a for a in argv if a not in ("-q", "--quiet")]
+    if words and words[0] in MOVED:
+        print(f"error: '{words[0]}' moved to the worker: python -m worker {' '.join(words)}",
+              file=sys.stderr)
+        return 2
     return run(build_parser().parse_args(argv))
 
 

@@ -43,3 +43,9 @@ def test_specs_command_errors_are_clear(pack, tmp_path):
     assert proc.returncode == 2 and "no preset 'nope'" in proc.stderr
 
 
+def test_render_and_demo_point_to_the_worker():
+    proc = run("render", "--spec", "a.yaml", "--out", "out")
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: 'render' moved to the worker: python -m worker render --spec "
+                           "a.yaml --out out\n")
+    assert "python -m worker demo" in run("demo").stderr
