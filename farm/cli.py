@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from farm.assets.library import AssetError, AssetLibrary, read_denylist
-from farm.assets.roots import asset_roots
+from farm.assets.roots import asset_roots, library_at
 from farm.io.storage import StorageError
 from farm.model.presets import load_preset
 from farm.model.spec import SpecError, save_spec
@@ -23,8 +23,7 @@ from farm.settings import ConfigError, integer, markdown_table
 
 def open_library(args: argparse.Namespace) -> AssetLibrary:
     """The library of ``--models``/``--textures`` (or the procedural pack), with ``--denylist``."""
-    return AssetLibrary.open(*asset_roots(args.models, args.textures),
-                             denylist=read_denylist(args.denylist))
+    return library_at(args.models, args.textures, args.denylist)
 
 
 def cmd_assets_synth(args: argparse.Namespace) -> int:

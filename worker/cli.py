@@ -17,9 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from farm.assets.library import AssetLibrary, read_denylist
-from farm.assets.roots import asset_roots
-from farm.cli import assets_opts, parser, run
+from farm.assets.library import AssetLibrary
+from farm.cli import assets_opts, open_library, parser, run
 from farm.generate.sampling import generate_spec
 from farm.io.layout import IMAGES, MASKS
 from farm.io.storage import LocalStorage, upload_video
@@ -101,11 +100,6 @@ def _report_gate_failures(failed: list[str]) -> int:
     return 4 if failed else 0
 
 
-def _library(args: argparse.Namespace) -> AssetLibrary:
-    return AssetLibrary.open(*asset_roots(args.models, args.textures),
-                             denylist=read_denylist(args.denylist))
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     specs = [load_spec(p) for p in args.spec]
     if args.preset:
@@ -113,7 +107,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         specs = [apply_preset(s, preset) for s in specs]
     if args.keep_gate_failures:
         specs = [replace(s, keep_gate_failures=True) for s in specs]
-    manifests, failed = write_videos(specs, _library(args), Path(args.out), args.quiet)
+    manifests, failed = write_videos(specs, open_library(args), Path(args.out), args.quiet)
     print(f"rendered {_summary(manifests)} into {args.out}")
     return _report_gate_failures(failed)
 
@@ -121,7 +115,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     print("building the procedural asset pack (once)...")
-    lib = _library(args)
+    lib = open_library(args)
     preset = load_preset(args.preset)
     specs = [generate_spec(lib, preset, args.segment, i, args.seed) for i in range(args.count)]
     print(f"rendering {len(specs)} {preset.name} videos ({preset.resolution[0]}x"

@@ -19,10 +19,12 @@ def asset_roots(models: str | Path | None, textures: str | Path | None) -> tuple
     return default_pack()
 
 
-def settings_roots(settings: Settings) -> tuple[Path, Path]:
-    return asset_roots(settings.models, settings.textures)
+def library_at(models: str | Path | None, textures: str | Path | None,
+               denylist: str | Path | None) -> AssetLibrary:
+    """The library of these roots (or the procedural pack) with the denylist file applied."""
+    return AssetLibrary.open(*asset_roots(models, textures), denylist=read_denylist(denylist))
 
 
 def open_library(settings: Settings) -> AssetLibrary:
     """The farm's asset library with its denylist (scheduler and workers must agree)."""
-    return AssetLibrary.open(*settings_roots(settings), denylist=read_denylist(settings.denylist))
+    return library_at(settings.models, settings.textures, settings.denylist)
