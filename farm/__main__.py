@@ -1,12 +1,10 @@
-import sys
+from farm.settings import run_command
 
-from farm.settings import ConfigError
 
-try:  # a malformed FARM_* setting is one line, also when a module reads it on import
-    from farm.cli import main
+def main() -> int:
+    from farm.cli import main  # imported here: a setting its modules read on import is reported
 
-    code = main()
-except ConfigError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    code = 2
-sys.exit(code)
+    return main()
+
+
+run_command(main)

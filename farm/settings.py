@@ -10,8 +10,11 @@ Secrets may be given directly or through a file named by ``<VAR>_FILE`` (Docker 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from farm.secrets import SecretError, read_secret
@@ -138,6 +141,17 @@ def optional_number(name: str) -> float | None:
 
 def flag(name: str) -> bool:
     return text(name) not in ("", "0", "false", "no", "off")
+
+
+def run_command(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s code (a ``python -m`` entry point). A malformed setting is one
+    ``error:`` line and exit 2, also when ``main`` first imports a module that reads it."""
+    try:
+        code = main()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
 
 
 def markdown_table() -> str:
