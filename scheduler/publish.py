@@ -19,11 +19,11 @@ BATCH = 500
 DEFAULT_PRIORITY = 5
 
 
-def task_kwargs(spec: VideoSpec, whole: bool = False) -> dict:
+def task_kwargs(spec: VideoSpec, preset: dict, whole: bool = False) -> dict:
     """A generated spec travels as its recipe (workers regenerate it and check the digest);
     any other spec (imported, or read from a file a user may have edited) travels whole. Either
-    way with its preset resolved into data: workers never re-read ``configs/``."""
-    preset = load_preset(spec.preset).to_dict()
+    way with its preset resolved into data (``preset``: ``Preset.to_dict()``): workers never
+    re-read ``configs/``."""
     if spec.source == "generated" and not whole:
         recipe = {"video": spec.id, "segment": spec.segment, "index": spec.index,
                   "seed": spec.seed, "preset": preset, "digest": spec.digest()}
@@ -55,13 +55,15 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
     generations: dict[str, int] = {}
     for segment, group in by_segment.items():
         generations.update(ctx.state.register(segment, group))
+    presets = {name: load_preset(name).to_dict() for name in {spec.preset for spec in specs}}
     # kombu's publish batch sends the LPUSHes through one Redis pipeline per batch
     with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH):
         for spec in specs:
             soft, hard = limits[spec.id]
             generation = generations[spec.id]
+            kwargs = task_kwargs(spec, presets[spec.preset], whole)
             app.send_task(
-                TASK_NAME, kwargs={**task_kwargs(spec, whole), "generation": generation},
+                TASK_NAME, kwargs={**kwargs, "generation": generation},
                 task_id=task_id(spec.id, generation), producer=producer,
                 priority=DEFAULT_PRIORITY if priority is None else priority,
                 soft_time_limit=soft, time_limit=hard, ignore_result=True,
