@@ -22,10 +22,10 @@ from farm.io.layout import staging_dir
 from farm.model.presets import Preset, QualityGate
 from farm.model.spec import VideoSpec
 from worker.process.pool import RenderPool
+from worker.process.protocol import Progress
 from worker.process.runner import (
     MaskRejected,
     PermanentRenderError,
-    Progress,
     render_spec,
 )
 from worker.process.watchdog import Abort

@@ -49,9 +49,9 @@ from farm.settings import integer as settings_integer
 from worker import scratch, shutdown
 from worker.attempts import GateFailed, RenderOutcome, render_attempts
 from worker.process.pool import worker_pool
+from worker.process.protocol import Progress
 from worker.process.runner import (
     PermanentRenderError,
-    Progress,
     RenderAborted,
     RenderCrash,
     ScratchFull,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from farm.settings import text
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: where render processes run
 CUDA_CACHE_BYTES = str(4 << 30)
 
 

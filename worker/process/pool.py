@@ -39,18 +39,24 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm.settings import integer, is_set, number, text
-from worker.process.environment import gpu_visible, kernel_cache_env, render_env
-from worker.process.protocol import DONE, EXIT_GATE, EXIT_OK, PROGRESS, READY, RenderJob, parse
+from worker.process.environment import ROOT, gpu_visible, kernel_cache_env, render_env
+from worker.process.protocol import (
+    DONE,
+    EXIT_GATE,
+    EXIT_OK,
+    PROGRESS,
+    READY,
+    Progress,
+    RenderJob,
+    parse,
+)
 from worker.process.watchdog import Watchdog, max_rss_mb, status_mb
 
-ROOT = Path(__file__).resolve().parents[2]
 TITLE_SPACE = 2048  # worker.process.server.TITLE_SPACE (not imported: that module loads bpy's side)
-Progress = Callable[[int, int], None]
 
 
 def recycle_limits() -> tuple[int, float]:

@@ -19,6 +19,7 @@ and with an exit code (the one-shot process's exit status, or ``code`` above):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ EXIT_OK, EXIT_PERMANENT, EXIT_GATE = 0, 3, 4
 GATE_MODES = ("enforce", "record")  # reject a failing video, or only record the verdict
 
 READY, PROGRESS, DONE = "@@ready", "@@progress", "@@done"
+Progress = Callable[[int, int], None]  # what the parent does with a progress line: (done, total)
 
 
 @dataclass(frozen=True)

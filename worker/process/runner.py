@@ -15,25 +15,23 @@ import shutil
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from farm.model.presets import QualityGate
 from farm.model.spec import VideoSpec, save_spec
-from worker.process.environment import kernel_cache_env, render_env
+from worker.process.environment import ROOT, kernel_cache_env, render_env
 from worker.process.pool import JobResult, RenderPool
 from worker.process.protocol import (
     EXIT_GATE,
     EXIT_OK,
     EXIT_PERMANENT,
     PROGRESS,
+    Progress,
     RenderJob,
     parse,
 )
 from worker.process.watchdog import Abort, Watchdog, max_rss_mb
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class RenderError(RuntimeError):
@@ -71,7 +69,6 @@ class MaskRejected(Exception):  # noqa: N818 - a verdict for the caller, not an 
         self.reason = reason
 
 
-Progress = Callable[[int, int], None]
 
 
 def _run_oneshot(job: RenderJob, timeout: float | None, progress: Progress | None,
