@@ -106,16 +106,21 @@ VARS = {v.name: v for v in (
 )}
 
 
+def _given(name: str) -> str:
+    """What the environment gives the variable, stripped ("" when unset)."""
+    if name not in VARS:
+        raise KeyError(f"{name} is not declared in farm/settings.py VARS")
+    return os.environ.get(name, "").strip()
+
+
 def text(name: str) -> str:
     """The variable's value (stripped), or its default when unset or empty."""
-    var = VARS[name]  # KeyError: a FARM_* variable nobody declared
-    return os.environ.get(name, "").strip() or var.default
+    return _given(name) or VARS[name].default
 
 
 def is_set(name: str) -> bool:
     """Whether the environment sets the variable (to something other than blanks)."""
-    VARS[name]
-    return bool(os.environ.get(name, "").strip())
+    return bool(_given(name))
 
 
 def number(name: str) -> float:
