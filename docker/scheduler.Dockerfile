@@ -1,22 +1,28 @@
-# syntax=docker/dockerfile:1
-# Control-plane image (no GPU): the scheduler CLI (`python -m scheduler ...`), the one-shot bucket
-# init (`python -m scheduler init-storage`) and Flower (`celery -A worker.celery_app flower ...`).
+# Control-plane image (no GPU, no bpy): the scheduler CLI (`python -m scheduler ...`), the one-shot
+# bucket init (`python -m scheduler init-storage`), the reconciler, the exporter and Flower
+# (`celery -A worker.celery_app flower ...`).
 #
-# Build:  docker build -f docker/scheduler.Dockerfile -t bl30k-scheduler .
+# Build:  docker compose build scheduler    (or: docker build -f docker/scheduler.Dockerfile .)
 #
-# The package depends on bpy, so pip installs it here too (the scheduler never imports it, but one
-# dependency set for the whole project is simpler than an optional extra).
-FROM python:3.11.13-slim-bookworm
+# Same pinned Debian 12 slim base and first layer as the worker image (see worker.Dockerfile).
+ARG DEBIAN_IMAGE=debian:12.15-slim@sha256:88200866dfff7ea7f5cbcb6ec7c8a701889efe6fe859fe64d6990e4b07ea4171
+FROM ${DEBIAN_IMAGE}
 
-ENV PYTHONUNBUFFERED=1 \
+ENV LANG=C.UTF-8 \
+    PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PATH=/opt/venv/bin:$PATH
 
-# bpy is ~400 MB: its own layer, so code changes do not download it again (pyproject pins it too).
-ARG BPY_VERSION=5.0.1
-RUN pip install --no-cache-dir "bpy==${BPY_VERSION}"
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
 
+# The package with its "control" extra (Flower, the report's plots) and without "render":
+# the control plane never imports bpy.
+# ca_bundle: optional extra CA certificates for pip, as in worker.Dockerfile.
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY farm/ farm/
@@ -24,7 +30,10 @@ COPY worker/ worker/
 COPY scheduler/ scheduler/
 COPY bench/ bench/
 COPY configs/ configs/
-RUN pip install --no-cache-dir /app
+RUN --mount=type=secret,id=ca_bundle,required=false \
+    --mount=type=cache,target=/root/.cache/pip \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip install "/app[control]"
 
 # Unprivileged user. /data is Flower's state directory: a fresh named volume mounted there
 # inherits this ownership, so Flower (running as farm) can write its database.

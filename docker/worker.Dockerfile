@@ -1,57 +1,60 @@
-# syntax=docker/dockerfile:1
-# GPU render worker: Celery worker that renders videos with the bpy 5.0.1 module (Cycles CUDA/OptiX).
+# Render worker: a Celery worker that renders videos with the bpy 5.0.1 module (Cycles:
+# OptiX/CUDA on NVIDIA GPUs, the CPU otherwise).
 #
-# Build:  docker build -f docker/worker.Dockerfile -t bl30k-worker .
-# Run:    via docker-compose.yml (GPU reservation, env, asset mounts).
+# Build:  docker compose build worker       (or: docker build -f docker/worker.Dockerfile .)
 #
-# Why the CUDA "base" flavour and not "runtime": Blender ships its own CUDA cubins / OptiX PTX and
-# talks to the GPU through the driver API only (libcuda, libnvoptix, both mounted from the host by
-# the NVIDIA container toolkit). Nothing in bpy links cuBLAS/cuFFT/..., so the ~2 GB "runtime"
-# libraries would be dead weight. The image still carries NVIDIA's CUDA environment setup.
-FROM nvidia/cuda:12.8.1-base-ubuntu22.04
+# Base: Debian 12 (bookworm) slim, pinned by version and digest. Its python3 is 3.11, the only
+# Python the bpy 5.0.1 wheel is built for, and it is the same base as the scheduler image, so
+# the two share their first layers. No CUDA base image: Cycles ships its own CUDA cubins, PTX and
+# OptiX kernels and talks to the GPU through the driver API alone (libcuda, libnvoptix), which
+# the NVIDIA container toolkit mounts from the host when NVIDIA_DRIVER_CAPABILITIES asks for
+# compute (CUDA), utility (nvidia-smi) and graphics (OptiX ships with the graphics driver).
+# Machines without a registry build the same base from Debian's packages: docker/offline/.
+ARG DEBIAN_IMAGE=debian:12.15-slim@sha256:88200866dfff7ea7f5cbcb6ec7c8a701889efe6fe859fe64d6990e4b07ea4171
+FROM ${DEBIAN_IMAGE}
 
-# compute: CUDA; utility: nvidia-smi (GPU discovery for FARM_GPUS=auto); graphics: libnvoptix
-# (OptiX is part of the graphics driver component) and the GL/EGL/Vulkan driver libraries.
-# NVIDIA_DISABLE_REQUIRE: the toolkit would otherwise refuse hosts whose driver is older than the
-# image's CUDA 12.8 (< r570); Blender itself needs only r535+ for OptiX and uses no CUDA runtime.
-# CUDA_DEVICE_ORDER: make CUDA device numbers match nvidia-smi's indices, which the worker
-# writes into CUDA_VISIBLE_DEVICES after claiming a GPU (CUDA's default is "fastest first").
-ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics \
-    NVIDIA_DISABLE_REQUIRE=1 \
-    CUDA_DEVICE_ORDER=PCI_BUS_ID \
-    DEBIAN_FRONTEND=noninteractive \
-    LANG=C.UTF-8 \
+ENV LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PATH=/opt/venv/bin:$PATH
 
-# Python 3.11 from the deadsnakes PPA (Ubuntu 22.04 ships 3.10; the bpy 5.0.1 wheel is cp311).
-# Runtime libraries of the bpy wheel (checked with readelf on the wheel): X11/XKB/SM/ICE/Xt/Xext
-# are linked directly, libGL/libEGL/Xxf86vm are loaded at run time (glvnd dispatch libraries; the
-# toolkit mounts the NVIDIA vendor libraries behind them). Vulkan, TBB, OIDN etc. ship in the wheel.
-# Versions are not pinned: they come from the distribution's security-maintained jammy(-updates)
-# pockets and the PPA, which do not keep old versions around; the base image tag is pinned instead.
+# Shared with the scheduler image (same instruction, same layer). Versions are the point
+# release's: bookworm's security-maintained packages, fixed by the pinned base.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates gnupg gpg-agent software-properties-common \
- && add-apt-repository -y ppa:deadsnakes/ppa \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+
+# Libraries the bpy wheel links from the system: X11/XKB/SM/ICE/Xt/Xext, and libGL/libEGL (glvnd's
+# dispatch libraries). Vulkan, TBB, OIDN and embree ship inside the wheel. glvnd's packages
+# depend on Mesa (~250 MB with LLVM), which Cycles never uses: it renders through CUDA/OptiX or on
+# the CPU, and on a GPU host the NVIDIA toolkit mounts the NVIDIA GL vendor libraries. A local
+# package stands in for Mesa's two GL vendor packages so that apt installs glvnd alone.
+# hadolint ignore=DL3008
+RUN mkdir -p /tmp/gl-vendor/DEBIAN \
+ && printf '%s\n' 'Package: bl30k-gl-vendor' 'Version: 1' 'Architecture: all' \
+        'Maintainer: bl30k farm' 'Provides: libglx-mesa0, libegl-mesa0' \
+        'Description: GL vendor libraries come from the NVIDIA container toolkit at run time' \
+        > /tmp/gl-vendor/DEBIAN/control \
+ && dpkg-deb --build /tmp/gl-vendor /tmp/gl-vendor.deb >/dev/null \
+ && dpkg -i /tmp/gl-vendor.deb \
+ && rm -rf /tmp/gl-vendor /tmp/gl-vendor.deb \
  && apt-get update \
  && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv \
         libx11-6 libxext6 libxrender1 libxxf86vm1 libxfixes3 libxi6 libxkbcommon0 \
         libsm6 libice6 libxt6 libgl1 libegl1 libglvnd0 \
- && apt-get purge -y --auto-remove gnupg gpg-agent software-properties-common \
  && rm -rf /var/lib/apt/lists/*
 
-# A virtualenv keeps pip away from the distribution's Python.
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-
-# bpy is ~400 MB: install it in its own layer so code changes do not download it again.
-# (pyproject.toml pins the same version; pip keeps this copy when it already satisfies the pin.)
+# bpy (~820 MB installed) in its own layer, so code changes never download it again.
+# ca_bundle: an optional build secret holding extra CA certificates for pip (a build host behind
+# a TLS-inspecting proxy); a secret, not a build argument, so it is never stored in the image.
 ARG BPY_VERSION=5.0.1
-RUN pip install --no-cache-dir "bpy==${BPY_VERSION}"
+RUN --mount=type=secret,id=ca_bundle,required=false \
+    --mount=type=cache,target=/root/.cache/pip \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip install "bpy==${BPY_VERSION}"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -60,18 +63,28 @@ COPY worker/ worker/
 COPY scheduler/ scheduler/
 COPY bench/ bench/
 COPY configs/ configs/
-RUN pip install --no-cache-dir /app
+RUN --mount=type=secret,id=ca_bundle,required=false \
+    --mount=type=cache,target=/root/.cache/pip \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip install "/app[render]"
 
-# Unprivileged runtime user; /scratch holds per-task render output until it is uploaded
-# (compose mounts a tmpfs there; the directory keeps `docker run` without compose working too).
-# /kernel-cache holds the GPU kernels compiled on first use (OptiX and CUDA JIT caches; see
-# worker/warmup.py); compose mounts a per-host volume there, which starts with this owner.
+# Unprivileged runtime user. /scratch holds a video's frames until they are uploaded: mode 1777
+# like /tmp, because a tmpfs mounted there (compose) takes this folder's mode and root owner
+# (runc < 1.1.8 ignores compose's tmpfs.mode), and the worker must be able to write it either way.
+# /kernel-cache holds the GPU kernels compiled on first use (worker/warmup.py); a fresh named
+# volume mounted there takes this owner.
 RUN groupadd --system --gid 10001 farm \
  && useradd --system --no-log-init --uid 10001 --gid farm --create-home --home-dir /home/farm \
         --shell /usr/sbin/nologin farm \
- && install -d -o farm -g farm -m 0750 /scratch /kernel-cache
+ && install -d -m 1777 /scratch \
+ && install -d -o farm -g farm -m 0750 /kernel-cache
 
-ENV FARM_CONFIGS=/app/configs \
+# compute/utility/graphics: CUDA, nvidia-smi (FARM_GPUS=auto), OptiX. CUDA_DEVICE_ORDER makes
+# CUDA's device numbers match nvidia-smi's indices, which the worker writes into
+# CUDA_VISIBLE_DEVICES after claiming a GPU.
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
+    FARM_CONFIGS=/app/configs \
     FARM_SCRATCH=/scratch \
     FARM_KERNEL_CACHE=/kernel-cache \
     FARM_GPUS=auto

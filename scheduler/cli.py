@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -189,8 +190,11 @@ def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
     A message can be lost when the broker restarts at the wrong moment (popped, not yet recorded
     as unacknowledged). Re-sending is safe: a finished video is a no-op, the lease keeps a
     duplicate from rendering beside a live copy, and a new generation supersedes the lost one.
-    With ``--every`` it runs as the farm's reconciler service.
+    With ``--every`` it runs as the farm's reconciler service, and SIGTERM (``docker stop``)
+    ends it at once with status 0: nothing of a pass needs finishing (the next one redoes it).
     """
+    if args.every:
+        signal.signal(signal.SIGTERM, _exit_quietly)
     while True:
         segments = [args.segment] if args.segment is not None else ctx.state.segments()
         try:
@@ -206,6 +210,10 @@ def cmd_reconcile(ctx: Context, args: argparse.Namespace) -> int:
         if not args.every:
             return 0
         time.sleep(args.every)
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_exporter(ctx: Context, args: argparse.Namespace) -> int:
