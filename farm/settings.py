@@ -88,8 +88,9 @@ VARS = {v.name: v for v in (
     Var("FARM_RENDER_MAX_VIDEOS", "50", "replace a render process after this many videos"),
     Var("FARM_RENDER_MAX_GROWTH_MB", "1024", "replace a render process whose memory grew this "
         "much above its size after its first video"),
-    Var("FARM_RENDER_MAX_RSS_MB", "", "kill a render process whose video's peak resident memory "
-        "exceeds this (unset: no cap)"),
+    Var("FARM_RENDER_MAX_RSS_MB", "auto", "kill a render process whose video's peak resident "
+        "memory exceeds this many MB; `auto`: 80 % of the worker's memory (its container's limit, "
+        "else the host's shared by one worker per GPU) per concurrent render; `off`: no cap"),
     Var("FARM_RENDER_BOOT_TIMEOUT", "300", "seconds a render process may take to load Blender"),
     Var("FARM_KERNEL_CACHE", "", "GPU kernel caches (OptiX, CUDA JIT) of the host's workers "
         "(default `$FARM_CACHE_DIR/kernels`; image: `/kernel-cache`)"),
@@ -137,11 +138,6 @@ def integer(name: str) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
-
-
-def optional_number(name: str) -> float | None:
-    """The number, or None when the variable and its default are empty."""
-    return number(name) if text(name) else None
 
 
 def flag(name: str) -> bool:

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from farm.assets.library import AssetError, AssetLibrary, check_spec_assets
+from farm.assets.check import check_spec_files
+from farm.assets.library import AssetError, AssetLibrary
 from farm.generate.sampling import generate_spec
 from farm.io.layout import staging_dir
 from farm.model.presets import Preset, QualityGate
@@ -75,7 +76,7 @@ def render_attempts(spec: VideoSpec, preset: Preset | None, models: str | Path,
         raise GateFailed(_gate_message(spec, record.get("reason", "geometric check"), rejected))
     while True:
         try:
-            check_spec_assets(spec, models, textures)
+            check_spec_files(spec, models, textures)
         except AssetError as exc:
             raise PermanentRenderError(f"{spec.id}: {exc}") from None
         last_attempt = spec.generation.get("gate", {}).get(

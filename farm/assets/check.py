@@ -23,7 +23,15 @@ from typing import BinaryIO, NamedTuple
 
 from PIL import Image
 
-from farm.assets.library import DECLARATION_FILE, MIN_DIAGONAL, AssetLibrary, ModelInfo
+from farm.assets.library import (
+    DECLARATION_FILE,
+    MIN_DIAGONAL,
+    AssetError,
+    AssetLibrary,
+    ModelInfo,
+    check_spec_assets,
+    resolve_under,
+)
 
 MAX_OBJ_BYTES = 512 * 2**20
 MAX_FACES = 3_000_000
@@ -273,3 +281,79 @@ def write_denylist(problems: list[Problem], path: Path) -> None:
     lines += [f"{p.item}  # {p.reason}" for p in sorted(problems, key=lambda p: p.item)
               if not p.warning]
     path.write_text("\n".join(lines) + "\n")
+
+
+# --- Before a render: the same caps, cheaply, on the files of one spec ----------------------
+
+
+def image_size_problem(path: Path) -> str | None:
+    """The pixel cap from the image's header alone (no decoding)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"unreadable image: {exc}"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"image of {width}x{height} pixels, over the cap of {MAX_IMAGE_PIXELS} pixels"
+    return None
+
+
+def _face_lines_and_mtllibs(path: Path, chunk: int = 16 * 2**20) -> tuple[int, list[str]]:
+    """Face lines (``f ...``) and ``mtllib`` names of an OBJ, read in chunks of whole lines."""
+    faces, named, rest = 0, [], b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            head, _, tail = (rest + block).rpartition(b"\n")
+            faces += head.count(b"\nf ")
+            named += [m.group(1).decode(errors="replace").strip().strip('"')
+                      for m in re.finditer(rb"^mtllib[ \t]+(.+)$", head, re.M)]
+            rest = b"\n" + tail
+    faces += rest.startswith(b"\nf ")
+    named += [m.group(1).decode(errors="replace").strip().strip('"')
+              for m in re.finditer(rb"^mtllib[ \t]+(.+)$", rest, re.M)]
+    return faces, named
+
+
+def mesh_size_problem(path: Path) -> str | None:
+    """The byte and face caps of an OBJ (face lines counted, nothing parsed), and the pixel cap
+    of every ``map_Kd`` image its material libraries name."""
+    size = path.stat().st_size
+    if size > MAX_OBJ_BYTES:
+        return f"mesh file of {size / 2**20:.0f} MB, over the cap of {MAX_OBJ_BYTES >> 20} MB"
+    faces, named = _face_lines_and_mtllibs(path)
+    if faces > MAX_FACES:
+        return f"mesh of about {faces} faces, over the cap of {MAX_FACES}"
+    for mtl in _material_files(path.parent, named)[0]:
+        for line in mtl.read_text(errors="replace").splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0] == "map_Kd":
+                image = _find_image(mtl.parent, parts[1].strip())
+                problem = image and image_size_problem(image)
+                if problem:
+                    return f"texture {parts[1].strip()}: {problem}"
+    return None
+
+
+def check_spec_files(spec, models_root: Path, textures_root: Path) -> None:
+    """Before Blender loads anything of ``spec``: every file exists (``check_spec_assets``) and
+    is within the caps a hostile or broken asset would break (bytes and faces of a mesh, pixels
+    of an image), so it fails with a reason instead of exhausting the worker's memory."""
+    check_spec_assets(spec, models_root, textures_root)
+    for i, obj in enumerate(spec.objects):
+        label = f"objects[{i}] model {obj.model}"
+        path = resolve_under(models_root, obj.obj_path, label)
+        try:
+            problem = mesh_size_problem(path)
+        except OSError as exc:
+            problem = f"unreadable: {exc.strerror or exc}"
+        if problem:
+            raise AssetError(f"{label} ({path}): {problem}")
+        if obj.texture:
+            texture = resolve_under(textures_root, obj.texture, f"objects[{i}] texture")
+            problem = image_size_problem(texture)
+            if problem:
+                raise AssetError(f"objects[{i}] texture {texture}: {problem}")
+    background = resolve_under(textures_root, spec.background.image, "background image")
+    problem = image_size_problem(background)
+    if problem:
+        raise AssetError(f"background image {background}: {problem}")

@@ -78,8 +78,8 @@ def test_values_defaults_and_errors(monkeypatch):
     monkeypatch.setenv("FARM_LEASE_TTL", "soon")
     with pytest.raises(ConfigError, match="FARM_LEASE_TTL='soon' is not an integer"):
         settings.load_settings()
-    monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", "")
-    assert settings.optional_number("FARM_RENDER_MAX_RSS_MB") is None
+    monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", "")  # empty: the default
+    assert settings.text("FARM_RENDER_MAX_RSS_MB") == "auto"
     monkeypatch.setenv("FARM_STREAM_UPLOAD", "0")
     assert settings.flag("FARM_STREAM_UPLOAD") is False
     with pytest.raises(KeyError):

@@ -232,6 +232,10 @@ def test_up_waits_until_every_service_is_healthy(stack):
     assert stack.inspect(worker)["HostConfig"]["Memory"] == 6 * 2**30, "worker memory limit"
     uid = stack.compose("exec", "-T", "worker", "id", "-u").stdout.split()
     assert uid == ["10001"]
+    # The render processes' memory cap defaults to 80 % of the container's limit per render.
+    cap = stack.compose("exec", "-T", "worker", "python", "-c", "from worker.process.watchdog "
+                        "import max_rss_mb; print(max_rss_mb())").stdout.split()
+    assert cap == [str(round(0.8 * 6 * 1024))], cap
     # The scratch tmpfs is writable by the worker's user (runc ignores tmpfs.mode).
     stack.compose("exec", "-T", "worker", "sh", "-c", "touch /scratch/probe && rm /scratch/probe")
 

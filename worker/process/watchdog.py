@@ -3,20 +3,63 @@ caller's abort (no bpy here)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from farm.settings import optional_number
+from farm.settings import integer, is_set, number, text
+from worker.process.environment import discover_gpus
 
 Abort = Callable[[], str | None]  # polled while rendering: a reason to stop, or None
+MEMORY_SHARE = 0.8  # of the worker's memory, for its render processes together
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max",  # cgroup v2
+                 "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
+
+
+def cgroup_limit_bytes(paths: tuple[str, ...] = CGROUP_LIMITS) -> int | None:
+    """The memory limit of this process's cgroup (a container's), or None when unlimited."""
+    for path in paths:
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 2**60:  # v1 says "unlimited" with a huge number
+            return int(raw)
+        return None
+    return None
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def auto_max_rss_mb(limit: int | None, host: int, workers_on_host: int, renders: int) -> float:
+    """The default cap of one render process: a share of the worker's memory (its cgroup limit,
+    else the host's divided among its workers) per concurrent render."""
+    memory = limit if limit is not None else host / max(1, workers_on_host)
+    return round(MEMORY_SHARE * memory / max(1, renders) / 2**20)
 
 
 def max_rss_mb() -> float | None:
-    """FARM_RENDER_MAX_RSS_MB: resident-memory cap of one render process (unset: none)."""
-    return optional_number("FARM_RENDER_MAX_RSS_MB")
+    """FARM_RENDER_MAX_RSS_MB: resident-memory cap of one render process in MB; ``auto`` (the
+    default) derives it from the memory this worker may use, ``off`` sets none."""
+    raw = text("FARM_RENDER_MAX_RSS_MB").lower()
+    if raw in ("off", "none", "0"):
+        return None
+    if raw != "auto":
+        return number("FARM_RENDER_MAX_RSS_MB")
+    renders = integer("FARM_RENDERS_PER_GPU") if is_set("FARM_RENDERS_PER_GPU") else 1
+    return auto_max_rss_mb(*_memory_facts(), renders)
+
+
+@functools.cache
+def _memory_facts() -> tuple[int | None, int, int]:
+    """(cgroup limit, host memory, GPUs on the host: one worker each), read once per process."""
+    return cgroup_limit_bytes(), host_memory_bytes(), len(discover_gpus("auto"))
 
 
 def status_mb(pid: int, field: str) -> float:
