@@ -91,6 +91,8 @@ VARS = {v.name: v for v in (
     Var("FARM_RENDER_MAX_RSS_MB", "auto", "kill a render process whose video's peak resident "
         "memory exceeds this many MB; `auto`: 80 % of the worker's memory (its container's limit, "
         "else the host's shared by one worker per GPU) per concurrent render; `off`: no cap"),
+    Var("FARM_RENDER_SANDBOX", "1", "`1`: render processes confine their file reads with Landlock "
+        "(no secrets, homes, /tmp); `0`: off"),
     Var("FARM_RENDER_BOOT_TIMEOUT", "300", "seconds a render process may take to load Blender"),
     Var("FARM_KERNEL_CACHE", "", "GPU kernel caches (OptiX, CUDA JIT) of the host's workers "
         "(default `$FARM_CACHE_DIR/kernels`; image: `/kernel-cache`)"),

@@ -25,6 +25,16 @@ shutdown.connect_signals()  # SIGTERM hands the running render back (worker/shut
 
 
 @signals.worker_init.connect
+def _hide_memory(**_kwargs) -> None:
+    """The worker holds the Redis password and the S3 key: its /proc files (environ, mem) are
+    made unreadable by the render processes, which run as the same user (worker/process/sandbox.py).
+    Forked pool processes inherit it."""
+    from worker.process.sandbox import hide_memory
+
+    hide_memory()
+
+
+@signals.worker_init.connect
 def _pin_gpu(sender=None, **_kwargs) -> None:
     """Claim one GPU of this host (or none: CPU) before the pool forks; children inherit it.
 

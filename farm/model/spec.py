@@ -206,7 +206,11 @@ def load_spec(path: str | Path) -> VideoSpec:
         raise SpecError("spec", f"cannot read {path}: {exc.strerror}") from None
     if size > MAX_SPEC_BYTES:
         raise SpecError("spec", f"{path} is {size} bytes, more than {MAX_SPEC_BYTES}")
-    return parse_spec_text(path.read_bytes(), origin=str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError("spec", f"cannot read {path}: {exc.strerror}") from None
+    return parse_spec_text(data, origin=str(path))
 
 
 class _SpecLoader(yaml.SafeLoader):

@@ -259,6 +259,49 @@ def test_only_the_s3_gateway_is_reachable_from_other_containers(stack):
     assert out == "[] 403", out
 
 
+SECRETS_PROBE = """
+import json
+from pathlib import Path
+from worker.process.pool import RenderProcess
+from worker.process.protocol import RenderJob
+
+staging = Path("/scratch/probe/a00000.staging")
+staging.mkdir(parents=True, exist_ok=True)
+targets = [*Path("/run/secrets").iterdir()]
+# the Celery worker's own processes (the main one and its pool): not dumpable, so their /proc
+# files are unreadable even by this process of the same user
+workers = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+           and b"worker.celery_app" in (p / "cmdline").read_bytes()]
+direct = {}
+for pid in workers:
+    try:
+        Path(f"/proc/{pid}/environ").read_bytes()
+        direct[pid] = "read"
+    except OSError as exc:
+        direct[pid] = exc.strerror
+child = {}
+for target in targets:
+    proc = RenderProcess()
+    result = proc.run(RenderJob(target, Path("/assets/models"), Path("/assets/textures"), staging),
+                      timeout=120)
+    child[target.name] = result.payload.get("message", "")
+    proc.close()
+print(json.dumps({"direct": direct, "child": child}))
+"""
+
+
+def test_render_processes_cannot_read_the_workers_secrets(stack):
+    """Inside a worker container (user 10001, no capabilities): a render process cannot read any
+    file of /run/secrets (Landlock), and no process of the worker's user can read the Celery
+    worker's /proc/<pid>/environ (not dumpable)."""
+    out = stack.compose("exec", "-T", "worker", "python", "-c", SECRETS_PROBE).stdout
+    found = json.loads(out.splitlines()[-1])
+    assert len(found["direct"]) >= 2, found  # the main process and its pool process
+    assert set(found["direct"].values()) == {"Permission denied"}, found
+    assert len(found["child"]) == 3, found  # the worker's three secrets
+    assert all("Permission denied" in m for m in found["child"].values()), found
+
+
 @pytest.mark.timeout(900)
 def test_enqueue_render_status_finalize_and_the_bucket(stack):
     """Tiny videos and a preview video rendered by the two workers, verified by `finalize` and

@@ -97,13 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     def progress(done: int, total: int) -> None:
         sys.stderr.write(progress_line(done, total) + "\n")  # one write: mask thread + logging
         sys.stderr.flush()
 
     job = RenderJob(args.spec, args.models, args.textures, args.staging, args.gate,
                     args.quality_gate)
+    from worker.process.sandbox import confine_to_job
+
+    confine_to_job(job)  # before Blender reads a single untrusted file
     code, payload = run_job(job, progress)
     args.result.write_text(json.dumps(payload))
     return code

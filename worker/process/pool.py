@@ -54,6 +54,7 @@ from worker.process.protocol import (
     RenderJob,
     parse,
 )
+from worker.process.sandbox import job_folders
 from worker.process.watchdog import Watchdog, max_rss_mb, status_mb
 
 TITLE_SPACE = 2048  # worker.process.server.TITLE_SPACE (not imported: that module loads bpy's side)
@@ -124,6 +125,8 @@ class RenderProcess:
             env=child_env, cwd=ROOT)
         self.ready: dict | None = None
         self.ready_s: float | None = None  # seconds from start to ready
+        # the job folders it confined its reads to at its first job (worker/process/sandbox.py)
+        self.folders: tuple[Path, ...] | None = None
         self.videos = 0
         self.baseline_rss_mb: float | None = None
         self.rss_mb = 0.0
@@ -166,6 +169,7 @@ class RenderProcess:
         """Render one job (its spec file already in its staging folder) as
         ``worker.process.main`` would, in this process."""
         log = job.staging / "render.log"
+        self.folders = self.folders or job_folders(job)
         try:
             self.wait_ready()
         except RuntimeError as exc:
@@ -297,7 +301,8 @@ class RenderPool:
         slot = self._acquire()
         try:
             proc = self._slots[slot]
-            if proc is not None and (not proc.alive or proc.env != env):
+            if proc is not None and (not proc.alive or proc.env != env
+                                     or proc.folders not in (None, job_folders(job))):
                 proc.close()
                 proc = None
             if proc is None:

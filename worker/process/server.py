@@ -33,6 +33,7 @@ from pathlib import Path
 
 from worker.process.main import die_with_parent, run_job
 from worker.process.protocol import DONE, EXIT_GATE, EXIT_OK, READY, RenderJob, message, progress_line
+from worker.process.sandbox import confine_to_job
 
 TITLE_SPACE = 2048  # bytes of command line kept for the title (the pool pads with this much)
 _libc = ctypes.CDLL(None)
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if data.get("op") == "quit":
             break
         job = RenderJob.from_json(data)
+        if not videos:  # before Blender reads a single untrusted file
+            confine_to_job(job)
         title.set(sys.executable, "-m", "worker.process.main", "--spec", str(job.spec))
         reset_peak_rss()
         out.to(job.staging / "render.log")
