@@ -63,7 +63,7 @@ def start_flower(env: dict, port: int, auth: str, folder: Path) -> subprocess.Po
     """Flower with basic auth; the login goes through its environment (Flower reads FLOWER_*
     variables as options), not its command line, which `ps` shows to every user."""
     proc = spawn(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
+        [sys.executable, "-m", "scheduler.flower",
          f"--port={port}", "--address=127.0.0.1", "--persistent=True",
          f"--db={folder / 'flower.db'}"], folder / "flower.log",
         env={**env, "FLOWER_BASIC_AUTH": auth}, cwd=ROOT)

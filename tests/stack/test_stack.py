@@ -260,7 +260,7 @@ def test_only_the_s3_gateway_is_reachable_from_other_containers(stack):
 
 
 SECRETS_PROBE = """
-import json
+import json, os
 from pathlib import Path
 from worker.process.pool import RenderProcess
 from worker.process.protocol import RenderJob
@@ -271,7 +271,8 @@ targets = [*Path("/run/secrets").iterdir()]
 # the Celery worker's own processes (the main one and its pool): not dumpable, so their /proc
 # files are unreadable even by this process of the same user
 workers = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-           and b"worker.celery_app" in (p / "cmdline").read_bytes()]
+           and p.name != str(os.getpid()) and (p / "cmdline").read_bytes().startswith(
+               b"/opt/venv/bin/python") and b"worker.celery_app\x00worker" in (p / "cmdline").read_bytes()]
 direct = {}
 for pid in workers:
     try:
@@ -327,6 +328,9 @@ def test_enqueue_render_status_finalize_and_the_bucket(stack):
     user, password = stack.secret["flower_basic_auth"].split(",")[0].split(":", 1)
     workers = requests.get(flower, auth=(user, password), timeout=10).json()
     assert len(workers) == 2, workers
+    metrics = f"http://127.0.0.1:{stack.ports['flower']}/metrics"
+    assert requests.get(metrics, timeout=10).status_code == 401
+    assert "flower_events_total" in requests.get(metrics, auth=(user, password), timeout=10).text
 
 
 @pytest.mark.timeout(1200)

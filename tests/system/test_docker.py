@@ -666,24 +666,24 @@ def test_storage_init_runs_once_before_the_workers(services):
 
 
 def test_flower_gets_its_login_from_the_secret_not_the_command_line(services, tmp_path):
-    """Run Flower's command with Celery stubbed: Flower gets FLOWER_BASIC_AUTH from the secret file
-    (the process list never shows it), and keeps its database on a volume."""
+    """Run Flower's command with the Python it execs stubbed: Flower gets FLOWER_BASIC_AUTH from
+    the secret file (the process list never shows it), and keeps its database on a volume."""
     flower = services["flower"]
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     for name in mounted_secrets(flower):
         (secrets / name).write_text("ops:s3cret\n" if name == "flower_basic_auth" else "pw\n")
     env = {k: v.replace("/run/secrets/", f"{secrets}/") for k, v in flower["environment"].items()}
-    record = tmp_path / "celery.args"
+    record = tmp_path / "flower.args"
     bin_ = tmp_path / "bin"
-    stub(bin_, "celery", record)
+    stub(bin_, "python", record)
     argv = argv_of(flower)
     assert argv[0] == "python"
     subprocess.run([sys.executable, *argv[1:]], check=True, timeout=120, cwd=ROOT,
                    env={**env, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}",
                         "PYTHONPATH": str(ROOT)})
     args = recorded(record)
-    assert "flower" in args and not any("s3cret" in a for a in args)
+    assert args[:2] == ["-m", "scheduler.flower"] and not any("s3cret" in a for a in args)
     child_env = dict(line.partition("=")[::2] for line in Path(f"{record}.env").read_text().splitlines())
     assert child_env["FLOWER_BASIC_AUTH"] == "ops:s3cret"
     db = next(a.split("=", 1)[1] for a in args if a.startswith("--db="))

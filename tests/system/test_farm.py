@@ -76,12 +76,12 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         obj = meta["videos"]["a00000"]["objects"]["1"]
         assert obj["category"] and obj["frames"][0] == "00000"
 
-        # Flower: auth required; its API lists our tasks by video; Prometheus metrics are on
-        api = f"http://127.0.0.1:{flower_port}/api/tasks"
+        # Flower: auth required; its API lists our tasks by video; Prometheus metrics too
+        api, auth = f"http://127.0.0.1:{flower_port}/api/tasks", ("admin", "secret")
         assert requests.get(api, timeout=10).status_code == 401
         deadline = time.monotonic() + 30
         while True:
-            tasks = requests.get(api, auth=("admin", "secret"), timeout=10).json()
+            tasks = requests.get(api, auth=auth, timeout=10).json()
             succeeded = {t for t, v in tasks.items() if v["state"] == "SUCCESS"}
             if {"render-a00000-1", "render-a00001-1", "render-a00002-1"} <= succeeded:
                 break
@@ -89,7 +89,8 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
             time.sleep(1)
         assert tasks["render-a00000-1"]["name"] == "farm.render_video"
         assert "'video': 'a00000'" in tasks["render-a00000-1"]["kwargs"]
-        metrics = requests.get(f"http://127.0.0.1:{flower_port}/metrics", timeout=10).text
+        assert requests.get(f"http://127.0.0.1:{flower_port}/metrics", timeout=10).status_code == 401
+        metrics = requests.get(f"http://127.0.0.1:{flower_port}/metrics", auth=auth, timeout=10).text
         assert "flower_events_total" in metrics
 
         # finalize's completeness check notices a frame missing from the bucket
