@@ -193,13 +193,16 @@ class Settings:
 
     @property
     def redis_url_with_password(self) -> str:
-        """The Redis URL with REDIS_PASSWORD inserted when the URL carries none."""
+        """The Redis URL with REDIS_PASSWORD inserted when the URL carries none. A user name in
+        the URL (``redis://worker@host:6379/0``) is kept: Redis ACL users; ``rediss://`` with
+        ``?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem`` is Redis over TLS."""
         password = secret("REDIS_PASSWORD")
         parts = urlsplit(self.redis_url)
         if not password or parts.password:
             return self.redis_url
         host = parts.netloc.rsplit("@", 1)[-1]
-        return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{host}"))
+        user = quote(parts.username or "", safe="")
+        return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def load_settings() -> Settings:
