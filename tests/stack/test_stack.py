@@ -259,7 +259,7 @@ def test_only_the_s3_gateway_is_reachable_from_other_containers(stack):
     assert out == "[] 403", out
 
 
-SECRETS_PROBE = """
+SECRETS_PROBE = r"""
 import json, os
 from pathlib import Path
 from worker.process.pool import RenderProcess
