@@ -24,7 +24,13 @@ from farm.model.spec import SpecError, VideoSpec, load_spec
 from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
 from scheduler.context import Context
-from scheduler.finalize import check_videos, prune, requeue_broken, segment_meta
+from scheduler.finalize import (
+    check_videos,
+    held_digests,
+    prune,
+    requeue_broken,
+    segment_meta,
+)
 from scheduler.progress import segment_status
 from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
 
@@ -236,7 +242,7 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     missing = sorted(expected - done)
     if args.prune:
         print(f"pruned the frames of {prune(ctx, args.segment)} failed or cancelled videos")
-    problems = check_videos(storage, base, done)
+    problems = check_videos(storage, base, done, held_digests(ctx, args.segment, done))
     for video, problem in problems.items():
         print(f"{video}: {problem}")
     if problems and args.requeue:

@@ -13,6 +13,7 @@ that lost its lease never overwrites the new holder's state.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -36,7 +37,7 @@ from farm.io.storage import (
     FrameStreamer,
     Storage,
     StorageError,
-    is_done,
+    done_marker,
     remove_frames,
     upload_video,
 )
@@ -82,7 +83,16 @@ class RetryLater(Exception):  # noqa: N818
 
 
 class LeaseLost(RuntimeError):
-    """This delivery no longer holds the video's lease: another worker owns the video now."""
+    """This delivery may no longer change the video: ``status`` says why, "lease lost" (another
+    worker owns the video now), "superseded" (re-enqueued as a later generation) or
+    "cancelled"."""
+
+    def __init__(self, message: str, status: str = "lease lost") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_FENCED = {"lease": "lease lost", "superseded": "superseded", "cancelled": "cancelled"}
 
 
 @dataclass
@@ -135,6 +145,14 @@ def regenerate(settings: Settings, segment: int, recipe: dict, preset: Preset | 
     return spec
 
 
+def enqueued_digest(job: Job) -> str | None:
+    """The digest of the spec the scheduler enqueued (what Redis and the segment manifest hold):
+    a recipe carries it, a whole spec is hashed."""
+    if job.spec:
+        return VideoSpec.from_dict(job.spec).digest()
+    return (job.recipe or {}).get("digest")
+
+
 def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = ()) -> dict:
     """Take the job from its message to a final or handed-back state; returns a summary.
 
@@ -143,7 +161,7 @@ def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = 
     (e.g. the queue's soft time limit) count as a crash of the render.
     """
     state, video = farm.state, job.video
-    skipped = _skip(job, farm, lease_held=False)
+    skipped = _skip(job, farm, None)
     if skipped:
         return skipped
     lease = Lease(state, f"video:{video}", f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}",
@@ -153,17 +171,17 @@ def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = 
         log.info("%s: leased by %s, deferring", video, state.holder(f"video:{video}"))
         raise Requeue(farm.settings.lease_ttl, "deferred")
     try:
-        return _skip(job, farm, lease_held=True) or _deliver_leased(job, farm, lease,
-                                                                    interrupts)
+        return _skip(job, farm, lease) or _deliver_leased(job, farm, lease, interrupts)
     finally:
         lease.release()
 
 
-def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
+def _skip(job: Job, farm: Farm, lease: Lease | None) -> dict | None:
     """A summary when the message needs no render: cancelled, superseded or already done.
 
     Before the lease a storage error only skips the early look; once the lease is held the
-    marker must be checked, so a storage error defers the video.
+    marker must be checked, so a storage error defers the video. A marker counts only when it
+    records the spec this generation was enqueued with.
     """
     state, video = farm.state, job.video
     if state.state(job.segment, video) == "cancelled":
@@ -174,17 +192,34 @@ def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
                  job.generation, current)
         return {"video": video, "status": "superseded"}
     try:
-        done = is_done(farm.storage, job.base, video)
+        marker = done_marker(farm.storage, job.base, video)
     except StorageError as exc:
-        if not lease_held:
+        if lease is None:
             return None
         log.warning("%s: cannot check the completion marker (%s); deferring", video, exc)
-        state.set_state(job.segment, video, "retrying", last_error=f"deferred: {exc}")
+        _update_state(job, farm, lease, "retrying", last_error=f"deferred: {exc}")
         raise Requeue(min(30.0, farm.settings.lease_ttl), "deferred: storage unavailable") from exc
-    if done:
-        state.set_state(job.segment, video, "done")
-        return {"video": video, "status": "already done"}
-    return None
+    if marker is None:
+        return None
+    recorded, wanted = marker.get("enqueued_digest"), enqueued_digest(job)
+    if recorded and wanted and recorded != wanted:
+        # A marker of another spec (e.g. enqueued again with another seed): not this one's.
+        log.info("%s: the marker records spec %s, this generation's is %s: rendering", video,
+                 recorded[:12], wanted[:12])
+        return None
+    _update_state(job, farm, lease, "done")
+    return {"video": video, "status": "already done"}
+
+
+def _update_state(job: Job, farm: Farm, lease: Lease | None, new_state: str,
+                  **fields) -> None:
+    """A state change outside the render, conditional like every other (lease when held,
+    generation, never over ``cancelled``)."""
+    why = farm.state.update_if_current(lease.key if lease else f"video:{job.video}",
+                                       lease.token if lease else "", job.segment, job.video,
+                                       new_state, generation=job.generation, **fields)
+    if why != "ok":
+        raise LeaseLost(f"{job.video}: not marked {new_state} ({_FENCED[why]})", _FENCED[why])
 
 
 def _deliver_leased(job: Job, farm: Farm, lease: Lease,
@@ -192,9 +227,10 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
     state, storage, settings, video = farm.state, farm.storage, farm.settings, job.video
 
     def update(new_state: str | None = None, clear: tuple[str, ...] = (), **fields) -> None:
-        if not state.update_if_holder(lease.key, lease.token, job.segment, video, new_state,
-                                      clear, **fields):
-            raise LeaseLost(f"{video}: lease lost; the new holder's state is left as it is")
+        why = state.update_if_current(lease.key, lease.token, job.segment, video, new_state,
+                                      clear, job.generation, **fields)
+        if why != "ok":
+            raise LeaseLost(f"{video}: {_FENCED[why]}; its state is left as it is", _FENCED[why])
 
     def fail(reason: str, **fields) -> None:
         log.error("%s: failed: %s", video, reason)
@@ -227,7 +263,9 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
         if removed:
             log.info("%s: removed %d frames of an earlier delivery", video, removed)
         outcome, upload = _render_and_upload(job, farm, spec, lease)
-    except LeaseLost:
+    except LeaseLost as exc:
+        if exc.status != "lease lost":  # superseded or cancelled: nobody will upload it
+            shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
         raise
     except shutdown.HandBack as exc:
         _hand_back(farm, video, update, str(exc))
@@ -292,8 +330,16 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
                               may_write=lambda: not lease.lost)
                 if settings.stream_upload else None)
 
+    checked = [0.0, "ok"]  # when the generation was last checked, and what was found
+
     def abort() -> str | None:
-        return "the video's lease was lost (another worker owns it)" if lease.lost else None
+        if lease.lost:
+            return "the video's lease was lost (another worker owns it)"
+        if time.monotonic() - checked[0] >= 2.0:  # a re-enqueue or cancel stops the render too
+            checked[0] = time.monotonic()
+            with contextlib.suppress(redis.RedisError):
+                checked[1] = _may_commit(job, farm, lease)
+        return None if checked[1] == "ok" else f"{video}: {_FENCED[checked[1]]}"
 
     try:
         with shutdown.render_phase():  # a stopping worker hands the video back
@@ -301,18 +347,31 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
                               _attempt_budget(job.preset, spec, job.soft_limit),
                               streamer.frame_done if streamer else None, abort)
     except RenderAborted as exc:
-        raise LeaseLost(str(exc)) from None
+        raise LeaseLost(str(exc), _FENCED.get(checked[1], "lease lost")) from None
     finally:
         streamed = streamer.close() if streamer else {}
 
     def fence() -> None:
-        if not lease.held():
-            raise LeaseLost(f"{video}: lease lost before the completion marker; not written")
+        """Only the generation current now, holding the lease, not cancelled, may write the
+        marker (one atomic check in Redis)."""
+        why = _may_commit(job, farm, lease) if lease.held() else "lease"
+        if why != "ok":
+            raise LeaseLost(f"{video}: {_FENCED[why]} before the completion marker; not written",
+                            _FENCED[why])
 
     fence()
     upload = upload_video(storage, job.base, outcome.staging, video, outcome.spec.to_yaml(),
-                          outcome.manifest, streamed=streamed, fence=fence)
+                          outcome.manifest, streamed=streamed, fence=fence,
+                          marker_fields={"generation": job.generation,
+                                         "enqueued_digest": enqueued_digest(job)})
     return outcome, upload
+
+
+def _may_commit(job: Job, farm: Farm, lease: Lease) -> str:
+    """"ok" while this delivery may complete the video: it holds the lease, its generation is
+    the current one and the video is not cancelled; else why not."""
+    return farm.state.update_if_current(lease.key, lease.token, job.segment, job.video,
+                                        generation=job.generation)
 
 
 def _hand_back(farm: Farm, video: str, update: Callable, reason: str) -> None:

@@ -70,10 +70,10 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
     except RetryLater as later:
         raise self.retry(exc=later.cause, countdown=later.countdown) from None
     except LeaseLost as exc:
-        # Another worker took the video (this one stalled past its lease): its message is the
-        # live one, this one is acknowledged.
+        # Another worker took the video (this one stalled past its lease), a later generation
+        # superseded this one, or it was cancelled: this message is acknowledged, nothing more.
         log.warning("%s", exc)
-        return {"video": video, "status": "lease lost"}
+        return {"video": video, "status": exc.status}
     if result.get("status") == "done":
         scratch.note_ok()
     return result
