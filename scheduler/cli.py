@@ -19,7 +19,7 @@ from tqdm import tqdm
 from farm.assets.library import AssetError, read_denylist
 from farm.io.layout import META
 from farm.io.storage import StorageError, join
-from farm.model.presets import load_preset
+from farm.model.presets import load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec, load_spec
 from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
@@ -168,6 +168,7 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
 
     segments = [args.segment] if args.segment is not None else ctx.state.segments()
     specs, fresh = [], 0
+    held: dict[str, dict] = {}
     for segment in segments:
         for video in ctx.state.videos_in(segment, "failed"):
             stored = ctx.state.spec(segment, video)
@@ -176,14 +177,19 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
                 continue
             spec = VideoSpec.from_dict(stored)
             info = ctx.state.video(video)
+            preset = ctx.state.preset(video)
+            if preset is not None:
+                held[video] = preset
             if info.get("gate_failed") and spec.source == "generated":
-                spec = generate_spec(ctx.library, load_preset(spec.preset), segment, spec.index,
+                spec = generate_spec(ctx.library,
+                                     preset_from_data(preset) if preset else
+                                     load_preset(spec.preset), segment, spec.index,
                                      spec.seed, first_attempt=int(info["next_attempt"]))
                 fresh += 1
             ctx.state.clear(video, "crashes", "lost_deliveries", "running", "gate_failed",
                             "next_attempt")
             specs.append(spec)
-    send(ctx, specs, args.priority)
+    send(ctx, specs, args.priority, held=held)
     print(f"re-enqueued {len(specs)} failed videos"
           + (f" ({fresh} with fresh quality-gate attempts)" if fresh else ""))
     return 0

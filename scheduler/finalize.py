@@ -12,7 +12,7 @@ from farm.io.layout import FOLDERS, frame_name, video_keys
 from farm.io.storage import Storage, remove_frames, verify_video
 from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
 from scheduler.context import Context
-from scheduler.publish import send
+from scheduler.publish import held_presets, send
 
 
 def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
@@ -106,7 +106,7 @@ def requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
             continue
         storage.delete([video_keys(ctx.base(segment), video)["marker"]])
         specs.append(VideoSpec.from_dict(stored))
-    send(ctx, specs, None)
+    send(ctx, specs, None, held=held_presets(ctx, [s.id for s in specs]))
     return len(specs)
 
 
