@@ -24,6 +24,7 @@ from farm.model.spec import SpecError, VideoSpec, load_spec
 from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
 from scheduler.context import Context
+from scheduler.enqueued import read_record
 from scheduler.finalize import (
     check_videos,
     held_digests,
@@ -243,12 +244,21 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     storage = ctx.storage
     base = ctx.base(args.segment)
-    expected = set(ctx.state.states(args.segment))
+    record = read_record(storage, args.segment)  # the bucket's record of every enqueue: Redis may forget
+    in_redis = set(ctx.state.states(args.segment))
+    expected = in_redis | set(record)
     done = ctx.done_videos(args.segment)
     missing = sorted(expected - done)
+    unknown = sorted(set(record) - in_redis - done)
+    if unknown:
+        print(f"segment {args.segment}: {len(unknown)} videos enqueued (the segment's record in "
+              f"the bucket) are unknown to Redis and not done: {' '.join(unknown[:50])}"
+              f"{' ...' if len(unknown) > 50 else ''}; enqueue them again")
     if args.prune:
         print(f"pruned the frames of {prune(ctx, args.segment)} failed or cancelled videos")
-    problems = check_videos(storage, base, done, held_digests(ctx, args.segment, done))
+    digests = {**held_digests(ctx, args.segment, done),
+               **{v: e["digest"] for v, e in record.items() if v in done}}
+    problems = check_videos(storage, base, done, digests)
     for video, problem in problems.items():
         print(f"{video}: {problem}")
     if problems and args.requeue:

@@ -12,6 +12,7 @@ from farm.queue.app import TASK_NAME, VISIBILITY_TIMEOUT, app, task_id
 from farm.queue.broker import broker_task_ids
 from farm.settings import flag
 from scheduler.context import Context
+from scheduler.enqueued import write_record
 
 BATCH = 500
 # Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
@@ -68,7 +69,8 @@ def held_presets(ctx: Context, videos: list[str]) -> dict[str, dict]:
 
 def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool = False,
          held: dict[str, dict] | None = None) -> None:
-    """Register specs in Redis and publish one task per video. A re-send passes ``held``: the
+    """Register specs in Redis, record them in the bucket (``scheduler.enqueued``) and publish
+    one task per video. A re-send passes ``held``: the
     presets of the videos' enqueue record (``held_presets``), so an edit of ``configs/`` after
     the enqueue changes nothing of an enqueued video."""
     presets = resolve_presets(specs, held)
@@ -79,7 +81,10 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
         by_segment.setdefault(spec.segment, []).append(spec)
     generations: dict[str, int] = {}
     for segment, group in by_segment.items():
-        generations.update(ctx.state.register(segment, group, presets=presets))
+        registered = ctx.state.register(segment, group, presets=presets)
+        # the bucket's own record of what the segment should hold, before anything is published
+        write_record(ctx.storage, segment, group, registered)
+        generations.update(registered)
     # kombu's publish batch sends the LPUSHes through one Redis pipeline per batch
     with app.producer_or_acquire() as producer, producer.batch(max_size=BATCH):
         for spec in specs:
