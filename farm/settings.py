@@ -60,6 +60,8 @@ VARS = {v.name: v for v in (
         "only by index (default: the host name)"),
     Var("FARM_SCRATCH", "/tmp/farm-scratch", "scratch folder for renders before upload"),
     Var("FARM_SCRATCH_RESERVE_MB", "64", "free scratch kept beyond a render's own need"),
+    Var("FARM_SCRATCH_SIZE_MB", "8192", "the workers' scratch size (compose's scratch tmpfs: 8 GiB "
+        "by default); `enqueue` refuses a spec whose estimated render (and the reserve) exceeds it"),
     Var("FARM_STAGING_MAX_AGE", "3600", "seconds after which another video's untouched, unleased "
         "staging folder is deleted at task start"),
     Var("FARM_SCRATCH_FULL_LIMIT", "3", "scratch-full hand-backs in a row before a worker stops "

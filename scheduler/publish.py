@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
+from farm.io.outputs import estimate_space
 from farm.model.presets import Preset, load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec
 from farm.queue import metrics
 from farm.queue.app import TASK_NAME, VISIBILITY_TIMEOUT, app, task_id
 from farm.queue.broker import broker_task_ids
-from farm.settings import flag
+from farm.settings import flag, integer
 from scheduler.context import Context
 from scheduler.enqueued import write_record
 
@@ -46,6 +47,19 @@ def time_limits(spec: VideoSpec, preset: Preset) -> tuple[int, int]:
     return soft, hard
 
 
+def check_scratch(spec: VideoSpec) -> None:
+    """Refused when its render cannot fit the workers' scratch (``FARM_SCRATCH_SIZE_MB``, with the
+    ``FARM_SCRATCH_RESERVE_MB`` every worker keeps free): it would never render anywhere."""
+    size_mb, reserve_mb = integer("FARM_SCRATCH_SIZE_MB"), integer("FARM_SCRATCH_RESERVE_MB")
+    need_mb = estimate_space(spec).scratch / 2**20
+    if need_mb + reserve_mb > size_mb:
+        raise SpecError(spec.id, f"its render needs about {need_mb:.0f} MB of scratch (+ "
+                        f"{reserve_mb} MB reserve), more than the workers' {size_mb} MB "
+                        "(FARM_SCRATCH_SIZE_MB): render fewer frames, a lower resolution or "
+                        "fewer outputs, or give the workers a larger scratch and set "
+                        "FARM_SCRATCH_SIZE_MB to it")
+
+
 def resolve_presets(specs: list[VideoSpec], held: dict[str, dict] | None = None
                     ) -> dict[str, dict]:
     """video -> its preset resolved into data: the one ``held`` for it (the enqueue record of a
@@ -76,6 +90,8 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
     presets = resolve_presets(specs, held)
     limits = {spec.id: time_limits(spec, preset_from_data(presets[spec.id]))
               for spec in specs}  # refuse before registering any
+    for spec in specs:
+        check_scratch(spec)
     by_segment: dict[int, list[VideoSpec]] = {}
     for spec in specs:
         by_segment.setdefault(spec.segment, []).append(spec)

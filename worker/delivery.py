@@ -32,7 +32,7 @@ from farm.assets.library import AssetError, AssetLibrary
 from farm.assets.roots import open_library
 from farm.generate.sampling import generate_spec
 from farm.io.layout import staging_dir
-from farm.io.outputs import scratch_bytes_per_pixel
+from farm.io.outputs import estimate_space
 from farm.io.storage import (
     FrameStreamer,
     Storage,
@@ -424,16 +424,25 @@ def _render(settings: Settings, spec: VideoSpec, preset: Preset | None, timeout:
     return outcome
 
 
+class NeverFits(PermanentRenderError):
+    """The render is larger than the whole scratch filesystem: no hand-back can help."""
+
+
 def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
-    """Refuse to start a render that cannot fit on the scratch disk."""
+    """Fail a render larger than the whole scratch filesystem (it can never fit on this worker);
+    hand back one that cannot fit now (the disk is full for the moment)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    width, height = spec.resolution
-    per_pixel = scratch_bytes_per_pixel(spec.render, len(spec.objects))  # 1.2: JPEG + mask
-    need = spec.frames * width * height * per_pixel + SCRATCH_MARGIN
-    free = shutil.disk_usage(scratch).free
-    if free < need:
-        raise ScratchFull(f"{spec.id}: scratch {scratch} has {free / 2**20:.0f} MB free, "
-                          f"the render needs about {need / 2**20:.0f} MB")
+    need = estimate_space(spec).scratch
+    usage = shutil.disk_usage(scratch)
+    if need > usage.total:
+        raise NeverFits(f"{spec.id}: the render needs about {need / 2**30:.1f} GiB of scratch, "
+                        f"more than the whole scratch filesystem {scratch} "
+                        f"({usage.total / 2**30:.1f} GiB): it can never fit; enqueue it with "
+                        "fewer frames, a lower resolution or fewer outputs, or give the workers "
+                        "a larger scratch")
+    if usage.free < need + SCRATCH_MARGIN:
+        raise ScratchFull(f"{spec.id}: scratch {scratch} has {usage.free / 2**20:.0f} MB free, "
+                          f"the render needs about {(need + SCRATCH_MARGIN) / 2**20:.0f} MB")
 
 
 def _attempt_budget(preset: Preset | None, spec: VideoSpec, soft: float | None) -> float | None:

@@ -46,3 +46,24 @@ def test_a_resend_carries_the_enqueued_preset_not_an_edited_config(farm, tmp_pat
     assert again["id"] == f"render-{video}-2"
     assert again["kwargs"]["preset"] == sent["kwargs"]["preset"]
     assert again["kwargs"]["digest"] == sent["kwargs"]["digest"]
+
+
+def test_enqueue_refuses_a_spec_that_cannot_fit_the_workers_scratch(farm, library, tmp_path):
+    from dataclasses import replace
+
+    from farm.generate.sampling import generate_spec
+    from farm.model.presets import load_preset
+    from farm.model.spec import save_spec
+
+    spec = replace(generate_spec(library, load_preset("movi-like"), 22, 0, 2021),
+                   resolution=(4096, 4096), source="imported")  # ~62 GiB of scratch
+    save_spec(spec, tmp_path / "big.yaml")
+    env = {"FARM_SHORT_VISIBILITY_OK": "1"}
+    proc = farm.cli("enqueue", "--specs", str(tmp_path / "big.yaml"), check=False, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{spec.id}: its render needs about" in proc.stderr
+    assert "more than the workers' 8192 MB (FARM_SCRATCH_SIZE_MB)" in proc.stderr
+    assert farm.cli("status", "--json").stdout.strip() == "[]"  # nothing registered
+    accepted = farm.cli("enqueue", "--specs", str(tmp_path / "big.yaml"),
+                        env={**env, "FARM_SCRATCH_SIZE_MB": str(100 * 1024)})
+    assert "enqueued 1 videos" in accepted.stdout

@@ -259,6 +259,30 @@ def test_cancel_is_sticky_through_a_transient_storage_error(direct, library, tin
     assert deliver(job, direct) == {"video": spec.id, "status": "cancelled"}  # the retry
     assert not (direct.settings.scratch / f"{spec.id}.staging").exists()  # nothing to upload
 
+
+def test_a_spec_larger_than_the_whole_scratch_filesystem_fails_with_that_reason(direct, library,
+                                                                             tiny):
+    """A render larger than the scratch filesystem's total size can never fit: the video fails
+    with that reason instead of being handed back (which would stop every worker in turn). A
+    disk full only now is still a hand-back (tests/system/test_ops.py)."""
+    import shutil
+    from dataclasses import replace
+
+    from farm.io.outputs import estimate_space
+    from worker.delivery import deliver
+    from worker.process.runner import PermanentRenderError
+
+    direct.settings.scratch.mkdir(parents=True, exist_ok=True)
+    total = shutil.disk_usage(direct.settings.scratch).total
+    spec = _long_spec(library, tiny, 4, 9, 2021, frames=1000)
+    spec = replace(spec, resolution=(4096, 4096),
+                   render=replace(spec.render, outputs=("rgb", "masks", "depth", "flow", "normals")))
+    assert estimate_space(spec).scratch > total
+    with pytest.raises(PermanentRenderError, match="can never fit"):
+        deliver(_whole_job(direct, spec, tiny), direct)
+    assert direct.state.state(4, spec.id) == "failed"
+    assert "more than the whole scratch filesystem" in direct.state.video(spec.id)["last_error"]
+
 # --- the whole farm ------------------------------------------------------------------------------
 
 
