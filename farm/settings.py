@@ -67,6 +67,8 @@ VARS = {v.name: v for v in (
     Var("FARM_SCRATCH_FULL_LIMIT", "3", "scratch-full hand-backs in a row before a worker stops "
         "consuming"),
     Var("FARM_SCRATCH_FULL_PAUSE", "10", "seconds a worker pauses after a scratch-full hand-back"),
+    Var("FARM_WORKER_FAILURE_LIMIT", "3", "different videos failing in a row on one worker (crash, "
+        "time limit, missing asset) before it stops consuming and gives them back"),
     Var("FARM_UNHEALTHY_FILE", "", "written by a worker that stopped consuming; the compose "
         "healthcheck fails while it exists"),
     Var("FARM_SHUTDOWN_FORCE_S", "60", "a worker stopping itself (lost GPU lease) exits by force "

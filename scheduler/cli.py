@@ -118,6 +118,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
         stranded = stranded_videos(ctx, segments)  # one pass over the broker's messages
         rows = [segment_status(ctx, s, args.window, args.stranded_after, stranded[s])
                 for s in segments]
+        unhealthy = ctx.state.unhealthy_workers()
+        for r in rows:
+            r["unhealthy_workers"] = sorted(unhealthy)
         if args.json:
             print(json.dumps(rows))
         else:
@@ -137,6 +140,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                           f"with no message and no lease for over {args.stranded_after:.0f} s "
                           f"({' '.join(r['stranded'][:20])}); the reconciler re-sends them "
                           "(or run: python -m scheduler reconcile)")
+            for node, info in sorted(unhealthy.items()):
+                print(f"warning: worker {node} is unhealthy and consumes nothing: "
+                      f"{info['reason']}")
         if not args.watch:
             return 0
         sys.stdout.flush()

@@ -82,6 +82,16 @@ class RetryLater(Exception):  # noqa: N818
         self.countdown, self.cause = countdown, cause
 
 
+class VideoFailed(PermanentRenderError):
+    """The video ended failed (its state says why). ``host_suspect``: a failure a broken host
+    produces (crash, time limit, missing asset), counted towards the worker's failure limit
+    (worker/blackhole.py); ``crashed``: it was counted as a crash of the video."""
+
+    def __init__(self, message: str, host_suspect: bool = False, crashed: bool = False) -> None:
+        super().__init__(message)
+        self.host_suspect, self.crashed = host_suspect, crashed
+
+
 class LeaseLost(RuntimeError):
     """This delivery may no longer change the video: ``status`` says why, "lease lost" (another
     worker owns the video now), "superseded" (re-enqueued as a later generation) or
@@ -279,7 +289,9 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
     except (SpecError, AssetError, PermanentRenderError) as exc:
         fail(str(exc))
         metrics.record_failure(state.r, exc, True, job.worker)
-        raise PermanentRenderError(str(exc)) from None
+        suspect = isinstance(exc, AssetError | PermanentRenderError) and \
+            not isinstance(exc, NeverFits)
+        raise VideoFailed(str(exc), host_suspect=suspect) from None
     except TRANSIENT as exc:
         final = job.retries >= job.max_retries
         if final:
@@ -305,7 +317,7 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
             # The queue's retry publishes nothing past max_retries: the video must end here.
             fail(f"render crashed {crashes} times (retries: {job.retries}): "
                  f"{exc or type(exc).__name__}")
-            raise PermanentRenderError(str(exc)) from None
+            raise VideoFailed(str(exc), host_suspect=True, crashed=True) from None
         update("retrying", ("running",), last_error=str(exc) or type(exc).__name__)
         raise RetryLater(5 * crashes, exc) from None
     state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1

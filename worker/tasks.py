@@ -18,7 +18,7 @@ from farm.model.presets import Preset, find_preset, preset_from_data
 from farm.queue.app import TASK_NAME, app, settings
 from farm.queue.state import FarmState, connect
 from farm.settings import integer, number
-from worker import scratch
+from worker import blackhole, scratch
 from worker.delivery import (
     HANDED_BACK_SCRATCH_FULL,
     TRANSIENT,
@@ -27,6 +27,7 @@ from worker.delivery import (
     LeaseLost,
     Requeue,
     RetryLater,
+    VideoFailed,
     deliver,
 )
 
@@ -56,6 +57,11 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
               worker=request.hostname or "")
     farm = Farm(FarmState(connect(settings.redis_url_with_password)), open_storage(settings),
                 settings)
+    node = request.hostname or ""
+    if blackhole.unhealthy(farm.state, node):  # stopped itself; a message it still held
+        _requeue(self, 0)
+        time.sleep(SCRATCH_FULL_PAUSE_S)
+        return {"video": video, "status": blackhole.HANDED_BACK_UNHEALTHY}
     try:
         result = deliver(job, farm, interrupts=(SoftTimeLimitExceeded,))
     except Requeue as again:
@@ -67,8 +73,13 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
         if full:
             time.sleep(SCRATCH_FULL_PAUSE_S)  # let another worker take it
         return {"video": video, "status": again.status}
-    except RetryLater as later:
+    except RetryLater as later:  # a crash, counted against the video
+        _note_failure(self, farm, job, "crash", crashed=True)
         raise self.retry(exc=later.cause, countdown=later.countdown) from None
+    except VideoFailed as failed:
+        if failed.host_suspect:
+            _note_failure(self, farm, job, "failed", crashed=failed.crashed)
+        raise
     except LeaseLost as exc:
         # Another worker took the video (this one stalled past its lease), a later generation
         # superseded this one, or it was cancelled: this message is acknowledged, nothing more.
@@ -76,7 +87,30 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
         return {"video": video, "status": exc.status}
     if result.get("status") == "done":
         scratch.note_ok()
+        blackhole.note_ok(farm.state, node)
     return result
+
+
+def _note_failure(task, farm: Farm, job: Job, kind: str, crashed: bool) -> None:
+    """Count a failure against this worker; at the limit it stops and gives the videos back."""
+    request = task.request
+    message = {"kwargs": request.kwargs, "id": request.id,
+               "priority": (request.delivery_info or {}).get("priority"),
+               "limits": list(request.timelimit or (None, None)), "retries": request.retries}
+    failures = blackhole.note_failure(farm.state, job.worker, {
+        "video": job.video, "segment": job.segment, "generation": job.generation, "kind": kind,
+        "crashed": crashed, "message": message})
+    if failures:
+        queue = (request.delivery_info or {}).get("routing_key") or app.conf.task_default_queue
+        blackhole.trip(farm.state, job.worker, failures, app, queue, _publish)
+
+
+def _publish(message: dict) -> None:
+    """Publish a recorded message again (a video given back by an unhealthy worker)."""
+    hard, soft = message["limits"]
+    render_video.apply_async(kwargs=message["kwargs"], task_id=message["id"],
+                             priority=message["priority"], soft_time_limit=soft,
+                             time_limit=hard, ignore_result=True, retries=message["retries"])
 
 
 def _preset(preset: dict | str | None, spec: dict | None) -> Preset | None:

@@ -10,7 +10,9 @@ Keys (all under ``farm:``):
 - ``completions``: sorted set video -> finish time (rates over a window);
 - ``seg:<S>:stranded``: hash video -> when it was first found pending with no message and no
   lease (``scheduler status`` flags, the reconciler re-sends);
-- ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
+- ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL;
+- ``worker:<node>:failures``: hash video -> a failure counted against the worker (reset by a
+  delivered video); ``workers:unhealthy``: hash node -> why it stopped consuming.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+UNHEALTHY = "farm:workers:unhealthy"  # node -> JSON {reason, since}
 STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
 PREFIX = "farm:"
 
@@ -203,6 +206,11 @@ class FarmState:
     def spec(self, segment: int, video: str) -> dict | None:
         blob = self.r.hget(f"{PREFIX}seg:{segment}:specs", video)
         return unpack_spec(blob) if blob else None
+
+    def unhealthy_workers(self) -> dict[str, dict]:
+        """node -> {reason, since} of every worker that stopped itself after failing video after
+        video (worker/blackhole.py) and was not restarted since."""
+        return {node: json.loads(raw) for node, raw in self.r.hgetall(UNHEALTHY).items()}
 
     def segments(self) -> list[int]:
         return sorted(int(s) for s in self.r.smembers(f"{PREFIX}segments"))
