@@ -25,6 +25,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis
 
@@ -143,6 +144,17 @@ class FarmState:
         preset_id = self.r.hget(f"{PREFIX}video:{video}", "preset")
         blob = self.r.hget(f"{PREFIX}presets", preset_id) if preset_id else None
         return json.loads(zlib.decompress(bytes.fromhex(blob))) if blob else None
+
+    def server_time(self) -> float:
+        """Redis's clock (Unix seconds): the one clock every worker and scheduler share."""
+        seconds, micros = self.r.time()
+        return seconds + micros / 1e6
+
+    def eta(self, countdown: float) -> datetime:
+        """An ETA ``countdown`` seconds from now by Redis's clock, not this host's (a worker
+        whose clock is off would otherwise hold a message too long, or the reconciler see its
+        ETA as past and call it stranded)."""
+        return datetime.fromtimestamp(self.server_time() + countdown, UTC)
 
     def generation(self, video: str) -> int:
         return int(self.r.hget(f"{PREFIX}video:{video}", "generation") or 0)
