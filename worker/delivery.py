@@ -31,7 +31,7 @@ import redis
 from farm.assets.library import AssetError, AssetLibrary
 from farm.assets.roots import open_library
 from farm.generate.sampling import generate_spec
-from farm.io.layout import staging_dir
+from farm.io.layout import staging_dir, video_keys
 from farm.io.outputs import estimate_space
 from farm.io.storage import (
     FrameStreamer,
@@ -268,7 +268,11 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
         scratch.remove_stale(settings.scratch, video,
                              leased=lambda other: state.holder(f"video:{other}") is not None)
         _check_scratch(settings.scratch, spec)
-        # Frames of an earlier, unfinished delivery must not mix with this one's.
+        # A marker of another spec (an earlier enqueue) must not stand while its frames are
+        # replaced, and frames of an earlier, unfinished delivery must not mix with this one's.
+        marker_key = video_keys(job.base, video)["marker"]
+        if storage.exists(marker_key):
+            storage.delete([marker_key])
         removed = remove_frames(storage, job.base, video)
         if removed:
             log.info("%s: removed %d frames of an earlier delivery", video, removed)

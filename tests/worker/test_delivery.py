@@ -221,6 +221,14 @@ def test_reenqueue_with_another_seed_during_a_render_is_fenced(direct, library, 
     problems = check_videos(direct.storage, first.base, {new.id}, expected)
     assert "the marker records spec" in problems[new.id], problems
 
+    # a finished video whose latest enqueue has another spec is not "already done": rendered anew
+    body["enqueued_digest"] = new.digest()
+    direct.storage.put_bytes(video_keys(first.base, new.id)["marker"], json.dumps(body).encode())
+    third = _whole_job(direct, old, tiny)
+    assert deliver(third, direct)["status"] == "done"
+    assert done_marker(direct.storage, first.base, old.id)["enqueued_digest"] == old.digest()
+    assert check_videos(direct.storage, first.base, {old.id}, {old.id: old.digest()}) == {}
+
 
 def test_cancel_is_sticky_through_a_transient_storage_error(direct, library, tiny, s3_service):
     """Cancel while the video renders, then the storage fails: the delivery must not turn the
