@@ -6,9 +6,11 @@ and no Celery worker; ``worker.tasks`` adapts them to a Celery task.
 Flow: drop a cancelled or superseded message -> take the video's lease -> check cancellation and
 the completion marker again (a storage error defers; never render blind) -> remove frames of
 earlier deliveries -> render (stopped within seconds when the lease is lost) -> upload frames,
-spec, manifest -> completion marker with every frame's MD5, written only while the lease holds
--> ``done``. Every state change after the lease is conditional on still holding it, so a worker
-that lost its lease never overwrites the new holder's state.
+spec, manifest -> completion marker with every frame's MD5, the generation and the enqueued
+spec's digest, written only while the lease holds, the generation is the current one and the
+video is not cancelled (one Lua check) -> ``done``. Every state change after the lease is
+conditional the same way, so a worker that lost its lease never overwrites the new holder's
+state, a superseded generation never completes a re-enqueued video, and a cancel sticks.
 """
 
 from __future__ import annotations
@@ -156,8 +158,8 @@ def regenerate(settings: Settings, segment: int, recipe: dict, preset: Preset | 
 
 
 def enqueued_digest(job: Job) -> str | None:
-    """The digest of the spec the scheduler enqueued (what Redis and the segment manifest hold):
-    a recipe carries it, a whole spec is hashed."""
+    """The digest of the spec the scheduler enqueued (what Redis and the bucket's enqueue record
+    hold): a recipe carries it, a whole spec is hashed."""
     if job.spec:
         return VideoSpec.from_dict(job.spec).digest()
     return (job.recipe or {}).get("digest")

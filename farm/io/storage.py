@@ -230,10 +230,6 @@ class S3Storage:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS'}"
 
 
-def is_done(storage: Storage, base: str, video: str) -> bool:
-    return storage.exists(video_keys(base, video)["marker"])
-
-
 def done_marker(storage: Storage, base: str, video: str) -> dict | None:
     """The video's completion marker, or None when there is none (a HEAD first: the common
     answer is "none", and cheap)."""
