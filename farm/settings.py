@@ -60,11 +60,15 @@ VARS = {v.name: v for v in (
         "only by index (default: the host name)"),
     Var("FARM_SCRATCH", "/tmp/farm-scratch", "scratch folder for renders before upload"),
     Var("FARM_SCRATCH_RESERVE_MB", "64", "free scratch kept beyond a render's own need"),
+    Var("FARM_SCRATCH_SIZE_MB", "8192", "the workers' scratch size (compose's scratch tmpfs: 8 GiB "
+        "by default); `enqueue` refuses a spec whose estimated render (and the reserve) exceeds it"),
     Var("FARM_STAGING_MAX_AGE", "3600", "seconds after which another video's untouched, unleased "
         "staging folder is deleted at task start"),
     Var("FARM_SCRATCH_FULL_LIMIT", "3", "scratch-full hand-backs in a row before a worker stops "
         "consuming"),
     Var("FARM_SCRATCH_FULL_PAUSE", "10", "seconds a worker pauses after a scratch-full hand-back"),
+    Var("FARM_WORKER_FAILURE_LIMIT", "3", "different videos failing in a row on one worker (crash, "
+        "time limit, missing asset) before it stops consuming and gives them back"),
     Var("FARM_UNHEALTHY_FILE", "", "written by a worker that stopped consuming; the compose "
         "healthcheck fails while it exists"),
     Var("FARM_SHUTDOWN_FORCE_S", "60", "a worker stopping itself (lost GPU lease) exits by force "

@@ -6,11 +6,14 @@ would be), a worker frozen (SIGSTOP) past its lease mid-render and then resumed 
 case), duplicate messages for running videos, cancel + re-enqueue of queued videos, a Redis
 restart (AOF persistence), SIGTERM redeploys of every worker, S3 answering 503 to HEAD requests
 for a while, the S3 server unreachable for a while, and a worker whose scratch disk is full (a
-tiny tmpfs; skipped where mounting is not permitted). The farm's reconciler service runs as in
-production. Checks: every video done exactly once (one upload), every frame's name and MD5 the
-ones its marker records (no mixed output), spec and manifest present, nothing pending without a
-message (stranded), no video rendered by two live processes of this farm at once, the queue
-drained.
+tiny tmpfs; skipped where mounting is not permitted), a black-hole worker (every render it
+starts crashes: it must stop itself and give its videos back uncounted), and a running video
+enqueued again with another seed (``--force``; the running generation must not complete it).
+The farm's reconciler service runs as in production. Checks: every video done exactly once (one
+upload), every frame's name and MD5 the ones its marker records and every marker the spec the
+farm holds (no mixed output), spec and manifest present, nothing pending without a message
+(stranded), no video rendered by two live processes of this farm at once, the black hole
+stopped, the queue drained.
 
 ``python -m scheduler chaos --videos 24 --workers 3``
 """
@@ -38,6 +41,9 @@ from scheduler.processes import ROOT, free_port, stop
 
 SEGMENT = 7
 BUCKET = "chaos"
+BLACK_HOLE = "blackhole"
+SPECIAL = ("full", BLACK_HOLE)  # workers the kill, freeze and redeploy faults leave alone
+OTHER_SEED = 999
 
 
 @dataclass
@@ -57,12 +63,14 @@ class Report:
     resent: int = 0  # videos re-sent by reconcile after the broker lost their message
     repaired: int = 0  # videos finalize re-sent because a frame was not its marker's
     failed: dict[str, str] = field(default_factory=dict)
+    black_hole_running: bool = False  # the black-hole worker never stopped itself
     wall_s: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.mixed or self.stranded or self.incomplete
-                    or self.duplicates or self.concurrent or self.queue_left)
+                    or self.duplicates or self.concurrent or self.queue_left
+                    or self.black_hole_running)
 
     def summary(self) -> str:
         faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
@@ -70,7 +78,8 @@ class Report:
                 f"duplicates={len(self.duplicates)} mixed={len(self.mixed)} "
                 f"stranded={len(self.stranded)} concurrent={len(self.concurrent)} "
                 f"incomplete={len(self.incomplete)} failed={len(self.failed)} "
-                f"queue_left={self.queue_left} worker_restarts={self.worker_restarts} "
+                f"queue_left={self.queue_left} black_hole_running={int(self.black_hole_running)} "
+                f"worker_restarts={self.worker_restarts} "
                 f"resent={self.resent} repaired={self.repaired} wall={self.wall_s:.0f}s")
 
 
@@ -192,7 +201,7 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
                 return -1
 
         def rendering() -> str | None:
-            return _rendering_worker({k: v for k, v in pool.items() if k != "full"})
+            return _rendering_worker({k: v for k, v in pool.items() if k not in SPECIAL})
 
         scheduler("init-storage")
         for i in range(workers):
@@ -202,6 +211,10 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
             report.faults["full_scratch_worker"] += 1
         else:
             report.skipped.append("full scratch disk (mounting a tmpfs is not permitted here)")
+        # every render it starts is killed at once (a 1 MB memory cap), as on a broken GPU
+        start(BLACK_HOLE, FARM_RENDER_MAX_RSS_MB="1", FARM_RENDER_PROCESS="oneshot",
+              FARM_WARMUP="off", FARM_UNHEALTHY_FILE=str(folder / f"{BLACK_HOLE}.unhealthy"))
+        report.faults["black_hole_worker"] += 1
         services.append(start_reconciler(env, folder / "reconciler.log", every_s=3.0,
                                          min_age_s=lease_ttl + 5))
         monitor.start()
@@ -216,6 +229,15 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
                       preset)
             report.faults["cancel_reenqueue"] += 1
 
+
+        video = _wait_for(lambda: _running_video(state, folder / "scratch", rendering),
+                         timeout_s / 4)
+        if video:  # enqueue --force of a running video with another seed
+            index = state.spec(SEGMENT, video)["index"]
+            log(f"chaos: re-enqueue {video} with another seed while it renders ({done()} done)")
+            scheduler("enqueue", "--segment", str(SEGMENT), "--start", str(index), "--count", "1",
+                      "--preset", preset, "--seed", str(OTHER_SEED), "--force")
+            report.faults["reenqueue_other_seed"] += 1
 
         # the fault schedule, driven by progress so every fault lands mid-run
         killed = 0
@@ -252,9 +274,9 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         report.faults["s3_head_503"] += 1
 
         log(f"chaos: SIGTERM redeploy of every worker ({done()} done)")
-        for name in [n for n in pool if n != "full"]:
+        for name in [n for n in pool if n not in SPECIAL]:
             pool[name].send_signal(signal.SIGTERM)
-        for name in [n for n in pool if n != "full"]:
+        for name in [n for n in pool if n not in SPECIAL]:
             try:
                 pool[name].wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -284,7 +306,7 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
             if counts.get("done", 0) + counts.get("failed", 0) >= videos:
                 break
             for name, proc in list(pool.items()):
-                if proc.poll() is not None:
+                if proc.poll() is not None and name != BLACK_HOLE:
                     log(f"chaos: {name} exited with {proc.returncode}; restarting it")
                     report.worker_restarts += 1
                     start(name, **({"FARM_SCRATCH": str(full_scratch)} if name == "full" else {}))
@@ -302,6 +324,8 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         report.repaired = _repair(env, state, videos, deadline)
         monitor.stop()
         report.resent = _resent(folder / "reconciler.log")
+        report.black_hole_running = not any(n.startswith(f"{BLACK_HOLE}@")
+                                            for n in state.unhealthy_workers())
         _check(report, state, S3Storage(BUCKET, "bl30k", endpoint_url=f"http://127.0.0.1:{s3_port}",
                                         access_key="x", secret_key="x"), monitor, env)
     finally:
@@ -333,6 +357,20 @@ def _repair(env: dict, state: FarmState, videos: int, deadline: float) -> int:
             break
         time.sleep(1.0)
     return repaired
+
+
+def _running_video(state: FarmState, scratch: Path, rendering) -> str | None:
+    """A video a healthy worker is rendering now (its staging folder in that worker's scratch,
+    its state running)."""
+    name = rendering()
+    if name is None:
+        return None
+    try:
+        running = {v for v, st in state.states(SEGMENT).items() if st == "running"}
+    except Exception:  # noqa: BLE001 - Redis may be restarting
+        return None
+    staged = {staged_video(p) for p in (scratch / name).glob("*.staging")}
+    return min(running & staged, default=None)
 
 
 def _wait_for(probe, timeout_s: float):
@@ -374,13 +412,17 @@ def _resent(log_file: Path) -> int:
 def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor,
            env: dict) -> None:
     from farm.generate.sampling import video_id
+    from farm.model.spec import VideoSpec
     from scheduler.finalize import check_videos
 
     base = segment_base(SEGMENT)
     expected = {video_id(SEGMENT, i) for i in range(report.videos)}
     markers = {v for v in map(marker_video, storage.list(base)) if v}
     report.lost = sorted(expected - markers)
-    problems = check_videos(storage, base, markers)  # names and MD5s against each marker
+    held = {v: VideoSpec.from_dict(spec).digest() for v in markers
+            if (spec := state.spec(SEGMENT, v)) is not None}
+    # names and MD5s against each marker, each marker against the spec the farm holds
+    problems = check_videos(storage, base, markers, held)
     report.mixed = {v: p for v, p in problems.items() if not p.startswith("missing ")}
     report.incomplete = {v: p for v, p in problems.items() if p.startswith("missing ")}
     status = subprocess.run([sys.executable, "-m", "scheduler", "-q", "status", "--segment",

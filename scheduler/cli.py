@@ -20,12 +20,19 @@ from tqdm import tqdm
 from farm.assets.library import AssetError, read_denylist
 from farm.io.layout import META
 from farm.io.storage import StorageError, join
-from farm.model.presets import load_preset
+from farm.model.presets import load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec, load_spec
 from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
 from scheduler.context import Context
-from scheduler.finalize import check_videos, prune, requeue_broken, segment_meta
+from scheduler.enqueued import read_record
+from scheduler.finalize import (
+    check_videos,
+    held_digests,
+    prune,
+    requeue_broken,
+    segment_meta,
+)
 from scheduler.progress import segment_status
 from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
 
@@ -112,6 +119,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
         stranded = stranded_videos(ctx, segments)  # one pass over the broker's messages
         rows = [segment_status(ctx, s, args.window, args.stranded_after, stranded[s])
                 for s in segments]
+        unhealthy = ctx.state.unhealthy_workers()
+        for r in rows:
+            r["unhealthy_workers"] = sorted(unhealthy)
         if args.json:
             print(json.dumps(rows))
         else:
@@ -131,6 +141,9 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
                           f"with no message and no lease for over {args.stranded_after:.0f} s "
                           f"({' '.join(r['stranded'][:20])}); the reconciler re-sends them "
                           "(or run: python -m scheduler reconcile)")
+            for node, info in sorted(unhealthy.items()):
+                print(f"warning: worker {node} is unhealthy and consumes nothing: "
+                      f"{info['reason']}")
         if not args.watch:
             return 0
         sys.stdout.flush()
@@ -163,6 +176,7 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
 
     segments = [args.segment] if args.segment is not None else ctx.state.segments()
     specs, fresh = [], 0
+    held: dict[str, dict] = {}
     for segment in segments:
         for video in ctx.state.videos_in(segment, "failed"):
             stored = ctx.state.spec(segment, video)
@@ -171,14 +185,19 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
                 continue
             spec = VideoSpec.from_dict(stored)
             info = ctx.state.video(video)
+            preset = ctx.state.preset(video)
+            if preset is not None:
+                held[video] = preset
             if info.get("gate_failed") and spec.source == "generated":
-                spec = generate_spec(ctx.library, load_preset(spec.preset), segment, spec.index,
+                spec = generate_spec(ctx.library,
+                                     preset_from_data(preset) if preset else
+                                     load_preset(spec.preset), segment, spec.index,
                                      spec.seed, first_attempt=int(info["next_attempt"]))
                 fresh += 1
             ctx.state.clear(video, "crashes", "lost_deliveries", "running", "gate_failed",
                             "next_attempt")
             specs.append(spec)
-    send(ctx, specs, args.priority)
+    send(ctx, specs, args.priority, held=held)
     print(f"re-enqueued {len(specs)} failed videos"
           + (f" ({fresh} with fresh quality-gate attempts)" if fresh else ""))
     return 0
@@ -239,12 +258,21 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     storage = ctx.storage
     base = ctx.base(args.segment)
-    expected = set(ctx.state.states(args.segment))
+    record = read_record(storage, args.segment)  # the bucket's record of every enqueue: Redis may forget
+    in_redis = set(ctx.state.states(args.segment))
+    expected = in_redis | set(record)
     done = ctx.done_videos(args.segment)
     missing = sorted(expected - done)
+    unknown = sorted(set(record) - in_redis - done)
+    if unknown:
+        print(f"segment {args.segment}: {len(unknown)} videos enqueued (the segment's record in "
+              f"the bucket) are unknown to Redis and not done: {' '.join(unknown[:50])}"
+              f"{' ...' if len(unknown) > 50 else ''}; enqueue them again")
     if args.prune:
         print(f"pruned the frames of {prune(ctx, args.segment)} failed or cancelled videos")
-    problems = check_videos(storage, base, done)
+    digests = {**held_digests(ctx, args.segment, done),
+               **{v: e["digest"] for v, e in record.items() if v in done}}
+    problems = check_videos(storage, base, done, digests)
     for video, problem in problems.items():
         print(f"{video}: {problem}")
     if problems and args.requeue:

@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 
 from farm.queue import metrics
-from farm.queue.state import PREFIX, STATES, BrokerUnavailable, connect
+from farm.queue.state import PREFIX, STATES, UNHEALTHY, BrokerUnavailable, connect
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9808
@@ -103,6 +103,13 @@ class FarmCollector:
         yield GaugeMetricFamily("farm_video_leases",
                                 "Videos being rendered by a live worker (held video leases).",
                                 value=leases)
+
+        unhealthy = GaugeMetricFamily("farm_worker_unhealthy",
+                                      "1 per worker that stopped consuming after failing video "
+                                      "after video (until it is restarted).", labels=["worker"])
+        for node in sorted(r.hkeys(UNHEALTHY)):
+            unhealthy.add_metric([node], 1)
+        yield unhealthy
 
         recorded = metrics.read(r)
         for metric in metrics.METRICS:

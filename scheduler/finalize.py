@@ -12,7 +12,7 @@ from farm.io.layout import FOLDERS, frame_name, video_keys
 from farm.io.storage import Storage, remove_frames, verify_video
 from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
 from scheduler.context import Context
-from scheduler.publish import send
+from scheduler.publish import held_presets, send
 
 
 def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
@@ -51,11 +51,13 @@ def segment_meta(storage: Storage, base: str, videos: list[str]) -> tuple[dict, 
     return meta, shipped
 
 
-def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
-    """Problems per finished video: its frames are exactly 00000..N-1 of its marker, every file
-    (frames and the extra outputs: depth, flow, normals, camera, amodal masks) the content the
-    marker records (MD5), each extra folder as many files as the marker lists, and its spec and
-    manifest present."""
+def check_videos(storage, base: str, videos: set[str],
+                 digests: dict[str, str] | None = None) -> dict[str, str]:
+    """Problems per finished video: its marker records the spec the farm holds (``digests``:
+    video -> the enqueued spec's digest), its frames are exactly 00000..N-1 of its marker, every
+    file (frames and the extra outputs: depth, flow, normals, camera, amodal masks) the content
+    the marker records (MD5), each extra folder as many files as the marker lists, and its spec
+    and manifest present."""
     checksums = storage.checksums(base)
     counts: dict[tuple[str, str], int] = {}
     for key in checksums:
@@ -66,7 +68,11 @@ def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
     for video in sorted(videos):
         keys = video_keys(base, video)
         marker = json.loads(storage.get_bytes(keys["marker"]) or b"{}")
-        problem = next((f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
+        recorded, wanted = marker.get("enqueued_digest"), (digests or {}).get(video)
+        problem = (f"the marker records spec {recorded[:12]}, the farm holds {wanted[:12]} "
+                   "(rendered from another enqueue)"
+                   if recorded and wanted and recorded != wanted else None)
+        problem = problem or next((f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
                         f"{count}" for folder, count in (marker.get("files") or {}).items()
                         if counts.get((folder, video), 0) != count), None)
         problem = problem or verify_video(marker, checksums, base, video)
@@ -76,6 +82,16 @@ def check_videos(storage, base: str, videos: set[str]) -> dict[str, str]:
         if problem:
             problems[video] = problem
     return problems
+
+
+def held_digests(ctx: Context, segment: int, videos: set[str]) -> dict[str, str]:
+    """video -> digest of the spec the farm holds for it (Redis)."""
+    held = {}
+    for video in videos:
+        stored = ctx.state.spec(segment, video)
+        if stored is not None:
+            held[video] = VideoSpec.from_dict(stored).digest()
+    return held
 
 
 def requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
@@ -90,7 +106,7 @@ def requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
             continue
         storage.delete([video_keys(ctx.base(segment), video)["marker"]])
         specs.append(VideoSpec.from_dict(stored))
-    send(ctx, specs, None)
+    send(ctx, specs, None, held=held_presets(ctx, [s.id for s in specs]))
     return len(specs)
 
 

@@ -111,9 +111,18 @@ def _stop_render_process(**_kwargs) -> None:
 
 
 @signals.worker_ready.connect
-def _mark_ready(**_kwargs) -> None:
+def _mark_ready(sender=None, **_kwargs) -> None:
+    import redis
+
+    from farm.queue.state import BrokerUnavailable, FarmState, connect
+    from worker import blackhole
     from worker.warmup import write_health
 
+    try:  # a restarted worker is healthy until it fails again (worker/blackhole.py)
+        blackhole.clear(FarmState(connect(settings.redis_url_with_password)),
+                        getattr(sender, "hostname", "") or "")
+    except (BrokerUnavailable, redis.RedisError) as exc:
+        log.warning("cannot clear this worker's failure record: %s", exc)
     write_health()
 
 

@@ -6,13 +6,16 @@ and no Celery worker; ``worker.tasks`` adapts them to a Celery task.
 Flow: drop a cancelled or superseded message -> take the video's lease -> check cancellation and
 the completion marker again (a storage error defers; never render blind) -> remove frames of
 earlier deliveries -> render (stopped within seconds when the lease is lost) -> upload frames,
-spec, manifest -> completion marker with every frame's MD5, written only while the lease holds
--> ``done``. Every state change after the lease is conditional on still holding it, so a worker
-that lost its lease never overwrites the new holder's state.
+spec, manifest -> completion marker with every frame's MD5, the generation and the enqueued
+spec's digest, written only while the lease holds, the generation is the current one and the
+video is not cancelled (one Lua check) -> ``done``. Every state change after the lease is
+conditional the same way, so a worker that lost its lease never overwrites the new holder's
+state, a superseded generation never completes a re-enqueued video, and a cancel sticks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -30,13 +33,13 @@ import redis
 from farm.assets.library import AssetError, AssetLibrary
 from farm.assets.roots import open_library
 from farm.generate.sampling import generate_spec
-from farm.io.layout import staging_dir
-from farm.io.outputs import scratch_bytes_per_pixel
+from farm.io.layout import staging_dir, video_keys
+from farm.io.outputs import estimate_space
 from farm.io.storage import (
     FrameStreamer,
     Storage,
     StorageError,
-    is_done,
+    done_marker,
     remove_frames,
     upload_video,
 )
@@ -81,8 +84,27 @@ class RetryLater(Exception):  # noqa: N818
         self.countdown, self.cause = countdown, cause
 
 
+class VideoFailed(PermanentRenderError):
+    """The video ended failed (its state says why). ``host_suspect``: a failure a broken host
+    produces (crash, time limit, missing asset), counted towards the worker's failure limit
+    (worker/blackhole.py); ``crashed``: it was counted as a crash of the video."""
+
+    def __init__(self, message: str, host_suspect: bool = False, crashed: bool = False) -> None:
+        super().__init__(message)
+        self.host_suspect, self.crashed = host_suspect, crashed
+
+
 class LeaseLost(RuntimeError):
-    """This delivery no longer holds the video's lease: another worker owns the video now."""
+    """This delivery may no longer change the video: ``status`` says why, "lease lost" (another
+    worker owns the video now), "superseded" (re-enqueued as a later generation) or
+    "cancelled"."""
+
+    def __init__(self, message: str, status: str = "lease lost") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_FENCED = {"lease": "lease lost", "superseded": "superseded", "cancelled": "cancelled"}
 
 
 @dataclass
@@ -135,6 +157,14 @@ def regenerate(settings: Settings, segment: int, recipe: dict, preset: Preset | 
     return spec
 
 
+def enqueued_digest(job: Job) -> str | None:
+    """The digest of the spec the scheduler enqueued (what Redis and the bucket's enqueue record
+    hold): a recipe carries it, a whole spec is hashed."""
+    if job.spec:
+        return VideoSpec.from_dict(job.spec).digest()
+    return (job.recipe or {}).get("digest")
+
+
 def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = ()) -> dict:
     """Take the job from its message to a final or handed-back state; returns a summary.
 
@@ -143,7 +173,7 @@ def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = 
     (e.g. the queue's soft time limit) count as a crash of the render.
     """
     state, video = farm.state, job.video
-    skipped = _skip(job, farm, lease_held=False)
+    skipped = _skip(job, farm, None)
     if skipped:
         return skipped
     lease = Lease(state, f"video:{video}", f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}",
@@ -153,17 +183,17 @@ def deliver(job: Job, farm: Farm, interrupts: tuple[type[BaseException], ...] = 
         log.info("%s: leased by %s, deferring", video, state.holder(f"video:{video}"))
         raise Requeue(farm.settings.lease_ttl, "deferred")
     try:
-        return _skip(job, farm, lease_held=True) or _deliver_leased(job, farm, lease,
-                                                                    interrupts)
+        return _skip(job, farm, lease) or _deliver_leased(job, farm, lease, interrupts)
     finally:
         lease.release()
 
 
-def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
+def _skip(job: Job, farm: Farm, lease: Lease | None) -> dict | None:
     """A summary when the message needs no render: cancelled, superseded or already done.
 
     Before the lease a storage error only skips the early look; once the lease is held the
-    marker must be checked, so a storage error defers the video.
+    marker must be checked, so a storage error defers the video. A marker counts only when it
+    records the spec this generation was enqueued with.
     """
     state, video = farm.state, job.video
     if state.state(job.segment, video) == "cancelled":
@@ -174,17 +204,34 @@ def _skip(job: Job, farm: Farm, lease_held: bool) -> dict | None:
                  job.generation, current)
         return {"video": video, "status": "superseded"}
     try:
-        done = is_done(farm.storage, job.base, video)
+        marker = done_marker(farm.storage, job.base, video)
     except StorageError as exc:
-        if not lease_held:
+        if lease is None:
             return None
         log.warning("%s: cannot check the completion marker (%s); deferring", video, exc)
-        state.set_state(job.segment, video, "retrying", last_error=f"deferred: {exc}")
+        _update_state(job, farm, lease, "retrying", last_error=f"deferred: {exc}")
         raise Requeue(min(30.0, farm.settings.lease_ttl), "deferred: storage unavailable") from exc
-    if done:
-        state.set_state(job.segment, video, "done")
-        return {"video": video, "status": "already done"}
-    return None
+    if marker is None:
+        return None
+    recorded, wanted = marker.get("enqueued_digest"), enqueued_digest(job)
+    if recorded and wanted and recorded != wanted:
+        # A marker of another spec (e.g. enqueued again with another seed): not this one's.
+        log.info("%s: the marker records spec %s, this generation's is %s: rendering", video,
+                 recorded[:12], wanted[:12])
+        return None
+    _update_state(job, farm, lease, "done")
+    return {"video": video, "status": "already done"}
+
+
+def _update_state(job: Job, farm: Farm, lease: Lease | None, new_state: str,
+                  **fields) -> None:
+    """A state change outside the render, conditional like every other (lease when held,
+    generation, never over ``cancelled``)."""
+    why = farm.state.update_if_current(lease.key if lease else f"video:{job.video}",
+                                       lease.token if lease else "", job.segment, job.video,
+                                       new_state, generation=job.generation, **fields)
+    if why != "ok":
+        raise LeaseLost(f"{job.video}: not marked {new_state} ({_FENCED[why]})", _FENCED[why])
 
 
 def _deliver_leased(job: Job, farm: Farm, lease: Lease,
@@ -192,9 +239,10 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
     state, storage, settings, video = farm.state, farm.storage, farm.settings, job.video
 
     def update(new_state: str | None = None, clear: tuple[str, ...] = (), **fields) -> None:
-        if not state.update_if_holder(lease.key, lease.token, job.segment, video, new_state,
-                                      clear, **fields):
-            raise LeaseLost(f"{video}: lease lost; the new holder's state is left as it is")
+        why = state.update_if_current(lease.key, lease.token, job.segment, video, new_state,
+                                      clear, job.generation, **fields)
+        if why != "ok":
+            raise LeaseLost(f"{video}: {_FENCED[why]}; its state is left as it is", _FENCED[why])
 
     def fail(reason: str, **fields) -> None:
         log.error("%s: failed: %s", video, reason)
@@ -222,12 +270,18 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
         scratch.remove_stale(settings.scratch, video,
                              leased=lambda other: state.holder(f"video:{other}") is not None)
         _check_scratch(settings.scratch, spec)
-        # Frames of an earlier, unfinished delivery must not mix with this one's.
+        # A marker of another spec (an earlier enqueue) must not stand while its frames are
+        # replaced, and frames of an earlier, unfinished delivery must not mix with this one's.
+        marker_key = video_keys(job.base, video)["marker"]
+        if storage.exists(marker_key):
+            storage.delete([marker_key])
         removed = remove_frames(storage, job.base, video)
         if removed:
             log.info("%s: removed %d frames of an earlier delivery", video, removed)
         outcome, upload = _render_and_upload(job, farm, spec, lease)
-    except LeaseLost:
+    except LeaseLost as exc:
+        if exc.status != "lease lost":  # superseded or cancelled: nobody will upload it
+            shutil.rmtree(staging_dir(settings.scratch, video), ignore_errors=True)
         raise
     except shutdown.HandBack as exc:
         _hand_back(farm, video, update, str(exc))
@@ -241,7 +295,9 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
     except (SpecError, AssetError, PermanentRenderError) as exc:
         fail(str(exc))
         metrics.record_failure(state.r, exc, True, job.worker)
-        raise PermanentRenderError(str(exc)) from None
+        suspect = isinstance(exc, AssetError | PermanentRenderError) and \
+            not isinstance(exc, NeverFits)
+        raise VideoFailed(str(exc), host_suspect=suspect) from None
     except TRANSIENT as exc:
         final = job.retries >= job.max_retries
         if final:
@@ -267,7 +323,7 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
             # The queue's retry publishes nothing past max_retries: the video must end here.
             fail(f"render crashed {crashes} times (retries: {job.retries}): "
                  f"{exc or type(exc).__name__}")
-            raise PermanentRenderError(str(exc)) from None
+            raise VideoFailed(str(exc), host_suspect=True, crashed=True) from None
         update("retrying", ("running",), last_error=str(exc) or type(exc).__name__)
         raise RetryLater(5 * crashes, exc) from None
     state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1
@@ -292,8 +348,16 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
                               may_write=lambda: not lease.lost)
                 if settings.stream_upload else None)
 
+    checked = [0.0, "ok"]  # when the generation was last checked, and what was found
+
     def abort() -> str | None:
-        return "the video's lease was lost (another worker owns it)" if lease.lost else None
+        if lease.lost:
+            return "the video's lease was lost (another worker owns it)"
+        if time.monotonic() - checked[0] >= 2.0:  # a re-enqueue or cancel stops the render too
+            checked[0] = time.monotonic()
+            with contextlib.suppress(redis.RedisError):
+                checked[1] = _may_commit(job, farm, lease)
+        return None if checked[1] == "ok" else f"{video}: {_FENCED[checked[1]]}"
 
     try:
         with shutdown.render_phase():  # a stopping worker hands the video back
@@ -301,18 +365,31 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
                               _attempt_budget(job.preset, spec, job.soft_limit),
                               streamer.frame_done if streamer else None, abort)
     except RenderAborted as exc:
-        raise LeaseLost(str(exc)) from None
+        raise LeaseLost(str(exc), _FENCED.get(checked[1], "lease lost")) from None
     finally:
         streamed = streamer.close() if streamer else {}
 
     def fence() -> None:
-        if not lease.held():
-            raise LeaseLost(f"{video}: lease lost before the completion marker; not written")
+        """Only the generation current now, holding the lease, not cancelled, may write the
+        marker (one atomic check in Redis)."""
+        why = _may_commit(job, farm, lease) if lease.held() else "lease"
+        if why != "ok":
+            raise LeaseLost(f"{video}: {_FENCED[why]} before the completion marker; not written",
+                            _FENCED[why])
 
     fence()
     upload = upload_video(storage, job.base, outcome.staging, video, outcome.spec.to_yaml(),
-                          outcome.manifest, streamed=streamed, fence=fence)
+                          outcome.manifest, streamed=streamed, fence=fence,
+                          marker_fields={"generation": job.generation,
+                                         "enqueued_digest": enqueued_digest(job)})
     return outcome, upload
+
+
+def _may_commit(job: Job, farm: Farm, lease: Lease) -> str:
+    """"ok" while this delivery may complete the video: it holds the lease, its generation is
+    the current one and the video is not cancelled; else why not."""
+    return farm.state.update_if_current(lease.key, lease.token, job.segment, job.video,
+                                        generation=job.generation)
 
 
 def _hand_back(farm: Farm, video: str, update: Callable, reason: str) -> None:
@@ -365,16 +442,25 @@ def _render(settings: Settings, spec: VideoSpec, preset: Preset | None, timeout:
     return outcome
 
 
+class NeverFits(PermanentRenderError):
+    """The render is larger than the whole scratch filesystem: no hand-back can help."""
+
+
 def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
-    """Refuse to start a render that cannot fit on the scratch disk."""
+    """Fail a render larger than the whole scratch filesystem (it can never fit on this worker);
+    hand back one that cannot fit now (the disk is full for the moment)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    width, height = spec.resolution
-    per_pixel = scratch_bytes_per_pixel(spec.render, len(spec.objects))  # 1.2: JPEG + mask
-    need = spec.frames * width * height * per_pixel + SCRATCH_MARGIN
-    free = shutil.disk_usage(scratch).free
-    if free < need:
-        raise ScratchFull(f"{spec.id}: scratch {scratch} has {free / 2**20:.0f} MB free, "
-                          f"the render needs about {need / 2**20:.0f} MB")
+    need = estimate_space(spec).scratch
+    usage = shutil.disk_usage(scratch)
+    if need > usage.total:
+        raise NeverFits(f"{spec.id}: the render needs about {need / 2**30:.1f} GiB of scratch, "
+                        f"more than the whole scratch filesystem {scratch} "
+                        f"({usage.total / 2**30:.1f} GiB): it can never fit; enqueue it with "
+                        "fewer frames, a lower resolution or fewer outputs, or give the workers "
+                        "a larger scratch")
+    if usage.free < need + SCRATCH_MARGIN:
+        raise ScratchFull(f"{spec.id}: scratch {scratch} has {usage.free / 2**20:.0f} MB free, "
+                          f"the render needs about {(need + SCRATCH_MARGIN) / 2**20:.0f} MB")
 
 
 def _attempt_budget(preset: Preset | None, spec: VideoSpec, soft: float | None) -> float | None:

@@ -1,8 +1,10 @@
 """The render task: a thin Celery adapter over ``worker.delivery`` (one task per video).
 
-Retries: storage and broker errors retry with exponential backoff and jitter
-(``autoretry_for``); a crashed render retries after a pause (``RetryLater``); a deferred or
-handed-back video is published again (``Requeue``) without counting as a retry.
+Retries: storage and broker errors retry with exponential backoff and jitter (caught here, so
+that the retry's ETA is computed by Redis's clock; ``autoretry_for`` covers what fails before);
+a crashed render retries after a pause (``RetryLater``); a deferred or handed-back video is
+published again (``Requeue``) without counting as a retry. Every ETA is Redis's clock plus the
+delay, never this host's clock alone.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
 from farm.io.layout import segment_base
 from farm.io.storage import open_storage
@@ -18,7 +22,7 @@ from farm.model.presets import Preset, find_preset, preset_from_data
 from farm.queue.app import TASK_NAME, app, settings
 from farm.queue.state import FarmState, connect
 from farm.settings import integer, number
-from worker import scratch
+from worker import blackhole, scratch
 from worker.delivery import (
     HANDED_BACK_SCRATCH_FULL,
     TRANSIENT,
@@ -27,15 +31,17 @@ from worker.delivery import (
     LeaseLost,
     Requeue,
     RetryLater,
+    VideoFailed,
     deliver,
 )
 
 log = logging.getLogger(__name__)
 SCRATCH_FULL_PAUSE_S = number("FARM_SCRATCH_FULL_PAUSE")
+RETRY_BACKOFF = integer("FARM_RETRY_BACKOFF")
 
 
 @app.task(bind=True, name=TASK_NAME, autoretry_for=TRANSIENT,
-          retry_backoff=integer("FARM_RETRY_BACKOFF"),
+          retry_backoff=RETRY_BACKOFF,
           retry_backoff_max=settings.retry_backoff_max, retry_jitter=True,
           max_retries=settings.max_retries)
 def render_video(self, video: str, segment: int, spec: dict | None = None, index: int | None = None,
@@ -56,6 +62,11 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
               worker=request.hostname or "")
     farm = Farm(FarmState(connect(settings.redis_url_with_password)), open_storage(settings),
                 settings)
+    node = request.hostname or ""
+    if blackhole.unhealthy(farm.state, node):  # stopped itself; a message it still held
+        _requeue(self, farm.state, 0)
+        time.sleep(SCRATCH_FULL_PAUSE_S)
+        return {"video": video, "status": blackhole.HANDED_BACK_UNHEALTHY}
     try:
         result = deliver(job, farm, interrupts=(SoftTimeLimitExceeded,))
     except Requeue as again:
@@ -63,20 +74,56 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
         if full:  # after a few in a row, stop consuming first: the copy published next is others'
             queue = (request.delivery_info or {}).get("routing_key") or app.conf.task_default_queue
             scratch.note_full(app, request.hostname, queue, f"{video} {again.status}")
-        _requeue(self, again.countdown)
+        _requeue(self, farm.state, again.countdown)
         if full:
             time.sleep(SCRATCH_FULL_PAUSE_S)  # let another worker take it
         return {"video": video, "status": again.status}
-    except RetryLater as later:
-        raise self.retry(exc=later.cause, countdown=later.countdown) from None
+    except RetryLater as later:  # a crash, counted against the video
+        _note_failure(self, farm, job, "crash", crashed=True)
+        raise self.retry(exc=later.cause, eta=farm.state.eta(later.countdown)) from None
+    except VideoFailed as failed:
+        if failed.host_suspect:
+            _note_failure(self, farm, job, "failed", crashed=failed.crashed)
+        raise
+    except TRANSIENT as exc:  # storage or broker: retried with backoff, an ETA by Redis's clock
+        countdown = get_exponential_backoff_interval(RETRY_BACKOFF, request.retries,
+                                                     settings.retry_backoff_max, full_jitter=True)
+        try:
+            eta = farm.state.eta(countdown)
+        except redis.RedisError:  # Redis itself is away: this host's clock will do
+            raise self.retry(exc=exc, countdown=countdown) from None
+        raise self.retry(exc=exc, eta=eta) from None
     except LeaseLost as exc:
-        # Another worker took the video (this one stalled past its lease): its message is the
-        # live one, this one is acknowledged.
+        # Another worker took the video (this one stalled past its lease), a later generation
+        # superseded this one, or it was cancelled: this message is acknowledged, nothing more.
         log.warning("%s", exc)
-        return {"video": video, "status": "lease lost"}
+        return {"video": video, "status": exc.status}
     if result.get("status") == "done":
         scratch.note_ok()
+        blackhole.note_ok(farm.state, node)
     return result
+
+
+def _note_failure(task, farm: Farm, job: Job, kind: str, crashed: bool) -> None:
+    """Count a failure against this worker; at the limit it stops and gives the videos back."""
+    request = task.request
+    message = {"kwargs": request.kwargs, "id": request.id,
+               "priority": (request.delivery_info or {}).get("priority"),
+               "limits": list(request.timelimit or (None, None)), "retries": request.retries}
+    failures = blackhole.note_failure(farm.state, job.worker, {
+        "video": job.video, "segment": job.segment, "generation": job.generation, "kind": kind,
+        "crashed": crashed, "message": message})
+    if failures:
+        queue = (request.delivery_info or {}).get("routing_key") or app.conf.task_default_queue
+        blackhole.trip(farm.state, job.worker, failures, app, queue, _publish)
+
+
+def _publish(message: dict) -> None:
+    """Publish a recorded message again (a video given back by an unhealthy worker)."""
+    hard, soft = message["limits"]
+    render_video.apply_async(kwargs=message["kwargs"], task_id=message["id"],
+                             priority=message["priority"], soft_time_limit=soft,
+                             time_limit=hard, ignore_result=True, retries=message["retries"])
 
 
 def _preset(preset: dict | str | None, spec: dict | None) -> Preset | None:
@@ -87,10 +134,11 @@ def _preset(preset: dict | str | None, spec: dict | None) -> Preset | None:
     return find_preset(preset or (spec or {}).get("preset", "bl30k"))
 
 
-def _requeue(task, countdown: float) -> None:
-    """Publish this task again for later, without counting it as a retry of the video."""
+def _requeue(task, state: FarmState, countdown: float) -> None:
+    """Publish this task again for later (an ETA by Redis's clock), without counting it as a
+    retry of the video."""
     request = task.request
-    task.apply_async(kwargs=request.kwargs, countdown=countdown, task_id=request.id,
+    task.apply_async(kwargs=request.kwargs, eta=state.eta(countdown), task_id=request.id,
                      priority=(request.delivery_info or {}).get("priority"),
                      soft_time_limit=request.timelimit[1], time_limit=request.timelimit[0],
                      ignore_result=True, retries=request.retries)

@@ -10,6 +10,10 @@ YouTube-VOS layout and the farm's bookkeeping:
     done/<video>.json                     completion marker: written last, lists every file
     meta.json                             the segment's summary (``scheduler finalize``)
 
+Beside the segments, ``enqueued/<segment>/<time>-<id>.json`` is the scheduler's record of each
+enqueue: per video its generation and spec digest (what ``finalize`` expects, whatever Redis
+remembers); it stays out of the segment's folders, which hold the dataset and its markers.
+
 A worker stages a video in ``<scratch>/<video>.staging/`` with the same frame folders.
 """
 
@@ -21,7 +25,7 @@ from pathlib import Path
 FOLDERS = {"rgb": "JPEGImages", "masks": "Annotations", "depth": "Depth", "flow": "Flow",
            "normals": "Normals", "camera": "Camera", "amodal": "AmodalAnnotations"}
 IMAGES, MASKS = FOLDERS["rgb"], FOLDERS["masks"]
-SPECS, MANIFESTS, MARKERS = "specs", "manifests", "done"
+SPECS, MANIFESTS, MARKERS, ENQUEUED = "specs", "manifests", "done", "enqueued"
 META = "meta.json"
 STAGING_SUFFIX = ".staging"
 
@@ -74,6 +78,11 @@ def frame_names(frames: int) -> set[str]:
     relative to the video's folders (``JPEGImages/00000.jpg``)."""
     return ({f"{IMAGES}/{image_file(i)}" for i in range(frames)}
             | {f"{MASKS}/{mask_file(i)}" for i in range(frames)})
+
+
+def enqueued_prefix(segment: int) -> str:
+    """Where the scheduler records what it enqueued into ``segment``."""
+    return join(ENQUEUED, str(segment))
 
 
 def staging_dir(scratch: str | Path, video: str) -> Path:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,29 @@ def scratch_bytes_per_pixel(settings: Any, num_objects: int) -> float:
     """Scratch bytes per pixel and frame a render of these outputs needs at most."""
     return sum(SCRATCH_BYTES_PER_PIXEL[o] * (num_objects if o == "amodal" else 1)
                for o in outputs_of(settings))
+
+
+# Per frame: the manifest's and the marker's entries (object pixels, checksums); per video: the
+# spec, the manifest's header, the marker's header (upper bounds, bytes).
+BOOKKEEPING_PER_FRAME, BOOKKEEPING_PER_VIDEO = 2048, 65536
+
+
+@dataclass(frozen=True)
+class SpaceEstimate:
+    """Upper bounds, in bytes, of what one render of a spec takes."""
+
+    scratch: int  # on the worker's scratch disk: every staged output file and the manifest
+    output: int  # in the bucket: the same files, the spec, the manifest and the marker
+
+
+def estimate_space(spec: Any) -> SpaceEstimate:
+    """What a render of ``spec`` (a VideoSpec) stages and uploads, from its settings alone:
+    frames x resolution x the staged bytes per pixel of its outputs (amodal masks per object),
+    plus the bookkeeping files."""
+    width, height = spec.resolution
+    files = spec.frames * width * height * scratch_bytes_per_pixel(spec.render, len(spec.objects))
+    bookkeeping = BOOKKEEPING_PER_FRAME * spec.frames + BOOKKEEPING_PER_VIDEO
+    return SpaceEstimate(scratch=int(files + bookkeeping), output=int(files + 2 * bookkeeping))
 
 
 def extension(settings: Any, output: str) -> str:

@@ -230,8 +230,14 @@ class S3Storage:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS'}"
 
 
-def is_done(storage: Storage, base: str, video: str) -> bool:
-    return storage.exists(video_keys(base, video)["marker"])
+def done_marker(storage: Storage, base: str, video: str) -> dict | None:
+    """The video's completion marker, or None when there is none (a HEAD first: the common
+    answer is "none", and cheap)."""
+    key = video_keys(base, video)["marker"]
+    if not storage.exists(key):
+        return None
+    body = storage.get_bytes(key)
+    return json.loads(body) if body else None
 
 
 def remove_frames(storage: Storage, base: str, video: str) -> int:
@@ -320,8 +326,10 @@ def _frame_files(staging: Path, video: str, base: str,
 def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_yaml: str,
                  manifest: dict, threads: int = UPLOAD_THREADS,
                  streamed: dict[Path, Signature] | None = None,
-                 fence: Callable[[], None] | None = None) -> dict:
-    """Upload frames concurrently, then spec and manifest, then the completion marker.
+                 fence: Callable[[], None] | None = None,
+                 marker_fields: dict | None = None) -> dict:
+    """Upload frames concurrently, then spec and manifest, then the completion marker
+    (``marker_fields`` added to it: the generation and the enqueued spec's digest).
 
     Frames in ``streamed`` (a FrameStreamer's uploads) whose staged file is unchanged are not
     sent again. Re-uploading overwrites the same keys, so a retried upload is idempotent. The
@@ -344,7 +352,7 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     frames = sum(1 for k, _ in files if k.endswith(".jpg"))
     nbytes = sum(p.stat().st_size for _, p in files) + len(body) + len(spec_yaml)
     marker = {"video": video, "frames": frames, "spec_digest": manifest.get("spec_digest"),
-              "finished_at": time.time(),
+              "finished_at": time.time(), **(marker_fields or {}),
               "checksums": {k[len(base):].lstrip("/"): d for k, d in digests.items()}}
     settings = manifest.get("render_settings", {})
     if list(settings.get("outputs", ["rgb", "masks"])) != ["rgb", "masks"]:

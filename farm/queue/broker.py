@@ -24,7 +24,8 @@ def broker_task_ids(r) -> set[str]:
         if r.type(key) == "list":
             for raw in r.lrange(key, 0, -1):
                 ids.add(json.loads(raw)["headers"]["id"])
-    now = datetime.now(UTC)
+    seconds, micros = r.time()  # Redis's clock: the one the ETAs were computed with
+    now = datetime.fromtimestamp(seconds + micros / 1e6, UTC)
     for raw in r.hvals("unacked"):
         headers = json.loads(raw)[0]["headers"]
         eta = headers.get("eta")

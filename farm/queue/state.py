@@ -4,26 +4,32 @@ Keys (all under ``farm:``):
 - ``segments``: set of segment numbers ever enqueued;
 - ``seg:<S>:state``: hash video -> queued | running | retrying | done | failed | cancelled;
 - ``seg:<S>:specs``: hash video -> zlib-compressed spec JSON (for retry and finalize);
-- ``video:<id>``: hash with generation (bumped per enqueue), lost_deliveries, crashes, uploads,
-  last_error, worker, device, timings;
+- ``presets``: hash preset id -> zlib-compressed preset JSON, as the scheduler resolved it;
+- ``video:<id>``: hash with generation (bumped per enqueue), preset (its id), lost_deliveries,
+  crashes, uploads, last_error, worker, device, timings;
 - ``completions``: sorted set video -> finish time (rates over a window);
 - ``seg:<S>:stranded``: hash video -> when it was first found pending with no message and no
   lease (``scheduler status`` flags, the reconciler re-sends);
-- ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL.
+- ``lease:video:<id>``, ``lease:gpu:<node>:<index>``: lease tokens with a TTL;
+- ``worker:<node>:failures``: hash video -> a failure counted against the worker (reset by a
+  delivered video); ``workers:unhealthy``: hash node -> why it stopped consuming.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis
 
+UNHEALTHY = "farm:workers:unhealthy"  # node -> JSON {reason, since}
 STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
 PREFIX = "farm:"
 
@@ -34,20 +40,51 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
            "return redis.call('del', KEYS[1]) else return 0 end"
 
 
-# Change a video's state and fields only while the given lease token holds its lease: a worker
-# that lost the lease (frozen, partitioned) must not overwrite the new holder's state.
-# KEYS: lease, segment state hash, video hash, completions; ARGV: token, video, state ("" keeps
-# it), now, then "set"/"del" followed by field (and value for "set") entries.
-_UPDATE_IF_HOLDER = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+# Change a video's state and fields only while the given lease token holds its lease (a worker
+# that lost the lease, frozen or partitioned, must not overwrite the new holder's state), while
+# the delivery's generation is the video's current one (a re-enqueue supersedes it) and never over
+# ``cancelled`` (terminal for the generation it cancelled). KEYS: lease, segment state hash, video
+# hash, completions; ARGV: token ("": no lease check), video, state ("" keeps it), now, generation
+# ("": any), then "set"/"del" followed by field (and value for "set") entries. Returns "ok", or
+# why nothing was changed: "lease", "superseded", "cancelled".
+_UPDATE_IF_CURRENT = """
+if ARGV[1] ~= '' and redis.call('get', KEYS[1]) ~= ARGV[1] then return 'lease' end
+if ARGV[5] ~= '' and redis.call('hget', KEYS[3], 'generation') ~= ARGV[5] then
+  return 'superseded'
+end
+if redis.call('hget', KEYS[2], ARGV[2]) == 'cancelled' then return 'cancelled' end
 if ARGV[3] ~= '' then redis.call('hset', KEYS[2], ARGV[2], ARGV[3]) end
 if ARGV[3] == 'done' then redis.call('zadd', KEYS[4], ARGV[4], ARGV[2]) end
-local i = 5
+local i = 6
 while i <= #ARGV do
   if ARGV[i] == 'set' then redis.call('hset', KEYS[3], ARGV[i + 1], ARGV[i + 2]); i = i + 3
   else redis.call('hdel', KEYS[3], ARGV[i + 1]); i = i + 2 end
 end
-return 1
+return 'ok'
+"""
+
+# One enqueue of a batch, atomically per video: bump the generation and write the spec (and the
+# preset it was resolved with) of that generation, so two schedulers enqueueing the same video at
+# once never leave one's spec under the other's generation. KEYS: segments, started, state hash,
+# specs hash, presets hash; ARGV: segment, state, now, then per video: id, packed spec, preset id,
+# packed preset. Returns the generations in order.
+_REGISTER = """
+redis.call('sadd', KEYS[1], ARGV[1])
+redis.call('setnx', KEYS[2], ARGV[3])
+local out = {}
+local i = 4
+while i <= #ARGV do
+  local video, key = ARGV[i], 'farm:video:' .. ARGV[i]  -- PREFIX
+  local generation = redis.call('hincrby', key, 'generation', 1)
+  redis.call('hset', KEYS[3], video, ARGV[2])
+  redis.call('hset', KEYS[4], video, ARGV[i + 1])
+  if ARGV[i + 2] ~= '' then redis.call('hset', KEYS[5], ARGV[i + 2], ARGV[i + 3]) end
+  redis.call('hset', key, 'segment', ARGV[1], 'queued_at', ARGV[3], 'preset', ARGV[i + 2])
+  redis.call('hdel', key, 'last_error')
+  out[#out + 1] = generation
+  i = i + 4
+end
+return out
 """
 
 
@@ -79,29 +116,45 @@ class FarmState:
     r: redis.Redis
 
     # --- per-video state ---------------------------------------------------------------------
-    def register(self, segment: int, specs: list, state: str = "queued") -> dict[str, int]:
-        """Record VideoSpecs as ``state`` with their spec and clear their last error.
+    def register(self, segment: int, specs: list, state: str = "queued",
+                 presets: dict[str, dict] | None = None) -> dict[str, int]:
+        """Record VideoSpecs as ``state`` with their spec and clear their last error; with
+        ``presets`` (video -> the preset resolved into data) also the preset each was sent with,
+        which re-sends use instead of reading ``configs/`` again.
 
         Each registration starts a new *generation* of the video, returned per video: its task
         id includes it, so a cancelled (revoked) generation never shadows a later enqueue, and
-        workers drop messages of superseded generations.
+        workers drop messages of superseded generations. Bump and spec are one atomic step.
         """
-        bump = self.r.pipeline(transaction=False)
+        args: list = [segment, state, time.time()]
         for spec in specs:
-            bump.hincrby(f"{PREFIX}video:{spec.id}", "generation", 1)
-        generations = dict(zip((s.id for s in specs), map(int, bump.execute()), strict=True))
-        pipe = self.r.pipeline(transaction=False)
-        pipe.sadd(f"{PREFIX}segments", segment)
-        pipe.setnx(f"{PREFIX}seg:{segment}:started", time.time())
-        for spec in specs:
-            video = spec.id
-            pipe.hset(f"{PREFIX}seg:{segment}:state", video, state)
-            pipe.hset(f"{PREFIX}seg:{segment}:specs", video, pack_spec(spec.to_json()))
-            pipe.hset(f"{PREFIX}video:{video}", mapping={"segment": segment,
-                                                          "queued_at": time.time()})
-            pipe.hdel(f"{PREFIX}video:{video}", "last_error")
-        pipe.execute()
-        return generations
+            preset = (presets or {}).get(spec.id)
+            blob = json.dumps(preset, sort_keys=True) if preset else ""
+            preset_id = hashlib.sha256(blob.encode()).hexdigest()[:16] if blob else ""
+            args += [spec.id, pack_spec(spec.to_json()), preset_id,
+                     pack_spec(blob) if blob else ""]
+        keys = [f"{PREFIX}segments", f"{PREFIX}seg:{segment}:started",
+                f"{PREFIX}seg:{segment}:state", f"{PREFIX}seg:{segment}:specs",
+                f"{PREFIX}presets"]
+        out = self.r.eval(_REGISTER, len(keys), *keys, *args) if specs else []
+        return dict(zip((s.id for s in specs), map(int, out), strict=True))
+
+    def preset(self, video: str) -> dict | None:
+        """The preset (resolved into data) the video's current generation was enqueued with."""
+        preset_id = self.r.hget(f"{PREFIX}video:{video}", "preset")
+        blob = self.r.hget(f"{PREFIX}presets", preset_id) if preset_id else None
+        return json.loads(zlib.decompress(bytes.fromhex(blob))) if blob else None
+
+    def server_time(self) -> float:
+        """Redis's clock (Unix seconds): the one clock every worker and scheduler share."""
+        seconds, micros = self.r.time()
+        return seconds + micros / 1e6
+
+    def eta(self, countdown: float) -> datetime:
+        """An ETA ``countdown`` seconds from now by Redis's clock, not this host's (a worker
+        whose clock is off would otherwise hold a message too long, or the reconciler see its
+        ETA as past and call it stranded)."""
+        return datetime.fromtimestamp(self.server_time() + countdown, UTC)
 
     def generation(self, video: str) -> int:
         return int(self.r.hget(f"{PREFIX}video:{video}", "generation") or 0)
@@ -115,19 +168,22 @@ class FarmState:
             pipe.zadd(f"{PREFIX}completions", {video: time.time()})
         pipe.execute()
 
-    def update_if_holder(self, lease_key: str, token: str, segment: int, video: str,
-                         state: str | None = None, clear: tuple[str, ...] = (),
-                         **fields) -> bool:
+    def update_if_current(self, lease_key: str, token: str, segment: int, video: str,
+                          state: str | None = None, clear: tuple[str, ...] = (),
+                          generation: int | None = None, **fields) -> str:
         """Set ``state`` and ``fields`` and delete ``clear`` fields of a video, atomically and
-        only while ``token`` holds ``lease_key``; returns whether it did."""
-        args: list = [token, video, state or "", time.time()]
+        only while ``token`` holds ``lease_key`` (``token`` "": no lease), ``generation`` (None:
+        any) is the video's current one and the video is not cancelled. Returns "ok", or why
+        nothing changed: "lease", "superseded" or "cancelled"."""
+        args: list = [token, video, state or "", time.time(),
+                      "" if generation is None else str(generation)]
         for name, value in fields.items():
             args += ["set", name, str(value)]
         for name in clear:
             args += ["del", name]
         keys = [f"{PREFIX}lease:{lease_key}", f"{PREFIX}seg:{segment}:state",
                 f"{PREFIX}video:{video}", f"{PREFIX}completions"]
-        return bool(self.r.eval(_UPDATE_IF_HOLDER, len(keys), *keys, *args))
+        return str(self.r.eval(_UPDATE_IF_CURRENT, len(keys), *keys, *args))
 
     def stranded_since(self, segment: int, stranded: set[str]) -> dict[str, float]:
         """When each of ``stranded`` (the segment's videos found with no message and no lease
@@ -162,6 +218,11 @@ class FarmState:
     def spec(self, segment: int, video: str) -> dict | None:
         blob = self.r.hget(f"{PREFIX}seg:{segment}:specs", video)
         return unpack_spec(blob) if blob else None
+
+    def unhealthy_workers(self) -> dict[str, dict]:
+        """node -> {reason, since} of every worker that stopped itself after failing video after
+        video (worker/blackhole.py) and was not restarted since."""
+        return {node: json.loads(raw) for node, raw in self.r.hgetall(UNHEALTHY).items()}
 
     def segments(self) -> list[int]:
         return sorted(int(s) for s in self.r.smembers(f"{PREFIX}segments"))

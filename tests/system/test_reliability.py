@@ -23,18 +23,21 @@ pytestmark = [pytest.mark.services, pytest.mark.render]
 
 def test_chaos_ci_sized(tmp_path):
     """kill -9 and a freeze past the lease mid-render, duplicate messages, cancel + re-enqueue,
-    HEAD 503s, a Redis restart, SIGTERM redeploys, an S3 outage, a full scratch disk: nothing
-    lost, doubled, mixed or stranded."""
+    HEAD 503s, a Redis restart, SIGTERM redeploys, an S3 outage, a full scratch disk, a
+    black-hole worker, a running video enqueued again with another seed: nothing lost, doubled,
+    mixed (a marker of another spec included) or stranded, and the black hole stopped."""
     report = run_chaos(videos=8, workers=2, kills=1, s3_outage_s=5, timeout_s=480,
                        folder=tmp_path, log=print)
     print(report.summary())
     for fault in ("worker_kill9", "worker_freeze", "cancel_reenqueue", "s3_head_503",
-                  "redis_restart", "sigterm_redeploy", "s3_outage"):
+                  "redis_restart", "sigterm_redeploy", "s3_outage", "black_hole_worker",
+                  "reenqueue_other_seed"):
         assert report.faults[fault] == 1, fault
     assert report.faults["duplicate_message"] >= 1
     assert report.lost == [] and report.duplicates == [] and report.concurrent == set()
     assert report.mixed == {} and report.stranded == []
     assert report.incomplete == {} and report.failed == {} and report.queue_left == 0
+    assert not report.black_hole_running
 
 
 def test_poison_video_fails_after_bounded_retries_and_the_worker_keeps_serving(farm, pack):

@@ -138,6 +138,159 @@ def test_deliver_fails_a_recipe_this_worker_regenerates_differently(direct, libr
     assert "differs" in direct.state.video(spec.id)["last_error"]
 
 
+
+def _whole_job(farm, spec, preset, generation_of=None):
+    """Register a whole (imported) spec and return its message, as the task would build it."""
+    from farm.io.layout import segment_base
+    from worker.delivery import Job
+
+    generation = farm.state.register(spec.segment, [spec])[spec.id]
+    return Job(video=spec.id, segment=spec.segment, base=segment_base(spec.segment),
+               preset=preset, spec=spec.to_dict(), generation=generation, max_retries=8)
+
+
+def _long_spec(library, preset, segment: int, index: int, seed: int, frames: int = 80):
+    """A spec of ``frames`` frames (seconds to render): time to act while it renders."""
+    from dataclasses import replace
+
+    from farm.generate.sampling import generate_spec
+
+    return replace(generate_spec(library, preset, segment, index, seed), frames=frames,
+                   source="imported", keep_gate_failures=True)
+
+
+def _deliver_in_thread(job, farm) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = deliver_now(job, farm)
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it raised
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def deliver_now(job, farm):
+    from worker.delivery import deliver
+
+    return deliver(job, farm)
+
+
+def _wait_frames(farm, video: str, n: int = 3, timeout: float = 60) -> None:
+    staging = farm.settings.scratch / f"{video}.staging"
+    deadline = time.monotonic() + timeout
+    while len(list(staging.glob(f"JPEGImages/{video}/*.jpg"))) < n:
+        assert time.monotonic() < deadline, f"{video} never rendered {n} frames"
+        time.sleep(0.05)
+
+
+def test_reenqueue_with_another_seed_during_a_render_is_fenced(direct, library, tiny):
+    """``enqueue --force`` of a running video with another seed: the running (older) generation
+    must not write its marker, and the new generation renders its own spec; the marker records
+    the generation and the digest of the spec the farm holds."""
+    from farm.io.layout import video_keys
+    from worker.delivery import LeaseLost, deliver
+
+    old = _long_spec(library, tiny, 4, 7, 2021)
+    new = _long_spec(library, tiny, 4, 7, 999)
+    assert old.id == new.id and old.digest() != new.digest()
+    first = _whole_job(direct, old, tiny)
+    thread, out = _deliver_in_thread(first, direct)
+    _wait_frames(direct, old.id)
+    second = _whole_job(direct, new, tiny)  # what enqueue --force registers
+    thread.join(timeout=120)
+    assert isinstance(out.get("error"), LeaseLost), out
+    assert out["error"].status == "superseded"
+    assert deliver(second, direct)["status"] == "done"  # not "already done"
+    from farm.io.storage import done_marker
+    from scheduler.finalize import check_videos
+
+    marker = done_marker(direct.storage, first.base, new.id)
+    assert marker["enqueued_digest"] == new.digest() and marker["generation"] == 2
+    assert direct.state.state(4, new.id) == "done"
+    assert direct.state.video(new.id)["uploads"] == "1"
+    expected = {new.id: new.digest()}
+    assert check_videos(direct.storage, first.base, {new.id}, expected) == {}
+    # finalize compares the marker with the spec the farm holds: a marker of another spec fails
+    body = json.loads(direct.storage.get_bytes(video_keys(first.base, new.id)["marker"]))
+    body["enqueued_digest"] = old.digest()
+    direct.storage.put_bytes(video_keys(first.base, new.id)["marker"], json.dumps(body).encode())
+    problems = check_videos(direct.storage, first.base, {new.id}, expected)
+    assert "the marker records spec" in problems[new.id], problems
+
+    # a finished video whose latest enqueue has another spec is not "already done": rendered anew
+    body["enqueued_digest"] = new.digest()
+    direct.storage.put_bytes(video_keys(first.base, new.id)["marker"], json.dumps(body).encode())
+    third = _whole_job(direct, old, tiny)
+    assert deliver(third, direct)["status"] == "done"
+    assert done_marker(direct.storage, first.base, old.id)["enqueued_digest"] == old.digest()
+    assert check_videos(direct.storage, first.base, {old.id}, {old.id: old.digest()}) == {}
+
+
+def test_cancel_is_sticky_through_a_transient_storage_error(direct, library, tiny, s3_service):
+    """Cancel while the video renders, then the storage fails: the delivery must not turn the
+    cancelled video into ``retrying`` (its retry would render it), and a redelivered copy of the
+    message is dropped as cancelled."""
+    from dataclasses import replace
+
+    import boto3
+
+    from farm.io.storage import S3Storage, StorageError
+    from scheduler.faults import HttpFaultProxy
+    from worker.delivery import LeaseLost, deliver
+
+    bucket = f"cancel-{time.time_ns()}"
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_service}", region_name="us-east-1",
+                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(
+        Bucket=bucket)
+    proxy = HttpFaultProxy(s3_service)
+    storage = S3Storage(bucket, endpoint_url=f"http://127.0.0.1:{proxy.port}",
+                        access_key="test", secret_key="test", connect_timeout=1, max_attempts=1)
+    farm = replace(direct, storage=storage)
+    spec = _long_spec(library, tiny, 4, 8, 2021)
+    job = _whole_job(farm, spec, tiny)
+    try:
+        thread, out = _deliver_in_thread(job, farm)
+        _wait_frames(farm, spec.id)
+        proxy.down = True  # the storage fails from here on: uploads raise StorageError
+        farm.state.set_state(4, spec.id, "cancelled")  # what `scheduler cancel --video` does
+        thread.join(timeout=120)
+    finally:
+        proxy.close()
+    error = out.get("error")
+    assert not isinstance(error, StorageError), "a cancelled video was set up for a retry"
+    assert isinstance(error, LeaseLost) and error.status == "cancelled", out
+    assert farm.state.state(4, spec.id) == "cancelled"
+    assert deliver(job, direct) == {"video": spec.id, "status": "cancelled"}  # the retry
+    assert not (direct.settings.scratch / f"{spec.id}.staging").exists()  # nothing to upload
+
+
+def test_a_spec_larger_than_the_whole_scratch_filesystem_fails_with_that_reason(direct, library,
+                                                                             tiny):
+    """A render larger than the scratch filesystem's total size can never fit: the video fails
+    with that reason instead of being handed back (which would stop every worker in turn). A
+    disk full only now is still a hand-back (tests/system/test_ops.py)."""
+    import shutil
+    from dataclasses import replace
+
+    from farm.io.outputs import estimate_space
+    from worker.delivery import deliver
+    from worker.process.runner import PermanentRenderError
+
+    direct.settings.scratch.mkdir(parents=True, exist_ok=True)
+    total = shutil.disk_usage(direct.settings.scratch).total
+    spec = _long_spec(library, tiny, 4, 9, 2021, frames=1000)
+    spec = replace(spec, resolution=(4096, 4096),
+                   render=replace(spec.render, outputs=("rgb", "masks", "depth", "flow", "normals")))
+    assert estimate_space(spec).scratch > total
+    with pytest.raises(PermanentRenderError, match="can never fit"):
+        deliver(_whole_job(direct, spec, tiny), direct)
+    assert direct.state.state(4, spec.id) == "failed"
+    assert "more than the whole scratch filesystem" in direct.state.video(spec.id)["last_error"]
+
 # --- the whole farm ------------------------------------------------------------------------------
 
 

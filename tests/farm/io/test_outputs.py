@@ -365,3 +365,35 @@ def test_upload_stream_marker_and_completeness_check(tmp_path):
     assert meta["outputs"] == ALL and meta["videos"][video]["outputs"] == ALL
     assert remove_frames(storage, "seg", video) == len(want) - 1
     assert not [k for k in storage.list("seg") if video + "/" in k]
+
+
+def test_space_estimate_from_a_specs_settings(library):
+    """The figures a 4096 x 4096 render reaches (far beyond a compose worker's 8 GiB scratch), and
+    the estimate grows with frames, resolution and outputs."""
+    movi = replace(generate_spec(library, load_preset("movi-like"), 0, 0, 2021),
+                   resolution=(4096, 4096))
+    objects = len(movi.objects)
+    per_pixel = 1.0 + 0.2 + 4.0 + 16.0 + 3.0 + 0.2 * objects
+    assert fo.estimate_space(movi).scratch >= 160 * 4096 * 4096 * per_pixel
+    assert fo.estimate_space(movi).scratch / 2**30 > 60
+    long = replace(generate_spec(library, load_preset("bl30k"), 0, 0, 2021), frames=500,
+                   resolution=(4096, 4096))
+    assert 9.3 < fo.estimate_space(long).scratch / 2**30 < 9.6
+    assert fo.estimate_space(long).output >= fo.estimate_space(long).scratch
+    short = replace(long, frames=250)
+    assert fo.estimate_space(short).scratch < fo.estimate_space(long).scratch
+
+
+@pytest.mark.render
+def test_space_estimate_bounds_a_real_render(library, tmp_path):
+    """A real render of every output stages no more than the estimate says."""
+    from worker.attempts import render_attempts
+
+    preset = load_preset("tiny-movi")
+    spec = generate_spec(library, preset, 0, 5, 2021)
+    outcome = render_attempts(spec, preset, library.models_root, library.textures_root,
+                              tmp_path / "scratch")
+    staged = sum(p.stat().st_size for p in outcome.staging.rglob("*") if p.is_file())
+    estimate = fo.estimate_space(outcome.spec)
+    assert 0 < staged <= estimate.scratch, (staged, estimate)
+    assert estimate.scratch < 20 * staged  # an upper bound, not a wild one
