@@ -84,7 +84,7 @@ class Stack:
             "FARM_TEXTURES_DIR": str(textures),
             "FARM_RENDERS_PER_GPU": "1",
             "FARM_WORKER_MEMORY": "6g",
-            "FARM_SCRATCH_SIZE": "1g",
+            "FARM_SCRATCH_SIZE_MB": "1024",
             "REDIS_PORT": str(self.ports["redis"]),
             "S3_PORT": str(self.ports["s3"]),
             "FLOWER_PORT": str(self.ports["flower"]),

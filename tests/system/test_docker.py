@@ -914,3 +914,14 @@ def test_hadolint(name):
     result = subprocess.run([binary, "--no-color", str(DOCKERFILES[name])], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"hadolint {name}:\n{result.stdout}{result.stderr}"
+
+
+def test_enqueue_knows_the_workers_scratch_size(cli):
+    """The scheduler refuses a video that cannot fit the workers' scratch: it is told the size of
+    the tmpfs compose gives them, from the one variable (FARM_SCRATCH_SIZE_MB)."""
+    for size in ("8192", "1536"):
+        services = render(cli, FARM_SCRATCH_SIZE_MB=size)["services"]
+        tmpfs = next(v for v in services["worker"]["volumes"] if v["type"] == "tmpfs")
+        assert int(tmpfs["tmpfs"]["size"]) == int(size) * 2**20
+        for name in ("scheduler", "worker"):
+            assert services[name]["environment"]["FARM_SCRATCH_SIZE_MB"] == size
