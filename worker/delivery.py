@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import redis
 
@@ -316,16 +317,12 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
     except (RenderCrash, *interrupts) as exc:
         if shutdown.requested():  # the render died of the shutdown (e.g. SIGTERM to the group)
             _hand_back(farm, video, update, f"worker stopping ({exc})")
-        crashes = state.incr(video, "crashes")
-        final = crashes >= settings.max_deliveries or job.retries >= job.max_retries
-        metrics.record_failure(state.r, exc, final, job.worker)
-        if final:
-            # The queue's retry publishes nothing past max_retries: the video must end here.
-            fail(f"render crashed {crashes} times (retries: {job.retries}): "
-                 f"{exc or type(exc).__name__}")
-            raise VideoFailed(str(exc), host_suspect=True, crashed=True) from None
-        update("retrying", ("running",), last_error=str(exc) or type(exc).__name__)
-        raise RetryLater(5 * crashes, exc) from None
+        _crashed(job, farm, exc, str(exc) or type(exc).__name__, update, fail)
+    except Exception as exc:  # noqa: BLE001 - an unforeseen error of this delivery or host
+        # Never left `running` until the reconciler notices: counted like a crash (retried
+        # later, failed at the limit) and towards this worker's failures in a row.
+        log.exception("%s: unexpected error", video)
+        _crashed(job, farm, exc, f"unexpected error: {type(exc).__name__}: {exc}", update, fail)
     state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1
     shutil.rmtree(outcome.staging, ignore_errors=True)
     timings = outcome.manifest["timings"]
@@ -337,6 +334,21 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
     return {"video": video, "status": "done", "frames": outcome.spec.frames,
             "device": outcome.manifest["device"], "render_s": timings["render_total_s"],
             "upload_s": upload["upload_s"]}
+
+
+def _crashed(job: Job, farm: Farm, exc: BaseException, reason: str, update: Callable,
+             fail: Callable) -> NoReturn:
+    """A render that crashed or a delivery that broke: retried after a pause, or failed once the
+    video crashed FARM_MAX_DELIVERIES times or used its retries."""
+    crashes = farm.state.incr(job.video, "crashes")
+    final = crashes >= farm.settings.max_deliveries or job.retries >= job.max_retries
+    metrics.record_failure(farm.state.r, exc, final, job.worker)
+    if final:
+        # The queue's retry publishes nothing past max_retries: the video must end here.
+        fail(f"render crashed {crashes} times (retries: {job.retries}): {reason}")
+        raise VideoFailed(reason, host_suspect=True, crashed=True) from None
+    update("retrying", ("running",), last_error=reason)
+    raise RetryLater(5 * crashes, exc) from None
 
 
 def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease

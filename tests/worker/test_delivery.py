@@ -124,6 +124,29 @@ def test_deliver_never_renders_blind_when_storage_is_unreachable(direct, library
     assert not any((direct.settings.scratch).glob("*.staging"))  # nothing rendered
 
 
+def test_an_unexpected_error_is_retried_or_failed_never_left_running(direct, library, tiny):
+    """A delivery that breaks in a way nobody foresaw (here: the scratch path is a file, as an
+    unwritable scratch was in a real container) hands the video to a retry at once, counted like
+    a crash, and fails it at the limit; it is never left `running` for the reconciler."""
+    from dataclasses import replace
+
+    from farm.generate.sampling import generate_spec
+    from worker.delivery import RetryLater, VideoFailed, deliver
+
+    direct.settings.scratch.parent.mkdir(parents=True, exist_ok=True)
+    direct.settings.scratch.write_text("not a folder")
+    spec = generate_spec(library, tiny, 4, 5, 2021)
+    with pytest.raises(RetryLater):
+        deliver(_job(direct, spec, tiny), direct)
+    info = direct.state.video(spec.id)
+    assert direct.state.state(4, spec.id) == "retrying" and "running" not in info
+    assert info["last_error"].startswith("unexpected error: FileExistsError")
+    with pytest.raises(VideoFailed):
+        deliver(replace(_job(direct, spec, tiny), retries=8), direct)
+    assert direct.state.state(4, spec.id) == "failed"
+    assert "unexpected error: FileExistsError" in direct.state.video(spec.id)["last_error"]
+
+
 def test_deliver_fails_a_recipe_this_worker_regenerates_differently(direct, library, tiny):
     from farm.generate.sampling import generate_spec
     from worker.delivery import deliver
