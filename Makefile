@@ -16,13 +16,15 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # From Debian's packages, only the missing ones: redis-server (tests, local farm), prometheus (the
-# dashboard test, local-up --monitoring) and chromium (the tests open the report in a browser).
+# dashboard test, local-up --monitoring), chromium (the tests open the report in a browser) and
+# faketime (a worker whose clock is wrong).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 		missing="$$missing chromium"; \
+	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
