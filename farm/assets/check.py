@@ -287,12 +287,16 @@ def write_denylist(problems: list[Problem], path: Path) -> None:
 
 
 def image_size_problem(path: Path) -> str | None:
-    """The pixel cap from the image's header alone (no decoding)."""
+    """The pixel cap from the image's header alone (no decoding). An image Pillow cannot read
+    (a format it lacks, such as OpenEXR, or a broken file) is left to Blender, which reads more
+    formats and says clearly what it cannot."""
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"unreadable image: {exc}"
+    except Image.DecompressionBombError as exc:
+        return f"image over the cap of {MAX_IMAGE_PIXELS} pixels ({exc})"
+    except (OSError, SyntaxError, ValueError):
+        return None
     if width * height > MAX_IMAGE_PIXELS:
         return f"image of {width}x{height} pixels, over the cap of {MAX_IMAGE_PIXELS} pixels"
     return None
