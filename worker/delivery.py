@@ -323,7 +323,7 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
         # later, failed at the limit) and towards this worker's failures in a row.
         log.exception("%s: unexpected error", video)
         _crashed(job, farm, exc, f"unexpected error: {type(exc).__name__}: {exc}", update, fail)
-    state.incr(video, "uploads")  # completed uploads (marker written): a chaos run expects 1
+    state.incr(video, "uploads")  # of this generation (marker written): a chaos run expects 1
     shutil.rmtree(outcome.staging, ignore_errors=True)
     timings = outcome.manifest["timings"]
     update("done", ("running",), frames=outcome.spec.frames, render_s=timings["render_total_s"],

@@ -6,7 +6,8 @@ Keys (all under ``farm:``):
 - ``seg:<S>:specs``: hash video -> zlib-compressed spec JSON (for retry and finalize);
 - ``presets``: hash preset id -> zlib-compressed preset JSON, as the scheduler resolved it;
 - ``video:<id>``: hash with generation (bumped per enqueue), preset (its id), lost_deliveries,
-  crashes, uploads, last_error, worker, device, timings;
+  crashes, uploads (completed uploads of the current generation), last_error, worker, device,
+  timings;
 - ``completions``: sorted set video -> finish time (rates over a window);
 - ``seg:<S>:stranded``: hash video -> when it was first found pending with no message and no
   lease (``scheduler status`` flags, the reconciler re-sends);
@@ -80,7 +81,7 @@ while i <= #ARGV do
   redis.call('hset', KEYS[4], video, ARGV[i + 1])
   if ARGV[i + 2] ~= '' then redis.call('hset', KEYS[5], ARGV[i + 2], ARGV[i + 3]) end
   redis.call('hset', key, 'segment', ARGV[1], 'queued_at', ARGV[3], 'preset', ARGV[i + 2])
-  redis.call('hdel', key, 'last_error')
+  redis.call('hdel', key, 'last_error', 'uploads')  -- uploads count per generation
   out[#out + 1] = generation
   i = i + 4
 end

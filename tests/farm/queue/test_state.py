@@ -47,3 +47,22 @@ def test_register_is_one_atomic_step_per_video(redis_service, library, tiny):
             assert got[last][spec.id] == states[0].generation(spec.id)
             mixed += states[0].spec(3, spec.id)["seed"] != batches[last][i].seed
     assert mixed == 0, f"{mixed} videos hold a superseded generation's spec"
+
+
+def test_uploads_count_the_current_generation(redis_service, library, tiny):
+    """A new generation (re-enqueue, finalize --requeue) starts its upload count afresh, so a
+    repaired or re-seeded video is not taken for a duplicate; within one generation it counts."""
+    from farm.generate.sampling import generate_spec
+    from farm.queue.state import FarmState, connect
+
+    port, password = redis_service
+    state = FarmState(connect(f"redis://:{password}@127.0.0.1:{port}/7"))
+    state.r.flushdb()
+    spec = generate_spec(library, tiny, 3, 0, 2021)
+    state.register(3, [spec])
+    state.incr(spec.id, "uploads")
+    state.incr(spec.id, "uploads")
+    assert state.video(spec.id)["uploads"] == "2"
+    state.register(3, [spec])
+    assert "uploads" not in state.video(spec.id)
+    assert state.generation(spec.id) == 2
