@@ -47,9 +47,10 @@ def test_poison_video_fails_after_bounded_retries_and_the_worker_keeps_serving(f
     tiny = load_preset("tiny")
     poison = generate_spec(lib, tiny, 5, 0, 2021)
     bomb = pack.textures / "texture" / "wood" / "bomb.png"
-    # Within the pixel cap checked before a render (farm.assets.check.MAX_IMAGE_PIXELS), and
-    # over the memory cap below: measured here, a tiny video peaks at ~290 MB, with it ~590 MB.
-    Image.new("RGB", (8000, 8000), (128, 96, 64)).save(bomb)
+    # Within the pixel cap checked before a render (farm.assets.check.MAX_IMAGE_PIXELS), far over
+    # the memory cap below: a 16-bit PNG, which Blender holds as floats. Measured here: a tiny
+    # video peaks at 290-450 MB, one with this texture at ~1320 MB.
+    Image.new("I;16", (8000, 8000), 30000).save(bomb)
     try:
         poison = replace(poison, objects=[replace(poison.objects[0], texture=str(
             bomb.relative_to(pack.textures))), *poison.objects[1:]])
@@ -58,7 +59,7 @@ def test_poison_video_fails_after_bounded_retries_and_the_worker_keeps_serving(f
         (spec_dir / "poison.yaml").write_text(poison.to_yaml())
         healthy = generate_spec(lib, tiny, 5, 1, 2021)
         (spec_dir / "healthy.yaml").write_text(healthy.to_yaml())
-        farm.start_worker("w1", FARM_RENDER_MAX_RSS_MB="450", FARM_MAX_DELIVERIES="2")
+        farm.start_worker("w1", FARM_RENDER_MAX_RSS_MB="800", FARM_MAX_DELIVERIES="2")
         farm.cli("enqueue", "--specs", str(spec_dir / "poison.yaml"), str(spec_dir / "healthy.yaml"))
         farm.wait_for(5, done=1, failed=1, timeout=240)
     finally:
@@ -66,7 +67,7 @@ def test_poison_video_fails_after_bounded_retries_and_the_worker_keeps_serving(f
     failed = json.loads(farm.cli("failed", "--json").stdout)
     assert [f["video"] for f in failed] == [poison.id]
     assert failed[0]["crashes"] == 2
-    assert "over the 450 MB limit" in failed[0]["error"]
+    assert "over the 800 MB limit" in failed[0]["error"]
     assert poison.objects[0].model in failed[0]["error"]  # the models are named
     assert farm.status(5)["queued"] == 0
 
