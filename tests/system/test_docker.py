@@ -388,7 +388,7 @@ def test_each_service_mounts_only_the_secrets_it_uses(services):
     assert mounted["s3"] == s3_admin | s3_farm
     assert mounted["redis"] == {"redis_password"}
     assert mounted["exporter"] == {"redis_password"}
-    assert mounted["reconciler"] == {"redis_password"}
+    assert mounted["reconciler"] == {"redis_password"} | s3_farm  # records its re-sends
     assert mounted["flower"] == {"redis_password", "flower_basic_auth"}
     assert mounted["prometheus"] == {"flower_basic_auth"}
     assert mounted["grafana"] == {"grafana_admin_password"}
@@ -397,10 +397,10 @@ def test_each_service_mounts_only_the_secrets_it_uses(services):
 
 
 def test_only_the_farm_identity_reaches_workers_and_scheduler(services):
-    for name in ("worker", "scheduler"):
+    for name in ("worker", "scheduler", "reconciler"):
         env = services[name]["environment"]
         assert env["AWS_ACCESS_KEY_ID_FILE"] == mounted_secrets(services[name])["s3_farm_access_key"]
-    for name in ("flower", "exporter", "reconciler"):
+    for name in ("flower", "exporter"):
         assert not any(k.startswith(("AWS_ACCESS", "AWS_SECRET")) for k in services[name]["environment"])
     init = services["storage-init"]["environment"]
     assert init["AWS_ACCESS_KEY_ID_FILE"] == mounted_secrets(services["storage-init"])["s3_admin_access_key"]
