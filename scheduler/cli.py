@@ -18,12 +18,13 @@ from kombu.exceptions import OperationalError
 from tqdm import tqdm
 
 from farm.assets.library import AssetError, read_denylist
-from farm.io.layout import META
-from farm.io.storage import StorageError, join
+from farm.cli import split_options, split_opts
+from farm.io.storage import StorageError
 from farm.model.presets import load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec, load_spec
 from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
+from farm.view.card import describe_dataset, write_dataset
 from scheduler.context import Context
 from scheduler.enqueued import read_record
 from scheduler.finalize import (
@@ -31,7 +32,7 @@ from scheduler.finalize import (
     held_digests,
     prune,
     requeue_broken,
-    segment_meta,
+    segment_manifests,
 )
 from scheduler.progress import segment_status
 from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
@@ -284,15 +285,16 @@ def cmd_finalize(ctx: Context, args: argparse.Namespace) -> int:
     if (missing or problems) and not args.force:
         return 1
     videos = sorted(done - set(problems))
-    meta, shipped = segment_meta(storage, base, videos)
+    manifests, kept, shipped = segment_manifests(storage, base, videos)
     for video, reason in sorted(shipped.items()):
         print(f"{video}: delivered although its masks failed the quality gate ({reason}), "
               "without --keep-gate-failures")
     if shipped and not args.force:
         return 1
-    storage.put_bytes(join(base, META), json.dumps(meta).encode())
+    files, _ = write_dataset(storage, base, manifests, split_options(args),
+                             f"segment {args.segment}", {"gate_failures_kept": kept})
     print(f"segment {args.segment}: {len(videos)} videos complete, every frame verified; wrote "
-          f"{join(base, META)} in {storage.describe()}")
+          f"{describe_dataset(files)} in {storage.describe()}/{base}")
     return 0
 
 
@@ -382,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="re-enqueue videos whose frames do not match their completion marker")
     fin.add_argument("--prune", action="store_true",
                      help="first remove the frames of failed and cancelled videos")
+    split_opts(fin)
     fin.set_defaults(func=cmd_finalize)
 
     rep = sub.add_parser("report", help="one self-contained HTML page on a segment (+ --json)")

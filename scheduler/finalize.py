@@ -1,54 +1,32 @@
 """Finishing a segment: check every finished video against its completion marker (names and
-MD5s of every file), re-send broken ones, prune failed videos' frames, and the YouTube-VOS
-``meta.json``."""
+MD5s of every file), re-send broken ones, prune failed videos' frames; the index files
+(``meta.json``, splits) and the dataset card are farm.view.card's."""
 
 from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
-from farm.io.layout import FOLDERS, frame_name, video_keys
+from farm.io.dataset import read_manifests
+from farm.io.layout import FOLDERS, video_keys
 from farm.io.storage import Storage, remove_frames, verify_video
-from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS, VideoSpec
+from farm.model.spec import VideoSpec
 from scheduler.context import Context
 from scheduler.publish import held_presets, send
 
 
-def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
-    """YouTube-VOS ``meta.json``: per video, per object id its category and visible frames, and
-    the outputs it has; ``outputs``: those of the whole segment (the union)."""
-    videos, every = {}, set()
-    for video, m in sorted(manifests.items()):
-        objects = {}
-        for obj in m["objects"]:
-            frames = [frame_name(f["frame"]) for f in m["frames"]
-                      if f["objects"][obj["id"] - 1]["pixels"] > 0]
-            objects[str(obj["id"])] = {"category": obj["category"], "synset": obj["synset"],
-                                       "model": obj["model"], "frames": frames}
-        outputs = list(m.get("outputs") or m.get("render_settings", {}).get("outputs")
-                       or DEFAULT_OUTPUTS)
-        every.update(outputs)
-        videos[video] = {"objects": objects, "outputs": outputs}
-    return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
-
-
-def segment_meta(storage: Storage, base: str, videos: list[str]) -> tuple[dict, dict[str, str]]:
-    """``meta.json`` of the finished ``videos`` (from their manifests), and the videos delivered
-    although their masks failed the quality gate without ``--keep-gate-failures`` (video ->
-    reason), which it leaves out. Videos kept on purpose are listed in ``gate_failures_kept``."""
-
-    def manifest(video: str) -> tuple[str, dict]:
-        return video, json.loads(storage.get_bytes(video_keys(base, video)["manifest"]))
-
-    with ThreadPoolExecutor(16) as pool:
-        manifests = dict(pool.map(manifest, videos))
+def segment_manifests(storage: Storage, base: str, videos: list[str]
+                      ) -> tuple[dict[str, dict], list[str], dict[str, str]]:
+    """The manifests of the finished ``videos`` that go into the dataset's index files, the
+    videos kept on purpose although their masks failed the quality gate
+    (``--keep-gate-failures``), and those delivered failing it without that flag (video ->
+    reason), which are left out."""
+    manifests = read_manifests(storage, base, videos)
     failed_gate = {v: m for v, m in manifests.items() if m.get("gate", {}).get("passed") is False}
     shipped = {v: str(m["gate"].get("reason")) for v, m in failed_gate.items()
                if not m.get("keep_gate_failures")}
-    meta = youtube_vos_meta({v: m for v, m in manifests.items() if v not in shipped})
-    meta["gate_failures_kept"] = sorted(set(failed_gate) - set(shipped))
-    return meta, shipped
+    kept = sorted(set(failed_gate) - set(shipped))
+    return {v: m for v, m in manifests.items() if v not in shipped}, kept, shipped
 
 
 def check_videos(storage, base: str, videos: set[str],

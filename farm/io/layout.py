@@ -8,7 +8,11 @@ YouTube-VOS layout and the farm's bookkeeping:
     specs/<video>.yaml                    the spec the video was rendered from
     manifests/<video>.json                the render's manifest (timings, device, objects)
     done/<video>.json                     completion marker: written last, lists every file
-    meta.json                             the segment's summary (``scheduler finalize``)
+    meta.json                             the segment's summary (YouTube-VOS style, splits)
+    ImageSets/<year>/train.txt, val.txt   the split (DAVIS style)
+    empty_masks.json                      per video the frames whose mask holds no object
+    AnnotationsFirstAppearance/<video>/   optional: each object only where it first appears
+    dataset.json, DATASET.md              the dataset card (counts, seeds, figures, checksums)
 
 Beside the segments, ``enqueued/<segment>/<time>-<id>.json`` is the scheduler's record of each
 enqueue: per video its generation and spec digest (what ``finalize`` expects, whatever Redis
@@ -27,6 +31,8 @@ FOLDERS = {"rgb": "JPEGImages", "masks": "Annotations", "depth": "Depth", "flow"
 IMAGES, MASKS = FOLDERS["rgb"], FOLDERS["masks"]
 SPECS, MANIFESTS, MARKERS, ENQUEUED = "specs", "manifests", "done", "enqueued"
 META = "meta.json"
+IMAGE_SETS, EMPTY_MASKS, FIRST_APPEARANCE = "ImageSets", "empty_masks.json", "AnnotationsFirstAppearance"
+CARD, CARD_PAGE = "dataset.json", "DATASET.md"
 STAGING_SUFFIX = ".staging"
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -26,11 +28,18 @@ def davis_palette() -> list[int]:
 PALETTE = davis_palette()
 
 
-def save_mask(ids: np.ndarray, path: Path) -> None:
+def save_mask(ids: np.ndarray, path: Path | BinaryIO) -> None:
     """Write an 8-bit palette ("P" mode) PNG: 0 = background, 1..K = objects."""
     img = Image.fromarray(ids.astype(np.uint8), mode="P")
     img.putpalette(PALETTE)
-    img.save(path, optimize=False, compress_level=6)
+    img.save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def encode_mask(ids: np.ndarray) -> bytes:
+    """``save_mask``'s PNG as bytes."""
+    buf = io.BytesIO()
+    save_mask(ids, buf)
+    return buf.getvalue()
 
 
 def object_stats(ids: np.ndarray, num_objects: int) -> list[dict]:

@@ -338,7 +338,8 @@ def test_upload_stream_marker_and_completeness_check(tmp_path):
     """Every output folder goes up (streamed per frame, the rest at the end), the marker lists what
     each folder must hold, the completeness check notices a missing file, and a failed video's
     extra outputs are removed with its frames."""
-    from scheduler.finalize import check_videos, youtube_vos_meta
+    from farm.io.dataset import youtube_vos_meta
+    from scheduler.finalize import check_videos
 
     settings = load_preset("tiny-movi").render
     staging = tmp_path / "staging"
