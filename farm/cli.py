@@ -1,4 +1,5 @@
-"""``python -m farm``: assets, specs, motion statistics, original-config import and previews.
+"""``python -m farm``: assets, specs, motion statistics, original-config import, previews, and
+finished datasets: index files, shards (pack/unpack), verification and tool views.
 
 Rendering is the worker's: ``python -m worker render`` / ``python -m worker demo``.
 """
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from farm.assets.library import AssetError, AssetLibrary, read_denylist
 from farm.assets.roots import asset_roots, library_at
 from farm.io.dataset import SplitOptions, parse_val
-from farm.io.storage import StorageError
+from farm.io.storage import Storage, StorageError, open_location
 from farm.model.presets import load_preset
 from farm.model.spec import SpecError, save_spec
 from farm.settings import ConfigError, integer, markdown_table
@@ -128,6 +129,104 @@ def cmd_import_original(args: argparse.Namespace) -> int:
         save_spec(spec, out / f"{spec.id}.yaml")
     print(f"imported {len(files) - errors} of {len(files)} configs into {out}")
     return 1 if errors else 0
+
+
+def index_location(storage: Storage, name: str, options: SplitOptions) -> str:
+    """Write the index files and the card of every finished video at a location (folder or
+    bucket prefix); returns what was written, in words."""
+    from farm.io.dataset import finished_videos, read_manifests
+    from farm.view.card import describe_dataset, write_dataset
+
+    videos = finished_videos(storage, "")
+    if not videos:
+        raise StorageError(f"no finished videos (done/ markers) in {storage.describe()}")
+    files, _ = write_dataset(storage, "", read_manifests(storage, "", videos), options, name)
+    return describe_dataset(files)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    storage = open_location(args.location)
+    name = args.name or args.location.rstrip("/").rsplit("/", 1)[-1]
+    print(f"wrote {index_location(storage, name, split_options(args))}")
+    return 0
+
+
+def parse_size(text: str) -> int:
+    """``1GB``, ``500MB``, ``64KiB``, ``1e9`` -> bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30}
+    number = text.strip().upper().rstrip("BIGKM") or "x"
+    unit = text.strip().upper()[len(number):]
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size such as 1GB, 500MB or 4096") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a shard holds at least one byte")
+    return int(value)
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from farm.io.dataset import finished_videos
+    from farm.io.shards import pack
+
+    src = open_location(args.source)
+    with tqdm(total=len(finished_videos(src, "")), unit="video", disable=args.quiet) as bar:
+        result = pack(src, "", open_location(args.dest), "", args.shard_size, args.threads,
+                      bar.update)
+    index = result.index
+    total = sum(s["bytes"] for s in index["shards"])
+    print(f"packed {index['videos']} videos into {len(index['shards'])} shards ({total / 1e6:.1f} MB) "
+          f"and {len(index['files'])} segment files at {args.dest} in {result.seconds:.1f} s "
+          f"({result.puts} PUTs); index.json SHA-256 {result.index_sha256}")
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from farm.io.shards import unpack
+
+    result = unpack(open_location(args.source), "", open_location(args.dest), "", args.threads)
+    print(f"unpacked {result.videos} videos ({result.files} files, {result.nbytes / 1e6:.1f} MB) "
+          f"into {args.dest} in {result.seconds:.1f} s; every checksum matched")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from farm.io.layout import CARD
+    from farm.io.shards import INDEX, verify_pack
+    from farm.view.card import verify_folder
+
+    storage = open_location(args.location)
+    if storage.exists(INDEX):
+        index, problems = verify_pack(storage)
+        card = storage.get_bytes(CARD)
+        if card and json.loads(card)["content_sha256"] != index["content_sha256"]:
+            problems.append("the shards' content digest is not the dataset card's")
+        what = f"pack of {index['videos']} videos in {len(index['shards'])} shards"
+    else:
+        card, problems = verify_folder(storage)
+        what = f"{'' if card else 'no dataset card; '}dataset folder"
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{args.location}: {len(problems)} problems")
+        return 1
+    print(f"{args.location}: {what}, every file verified")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from farm.io.views import davis_view, youtube_vos_view
+
+    make = davis_view if args.kind == "davis" else youtube_vos_view
+    result = make(Path(args.folder), Path(args.out))
+    for video, why in sorted(result.left_out.items()):
+        print(f"{video}: left out: {why}")
+    print(f"wrote the {args.kind} view of {args.folder} at {args.out}: "
+          + ", ".join(f"{split} {len(v)}" for split, v in result.videos.items()))
+    return 0
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -255,6 +354,38 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--keep-gate-failures", action="store_true",
                      help="deliver these videos even if their masks fail the quality gate")
     imp.set_defaults(func=cmd_import_original)
+
+    index = sub.add_parser("index", help="meta.json, splits, empty-mask list and the dataset card "
+                           "of a folder or bucket prefix of finished videos")
+    index.add_argument("location", help="output folder or s3://bucket/prefix/segment")
+    index.add_argument("--name", help="the dataset's name on its card (default: the folder's)")
+    split_opts(index)
+    index.set_defaults(func=cmd_index)
+
+    pk = sub.add_parser("pack", help="a finished dataset as WebDataset shards + index")
+    pk.add_argument("source", help="dataset folder or s3://bucket/prefix/segment")
+    pk.add_argument("dest", help="folder or s3://bucket/prefix for the shards and index")
+    pk.add_argument("--shard-size", type=parse_size, default="1GB",
+                    help="shards close before passing this size (default 1GB; a video is never split)")
+    pk.add_argument("--threads", type=int, default=8, help="parallel reads")
+    pk.set_defaults(func=cmd_pack)
+
+    up = sub.add_parser("unpack", help="restore the folder layout of a pack, byte for byte")
+    up.add_argument("source", help="the pack: folder or s3://bucket/prefix holding index.json")
+    up.add_argument("dest", help="folder or s3://bucket/prefix")
+    up.add_argument("--threads", type=int, default=16, help="parallel writes")
+    up.set_defaults(func=cmd_unpack)
+
+    ver = sub.add_parser("verify", help="check a dataset (folder, bucket prefix or pack) against "
+                         "its markers, card and index")
+    ver.add_argument("location")
+    ver.set_defaults(func=cmd_verify)
+
+    view = sub.add_parser("view", help="a folder of links laid out as a tool expects")
+    view.add_argument("kind", choices=("davis", "youtube-vos"))
+    view.add_argument("folder", help="a local dataset folder (with meta.json)")
+    view.add_argument("--out", required=True)
+    view.set_defaults(func=cmd_view)
 
     sub.add_parser("settings", help="every FARM_* variable: default and meaning (markdown)"
                    ).set_defaults(func=cmd_settings)

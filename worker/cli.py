@@ -18,15 +18,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 from farm.assets.library import AssetLibrary
-from farm.cli import assets_opts, open_library, parser, run, split_options, split_opts
+from farm.cli import (
+    assets_opts,
+    index_location,
+    open_library,
+    parser,
+    run,
+    split_options,
+    split_opts,
+)
 from farm.generate.sampling import generate_spec
-from farm.io.dataset import finished_videos, read_manifests
 from farm.io.layout import IMAGES, MASKS
 from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
 from farm.model.spec import VideoSpec, load_spec
 from farm.settings import integer
-from farm.view.card import describe_dataset, write_dataset
 from farm.view.preview import open_source, write_preview
 from worker.attempts import GateFailed, render_attempts
 from worker.process.pool import RenderPool, render_design, renders_per_device
@@ -84,15 +90,6 @@ def write_videos(specs: list[VideoSpec], library: AssetLibrary, out: Path, quiet
     return manifests, failed
 
 
-def finish_folder(out: Path, args: argparse.Namespace) -> str:
-    """The index files and the card of every finished video in a local output folder (earlier
-    runs' included)."""
-    storage = LocalStorage(out)
-    manifests = read_manifests(storage, "", finished_videos(storage, ""))
-    files, _ = write_dataset(storage, "", manifests, split_options(args), out.name)
-    return describe_dataset(files)
-
-
 def _summary(manifests: list[dict]) -> str:
     frames = sum(m["num_frames"] for m in manifests)
     render = sum(m["timings"]["render_total_s"] for m in manifests)
@@ -120,7 +117,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         specs = [replace(s, keep_gate_failures=True) for s in specs]
     manifests, failed = write_videos(specs, open_library(args), Path(args.out), args.quiet)
     print(f"rendered {_summary(manifests)} into {args.out}")
-    print(f"wrote {finish_folder(Path(args.out), args)}")
+    print(f"wrote {index_location(LocalStorage(args.out), Path(args.out).name, split_options(args))}")
     return _report_gate_failures(failed)
 
 
@@ -134,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{preset.resolution[1]}, {preset.frames} frames, {preset.render.samples} samples)...")
     manifests, failed = write_videos(specs, lib, out, args.quiet)
     print(f"done: {_summary(manifests)}")
-    print(f"wrote {finish_folder(out, args)}")
+    print(f"wrote {index_location(LocalStorage(out), out.name, split_options(args))}")
     print(f"output: {out}/{IMAGES}/<video>/*.jpg and {out}/{MASKS}/<video>/*.png "
           f"(videos: {', '.join(m['video'] for m in manifests)})")
     src = open_source(str(out))

@@ -118,6 +118,12 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
     return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
 
 
+def content_digest(markers: dict[str, bytes]) -> str:
+    """SHA-256 over ``<video> <SHA-256 of its marker>`` lines, in name order."""
+    lines = "".join(f"{v} {hashlib.sha256(body).hexdigest()}\n" for v, body in sorted(markers.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def finished_videos(storage: Storage, base: str) -> list[str]:
     """The videos with a completion marker under ``base``."""
     return sorted(v for v in map(marker_video, storage.list(join(base, MARKERS) + "/")) if v)

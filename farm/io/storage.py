@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from farm.io.layout import FOLDERS, IMAGES, MASKS, frame_name, frame_names, join, video_keys
@@ -37,6 +37,7 @@ class Storage(Protocol):
     def put_file(self, key: str, path: Path) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes | None: ...
+    def open_stream(self, key: str) -> BinaryIO: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def checksums(self, prefix: str) -> dict[str, str]: ...
@@ -82,6 +83,13 @@ class LocalStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def open_stream(self, key: str) -> BinaryIO:
+        """A key's content to read in pieces (a shard)."""
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror or exc}") from None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -167,6 +175,13 @@ class S3Storage:
             return obj["Body"].read()
         except FileNotFoundError:
             return None
+
+    def open_stream(self, key: str) -> BinaryIO:
+        try:
+            return self._call(f"get {key}", self.client.get_object, Bucket=self.bucket,
+                              Key=self._key(key))["Body"]
+        except FileNotFoundError:
+            raise StorageError(f"s3://{self.bucket}/{self._key(key)} does not exist") from None
 
     def exists(self, key: str) -> bool:
         try:
@@ -426,3 +441,15 @@ def open_storage(settings: Settings) -> Storage:
     if url.startswith("file://"):
         url = urlsplit(url).path
     return LocalStorage(url)
+
+
+def open_location(location: str) -> Storage:
+    """A dataset's location: a local folder, or ``s3://bucket/prefix`` with the farm's S3
+    settings (FARM_S3_ENDPOINT, AWS_*)."""
+    if location.startswith("s3://"):
+        from dataclasses import replace
+
+        from farm.settings import load_settings
+
+        return open_storage(replace(load_settings(), storage_url=location))
+    return LocalStorage(Path(location.removeprefix("file://")))

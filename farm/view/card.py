@@ -19,19 +19,19 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from farm.io.dataset import DatasetFiles, SplitOptions, write_dataset_files
-from farm.io.layout import CARD, CARD_PAGE, join, video_keys
-from farm.io.storage import Storage
+from farm.io.dataset import (
+    DatasetFiles,
+    SplitOptions,
+    content_digest,
+    finished_videos,
+    write_dataset_files,
+)
+from farm.io.layout import CARD, CARD_PAGE, META, join, video_keys
+from farm.io.storage import Storage, StorageError, verify_video
 from farm.model.spec import SpecError, VideoSpec, parse_spec_text
 from farm.view.figures import dataset_figures, summary, video_figures
 
 FORMAT = "bl30k-dataset-card"
-
-
-def content_digest(markers: dict[str, bytes]) -> str:
-    """SHA-256 over ``<video> <SHA-256 of its marker>`` lines, in name order."""
-    lines = "".join(f"{v} {hashlib.sha256(body).hexdigest()}\n" for v, body in sorted(markers.items()))
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def read_markers(storage: Storage, base: str, videos: list[str]) -> dict[str, bytes]:
@@ -167,3 +167,40 @@ def describe_dataset(files: DatasetFiles) -> str:
         text += (f"; {len(files.first_frame_incomplete)} videos do not show every object in frame 0"
                  " (DAVIS views leave them out)")
     return text
+
+
+def verify_folder(storage: Storage, base: str = "") -> tuple[dict | None, list[str]]:
+    """Problems of a dataset in folders (local or a bucket prefix): every finished video's files
+    against its completion marker, the card's content digest and index-file checksums, and
+    every video of meta.json finished. Returns the card (None without one) and the problems."""
+    videos = finished_videos(storage, base)
+    if not videos:
+        raise StorageError(f"no finished videos (done/ markers) in {storage.describe()}"
+                           f"{'/' + base if base else ''}")
+    checksums = storage.checksums(base)
+    markers = read_markers(storage, base, videos)
+    problems = [f"{v}: {p}" for v in videos
+                if (p := verify_video(json.loads(markers[v] or b"{}"), checksums, base, v))]
+    meta = storage.get_bytes(join(base, META))
+    if meta is not None:
+        problems += [f"{v}: in meta.json but not finished" for v in json.loads(meta)["videos"]
+                     if v not in markers]
+    raw = storage.get_bytes(join(base, CARD))
+    card = json.loads(raw) if raw else None
+    if card is not None:
+        problems += card_problems(card, markers, lambda rel: storage.get_bytes(join(base, rel)))
+    return card, problems
+
+
+def card_problems(card: dict, markers: dict[str, bytes], read) -> list[str]:
+    """Where a copy differs from its card: the content digest over the markers, and each index
+    file's SHA-256 (``read(rel)`` gives a file's bytes or None)."""
+    problems = []
+    if content_digest(markers) != card["content_sha256"]:
+        problems.append(f"the videos are not the card's: content digest {content_digest(markers)[:12]}, "
+                        f"the card says {card['content_sha256'][:12]}")
+    for rel, sha in card["files"].items():
+        body = read(rel)
+        if body is None or hashlib.sha256(body).hexdigest() != sha:
+            problems.append(f"{rel}: {'missing' if body is None else 'not the file the card records'}")
+    return problems

@@ -19,7 +19,7 @@ import io
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from farm.io.layout import IMAGES, MARKERS, MASKS, join, marker_video, video_keys
 from farm.io.masks import PALETTE
-from farm.io.storage import LocalStorage, Storage, StorageError, open_storage
+from farm.io.storage import LocalStorage, Storage, StorageError, open_location
 
 SHEET_CHUNK = "bl30k-preview"
 MIN_PANEL_W, MAX_PANEL_W = 192, 384  # panels are scaled into this width range
@@ -61,15 +61,10 @@ class Source:
 
 def open_source(location: str) -> Source:
     """A local output folder, or ``s3://bucket/prefix/segment`` with the farm's S3 settings."""
-    if location.startswith("s3://"):
-        from farm.settings import load_settings
-
-        storage = open_storage(replace(load_settings(), storage_url=location))
-        return Source(storage, "", location)
-    path = Path(location.removeprefix("file://"))
-    if not path.is_dir():
-        raise StorageError(f"{path}: no such folder (give an output folder or s3://bucket/prefix)")
-    return Source(LocalStorage(path), "", str(path))
+    storage = open_location(location)
+    if isinstance(storage, LocalStorage) and not storage.root.is_dir():
+        raise StorageError(f"{storage.root}: no such folder (give an output folder or s3://bucket/prefix)")
+    return Source(storage, "", location if location.startswith("s3://") else str(storage.root))
 
 
 def list_videos(src: Source) -> list[str]:
