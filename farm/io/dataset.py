@@ -3,9 +3,8 @@
 - ``meta.json``: YouTube-VOS style (per video, per object id its category and visible frames),
   plus each video's split, the frames where no object is visible, and the ids missing at frame 0;
 - ``ImageSets/<year>/train.txt`` and ``val.txt``: DAVIS style split lists (one video a line), a
-  seeded, stable split: videos are ranked by a hash of (seed, name), the first ones are ``val``,
-  so growing a segment keeps every earlier video in its split (with a count) or moves videos only
-  from train to val (with a fraction);
+  seeded split from a hash of (seed, name): with a fraction, each video's split is fixed however
+  the segment grows; with a count, exactly that many validation videos;
 - ``empty_masks.json``: per video the frames whose mask holds no object (for loaders that skip or
   weight them, e.g. Cutie's empty-mask handling);
 - optionally ``AnnotationsFirstAppearance/<video>/`` for the validation split: each object only in
@@ -66,11 +65,21 @@ def parse_val(text: str) -> float:
     return value
 
 
+def _draw(seed: int, video: str) -> float:
+    """A video's fixed draw in [0, 1) for a seed."""
+    return int(hashlib.sha256(f"{seed}:{video}".encode()).hexdigest()[:15], 16) / 16**15
+
+
 def split_videos(videos: list[str], val: float, seed: int) -> dict[str, list[str]]:
-    """``{"train": [...], "val": [...]}``, each sorted; deterministic in (videos, val, seed)."""
-    count = min(len(videos), round(val * len(videos)) if val < 1 else int(val))
-    ranked = sorted(videos, key=lambda v: hashlib.sha256(f"{seed}:{v}".encode()).hexdigest())
-    chosen = set(ranked[:count])
+    """``{"train": [...], "val": [...]}``, each sorted; deterministic in (videos, val, seed).
+
+    With a fraction each video's split is its own draw (``val`` iff its draw < the fraction), so
+    it never changes as the segment grows (the split's size is the fraction on average); with a
+    count, the videos of the lowest draws (exactly that many)."""
+    if val < 1:
+        chosen = {v for v in videos if _draw(seed, v) < val}
+    else:
+        chosen = set(sorted(videos, key=lambda v: _draw(seed, v))[:int(val)])
     return {"train": sorted(set(videos) - chosen), "val": sorted(chosen)}
 
 
