@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -81,6 +83,25 @@ def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
         assert set(meta["videos"]) == {"a00000", "a00001", "a00002"}
         obj = meta["videos"]["a00000"]["objects"]["1"]
         assert obj["category"] and obj["frames"][0] == "00000"
+        keys = farm.keys("bl30k/0/")
+        assert {"bl30k/0/ImageSets/2017/train.txt", "bl30k/0/ImageSets/2017/val.txt",
+                "bl30k/0/dataset.json", "bl30k/0/DATASET.md", "bl30k/0/empty_masks.json"} <= set(keys)
+
+        # the segment as shards in the bucket, back into a folder: the bucket's files, byte for byte
+        segment, packed = f"s3://{farm.bucket}/bl30k/0", f"s3://{farm.bucket}/packs/0"
+        for args in (("pack", segment, packed), ("verify", packed), ("verify", segment),
+                     ("unpack", packed, str(tmp_path / "unpacked"))):
+            proc = subprocess.run([sys.executable, "-m", "farm", "-q", *args], env=farm.env,
+                                  capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+        assert set(farm.keys("packs/0/")) >= {"packs/0/index.json", "packs/0/index.sha256",
+                                                     "packs/0/shards/shard-000000.tar"}
+        unpacked = sorted(str(p.relative_to(tmp_path / "unpacked"))
+                          for p in (tmp_path / "unpacked").rglob("*") if p.is_file())
+        assert unpacked == [k.removeprefix("bl30k/0/") for k in keys]
+        for key in keys:
+            body = farm.s3.get_object(Bucket=farm.bucket, Key=key)["Body"].read()
+            assert (tmp_path / "unpacked" / key.removeprefix("bl30k/0/")).read_bytes() == body, key
 
         # Flower: auth required; its API lists our tasks by video; Prometheus metrics too
         api, auth = f"http://127.0.0.1:{flower_port}/api/tasks", ("admin", "secret")
