@@ -85,6 +85,9 @@ VARS = {v.name: v for v in (
         "lease de-duplicates them); never in production"),
     Var("FARM_STREAM_UPLOAD", "1", "`1`: upload each frame while the rest of the video renders; "
         "`0`: after it"),
+    Var("FARM_UPLOAD_ARCHIVE", "0", "`1`: upload a video's frames and extra outputs as one tar "
+        "object (`videos/<video>.tar`, WebDataset member names; 4 objects a video instead of 2 a "
+        "frame + 3; no streaming while it renders); `0`: one object per file"),
     Var("FARM_RENDERS_PER_GPU", "", "videos rendered at once per worker / GPU (its Celery "
         "concurrency, default 1; compose 2; `worker render`: 2 on a GPU, 1 on a CPU)"),
     Var("FARM_RENDER_PROCESS", "server", "`server` (long-lived render processes) or `oneshot` (a "
@@ -194,6 +197,7 @@ class Settings:
     lease_ttl: int  # seconds a video/GPU lease lives without a heartbeat
     denylist: Path | None = None  # assets spec generation skips (python -m farm assets check)
     stream_upload: bool = True  # upload each frame while the rest of the video renders
+    upload_archive: bool = False  # a video's files as one tar object
 
     @property
     def redis_url_with_password(self) -> str:
@@ -227,4 +231,5 @@ def load_settings() -> Settings:
         lease_ttl=integer("FARM_LEASE_TTL"),
         denylist=Path(text("FARM_DENYLIST")) if text("FARM_DENYLIST") else None,
         stream_upload=flag("FARM_STREAM_UPLOAD"),
+        upload_archive=flag("FARM_UPLOAD_ARCHIVE"),
     )

@@ -8,7 +8,7 @@ import json
 import sys
 
 from farm.io.dataset import read_manifests
-from farm.io.layout import FOLDERS, video_keys
+from farm.io.layout import FOLDERS, join, video_keys
 from farm.io.storage import Storage, remove_frames, verify_video
 from farm.model.spec import VideoSpec
 from scheduler.context import Context
@@ -50,9 +50,10 @@ def check_videos(storage, base: str, videos: set[str],
         problem = (f"the marker records spec {recorded[:12]}, the farm holds {wanted[:12]} "
                    "(rendered from another enqueue)"
                    if recorded and wanted and recorded != wanted else None)
+        archived = bool(marker.get("archive")) and join(base, marker["archive"]) in checksums
         problem = problem or next((f"{folder} holds {counts.get((folder, video), 0)} files, marker says "
                         f"{count}" for folder, count in (marker.get("files") or {}).items()
-                        if counts.get((folder, video), 0) != count), None)
+                        if not archived and counts.get((folder, video), 0) != count), None)
         problem = problem or verify_video(marker, checksums, base, video)
         for key in (keys["spec"], keys["manifest"]):
             if problem is None and key not in checksums:

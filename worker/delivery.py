@@ -358,7 +358,7 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
     staging = staging_dir(settings.scratch, video)
     streamer = (FrameStreamer(storage, job.base, staging, video,
                               may_write=lambda: not lease.lost)
-                if settings.stream_upload else None)
+                if settings.stream_upload and not settings.upload_archive else None)
 
     checked = [0.0, "ok"]  # when the generation was last checked, and what was found
 
@@ -393,7 +393,8 @@ def _render_and_upload(job: Job, farm: Farm, spec: VideoSpec, lease: Lease
     upload = upload_video(storage, job.base, outcome.staging, video, outcome.spec.to_yaml(),
                           outcome.manifest, streamed=streamed, fence=fence,
                           marker_fields={"generation": job.generation,
-                                         "enqueued_digest": enqueued_digest(job)})
+                                         "enqueued_digest": enqueued_digest(job)},
+                          archive=settings.upload_archive)
     return outcome, upload
 
 

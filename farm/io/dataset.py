@@ -30,6 +30,7 @@ from farm.io.layout import (
     FIRST_APPEARANCE,
     IMAGE_SETS,
     MARKERS,
+    MASKS,
     META,
     frame_name,
     join,
@@ -38,7 +39,7 @@ from farm.io.layout import (
     video_keys,
 )
 from farm.io.masks import encode_mask
-from farm.io.storage import Storage, StorageError
+from farm.io.storage import Storage, StorageError, VideoFiles, done_marker
 from farm.model.spec import DEFAULT_OUTPUTS, OUTPUTS
 
 SPLITS = ("train", "val")
@@ -187,8 +188,9 @@ def first_appearance_masks(storage: Storage, base: str, video: str, manifest: di
     """key -> palette PNG of each frame where an object first appears, holding only those
     objects (every other pixel 0)."""
     out = {}
+    files = VideoFiles(storage, base, video, done_marker(storage, base, video))
     for frame, ids in first_appearances(manifest).items():
-        raw = storage.get_bytes(join(video_keys(base, video)["masks"], mask_file(frame)))
+        raw = files.get(join(MASKS, video, mask_file(frame)))
         if raw is None:
             raise StorageError(f"{video}: no mask for frame {frame_name(frame)}")
         full = np.array(Image.open(io.BytesIO(raw)))

@@ -18,11 +18,18 @@ Beside the segments, ``enqueued/<segment>/<time>-<id>.json`` is the scheduler's 
 enqueue: per video its generation and spec digest (what ``finalize`` expects, whatever Redis
 remembers); it stays out of the segment's folders, which hold the dataset and its markers.
 
+With ``FARM_UPLOAD_ARCHIVE=1`` a video's frames and extra outputs travel as one object,
+``videos/<video>.tar``, whose members are named as in a WebDataset sample (``member_name``):
+``<video>.00000.jpg``, ``<video>.00000.png``, ``<video>.Depth.00000.png``...; packs
+(farm/io/shards.py) use the same names, with ``<video>.spec.yaml``, ``.manifest.json`` and
+``.done.json``.
+
 A worker stages a video in ``<scratch>/<video>.staging/`` with the same frame folders.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # output kind -> folder (farm/io/outputs.py documents the extra outputs' formats)
@@ -33,6 +40,10 @@ SPECS, MANIFESTS, MARKERS, ENQUEUED = "specs", "manifests", "done", "enqueued"
 META = "meta.json"
 IMAGE_SETS, EMPTY_MASKS, FIRST_APPEARANCE = "ImageSets", "empty_masks.json", "AnnotationsFirstAppearance"
 CARD, CARD_PAGE = "dataset.json", "DATASET.md"
+ARCHIVES = "videos"
+PER_VIDEO = {"spec.yaml": "spec", "manifest.json": "manifest", "done.json": "marker"}
+VIDEO_FOLDERS = (*FOLDERS.values(), FIRST_APPEARANCE)
+FRAME = re.compile(r"\d{5}\.(jpg|png)")
 STAGING_SUFFIX = ".staging"
 
 
@@ -68,6 +79,7 @@ def video_keys(base: str, video: str) -> dict[str, str]:
         "spec": join(base, SPECS, f"{video}.yaml"),
         "manifest": join(base, MANIFESTS, f"{video}.json"),
         "marker": join(base, MARKERS, f"{video}.json"),
+        "archive": join(base, ARCHIVES, f"{video}.tar"),
     }
 
 
@@ -104,3 +116,36 @@ def staged_video(path: Path) -> str | None:
 def frame_dirs(root: Path, video: str) -> tuple[Path, Path]:
     """(images, masks) folders of ``video`` under a local dataset or staging root."""
     return root / IMAGES / video, root / MASKS / video
+
+
+def member_name(video: str, rel: str) -> str:
+    """The tar member of a video's file (``rel``: its key under the segment)."""
+    if "." in video:
+        raise ValueError(f"video name {video!r} holds a dot, which ends a WebDataset sample key")
+    keys = video_keys("", video)
+    for ext, kind in PER_VIDEO.items():
+        if rel == keys[kind]:
+            return f"{video}.{ext}"
+    folder, _, rest = rel.partition("/")
+    rest = rest.removeprefix(f"{video}/")
+    if folder == IMAGES and FRAME.fullmatch(rest) and rest.endswith(".jpg") or \
+            folder == MASKS and FRAME.fullmatch(rest) and rest.endswith(".png"):
+        return f"{video}.{rest}"
+    parts = rest.split("/")
+    if folder not in VIDEO_FOLDERS or any("." in p for p in parts[:-1]) or parts[-1].count(".") != 1:
+        raise ValueError(f"{video}: cannot name {rel} in a shard")
+    return f"{video}.{folder}.{'.'.join(parts)}"
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """(video, key under the segment) of a tar member: the inverse of ``member_name``."""
+    video, _, ext = name.partition(".")
+    if ext in PER_VIDEO:
+        return video, video_keys("", video)[PER_VIDEO[ext]]
+    if FRAME.fullmatch(ext):
+        return video, join(IMAGES if ext.endswith(".jpg") else MASKS, video, ext)
+    folder, _, rest = ext.partition(".")
+    parts = rest.split(".")
+    if folder not in VIDEO_FOLDERS or len(parts) < 2:
+        raise ValueError(f"tar member {name!r} is not a file of this farm's layout")
+    return video, join(folder, video, *parts[:-2], f"{parts[-2]}.{parts[-1]}")

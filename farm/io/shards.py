@@ -18,9 +18,7 @@ checksum on the way.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import re
 import tarfile
 import tempfile
 import time
@@ -31,76 +29,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from farm.io.archive import add_members, read_members, sample_order
 from farm.io.dataset import content_digest, finished_videos
 from farm.io.layout import (
     CARD,
     CARD_PAGE,
     EMPTY_MASKS,
     FIRST_APPEARANCE,
-    FOLDERS,
     IMAGE_SETS,
-    IMAGES,
-    MASKS,
     META,
     join,
+    member_key,
+    member_name,
     video_keys,
 )
-from farm.io.storage import Storage, StorageError
+from farm.io.storage import Storage, StorageError, VideoFiles
 
 INDEX, INDEX_SUM, SHARDS = "index.json", "index.sha256", "shards"
 FORMAT = "bl30k-shards"
 DEFAULT_SHARD_BYTES = 1_000_000_000
 SEGMENT_FILES = (META, EMPTY_MASKS, CARD, CARD_PAGE)
-PER_VIDEO = {"spec.yaml": "spec", "manifest.json": "manifest", "done.json": "marker"}
-VIDEO_FOLDERS = (*FOLDERS.values(), FIRST_APPEARANCE)
-FRAME = re.compile(r"\d{5}\.(jpg|png)")
 
 
 class ShardError(StorageError):
     """A pack that cannot be written or read as asked (broken video, checksum mismatch)."""
-
-
-def member_name(video: str, rel: str) -> str:
-    """The tar member of a video's file (``rel``: its key under the segment)."""
-    if "." in video:
-        raise ShardError(f"video name {video!r} holds a dot, which ends a WebDataset sample key")
-    keys = video_keys("", video)
-    for ext, kind in PER_VIDEO.items():
-        if rel == keys[kind]:
-            return f"{video}.{ext}"
-    folder, _, rest = rel.partition("/")
-    rest = rest.removeprefix(f"{video}/")
-    if folder == IMAGES and FRAME.fullmatch(rest) and rest.endswith(".jpg") or \
-            folder == MASKS and FRAME.fullmatch(rest) and rest.endswith(".png"):
-        return f"{video}.{rest}"
-    parts = rest.split("/")
-    if folder not in VIDEO_FOLDERS or any("." in p for p in parts[:-1]) or parts[-1].count(".") != 1:
-        raise ShardError(f"{video}: cannot name {rel} in a shard")
-    return f"{video}.{folder}.{'.'.join(parts)}"
-
-
-def member_key(name: str) -> tuple[str, str]:
-    """(video, key under the segment) of a tar member: the inverse of ``member_name``."""
-    video, _, ext = name.partition(".")
-    if ext in PER_VIDEO:
-        return video, video_keys("", video)[PER_VIDEO[ext]]
-    if FRAME.fullmatch(ext):
-        return video, join(IMAGES if ext.endswith(".jpg") else MASKS, video, ext)
-    folder, _, rest = ext.partition(".")
-    parts = rest.split(".")
-    if folder not in VIDEO_FOLDERS or len(parts) < 2:
-        raise ShardError(f"tar member {name!r} is not a file of this farm's layout")
-    return video, join(folder, video, *parts[:-2], f"{parts[-2]}.{parts[-1]}")
-
-
-def _frame_order(name: str) -> tuple:
-    """Members in sample order: per-video files, then frame by frame (frames, then masks, then
-    the extra outputs of that frame), then the rest."""
-    ext = name.partition(".")[2]
-    if ext in PER_VIDEO:
-        return (0, list(PER_VIDEO).index(ext), "")
-    digits = re.findall(r"\d{5}", ext)
-    return (1, int(digits[-1]), ext) if digits else (2, 0, ext)
 
 
 @dataclass
@@ -116,10 +68,10 @@ class Video:
 
 
 def read_video(storage: Storage, base: str, video: str, extra: list[str]) -> Video:
-    """Every file of a finished video, each checked against its completion marker (MD5);
-    ``extra``: keys of files derived after delivery (first-appearance masks)."""
-    keys = video_keys(base, video)
-    marker_body = storage.get_bytes(keys["marker"])
+    """Every file of a finished video (from its folders or its archive), each checked against
+    its completion marker (MD5); ``extra``: keys of files derived after delivery
+    (first-appearance masks)."""
+    marker_body = storage.get_bytes(video_keys(base, video)["marker"])
     if marker_body is None:
         raise ShardError(f"{video}: no completion marker")
     marker = json.loads(marker_body)
@@ -127,10 +79,11 @@ def read_video(storage: Storage, base: str, video: str, extra: list[str]) -> Vid
     if not isinstance(recorded, dict):
         raise ShardError(f"{video}: its marker records no checksums (delivered by an old farm); "
                          "render it again")
+    source = VideoFiles(storage, base, video, marker)
     own = video_keys("", video)
     files: dict[str, bytes] = {}
     for rel in [*recorded, own["spec"], own["manifest"], *(k[len(base):].lstrip("/") for k in extra)]:
-        body = storage.get_bytes(join(base, rel))
+        body = source.get(rel)
         if body is None:
             raise ShardError(f"{video}: {rel} is missing")
         if rel in recorded and hashlib.md5(body).hexdigest() != recorded[rel]:
@@ -138,8 +91,11 @@ def read_video(storage: Storage, base: str, video: str, extra: list[str]) -> Vid
                              "scheduler finalize --requeue)")
         files[rel] = body
     files[own["marker"]] = marker_body
-    members = sorted(((member_name(video, rel), body) for rel, body in files.items()),
-                     key=lambda m: _frame_order(m[0]))
+    try:
+        members = sorted(((member_name(video, rel), body) for rel, body in files.items()),
+                         key=lambda m: sample_order(m[0]))
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
     return Video(video, members, marker_body, int(marker.get("finished_at") or 0))
 
 
@@ -154,10 +110,7 @@ class _Writer:
         self.nbytes = 0
 
     def add(self, video: Video) -> None:
-        for name, body in video.members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(body), video.mtime, 0o644
-            self.tar.addfile(info, io.BytesIO(body))
+        add_members(self.tar, video.members, video.mtime)
         self.videos.append(video.name)
         self.nbytes += video.nbytes
 
@@ -287,16 +240,21 @@ def shard_members(storage: Storage, base: str, shard: dict) -> Iterator[tuple[st
     """(name, bytes) of each member of a shard, streamed; raises ShardError at the end when
     the shard is not the one the index records."""
     stream = _Hashing(storage.open_stream(join(base, shard["key"])))
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            f = tar.extractfile(info)
-            yield info.name, f.read() if f else b""
+    try:
+        yield from read_members(stream)
+    except tarfile.TarError as exc:
+        raise ShardError(f"{shard['key']}: not a readable tar ({exc})") from None
     stream.drain()
     if stream.sha256.hexdigest() != shard["sha256"]:
         raise ShardError(f"{shard['key']}: SHA-256 {stream.sha256.hexdigest()[:12]} is not the "
                          f"index's {shard['sha256'][:12]} (damaged or replaced)")
+
+
+def _member_key(name: str) -> str:
+    try:
+        return member_key(name)[1]
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
 
 
 @dataclass
@@ -317,7 +275,7 @@ def unpack(src: Storage, base: str, dest: Storage, dest_base: str = "",
         for shard in index["shards"]:
             writes = []
             for name, body in shard_members(src, base, shard):
-                _video, key = member_key(name)
+                key = _member_key(name)
                 writes.append(pool.submit(dest.put_bytes, join(dest_base, key), body))
                 count, nbytes = count + 1, nbytes + len(body)
             for w in writes:
@@ -343,9 +301,9 @@ def verify_pack(storage: Storage, base: str = "") -> tuple[dict, list[str]]:
         members: dict[str, dict[str, bytes]] = {}
         try:
             for name, body in shard_members(storage, base, shard):
-                video, key = member_key(name)
+                video, key = name.partition(".")[0], _member_key(name)
                 members.setdefault(video, {})[key] = body
-        except (ShardError, tarfile.TarError) as exc:
+        except ShardError as exc:
             problems.append(f"{shard['key']}: {exc}")
         if sorted(members) != sorted(shard["videos"]):
             problems.append(f"{shard['key']}: holds videos {sorted(members)[:5]}..., the index "

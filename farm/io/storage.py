@@ -11,6 +11,7 @@ A video counts as present only when its marker exists.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,7 +23,18 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from farm.io.layout import FOLDERS, IMAGES, MASKS, frame_name, frame_names, join, video_keys
+from farm.io.archive import read_members, tar_bytes
+from farm.io.layout import (
+    FOLDERS,
+    IMAGES,
+    MASKS,
+    frame_name,
+    frame_names,
+    join,
+    member_key,
+    member_name,
+    video_keys,
+)
 from farm.io.outputs import folder_counts
 from farm.settings import ConfigError, Settings, secret
 
@@ -264,6 +276,8 @@ def remove_frames(storage: Storage, base: str, video: str) -> int:
     """
     frames = [key for folder in FOLDERS.values()
               for key in storage.list(join(base, folder, video) + "/")]
+    archive = video_keys(base, video)["archive"]
+    frames += [archive] if storage.exists(archive) else []
     storage.delete(frames)
     return len(frames)
 
@@ -342,7 +356,7 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
                  manifest: dict, threads: int = UPLOAD_THREADS,
                  streamed: dict[Path, Signature] | None = None,
                  fence: Callable[[], None] | None = None,
-                 marker_fields: dict | None = None) -> dict:
+                 marker_fields: dict | None = None, archive: bool = False) -> dict:
     """Upload frames concurrently, then spec and manifest, then the completion marker
     (``marker_fields`` added to it: the generation and the enqueued spec's digest).
 
@@ -350,24 +364,34 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     sent again. Re-uploading overwrites the same keys, so a retried upload is idempotent. The
     marker records every frame's MD5, so the bucket proves which render its frames belong to
     (``verify_video``). ``fence`` is called before the marker is written and raises if this
-    delivery may no longer complete the video (its lease is lost). Returns timing and byte counts.
+    delivery may no longer complete the video (its lease is lost). With ``archive`` the frames
+    and extra outputs go as one tar object (``videos/<video>.tar``, one PUT, its MD5 in the
+    marker) instead of one object each. Returns timing and byte counts.
     """
     keys = video_keys(base, video)
     t0 = time.perf_counter()
     files = _frame_files(staging, video, base)
     streamed = streamed or {}
-    todo = [(k, p) for k, p in files if p not in streamed or streamed[p] != _signature(p)]
+    todo = [] if archive else [(k, p) for k, p in files
+                               if p not in streamed or streamed[p] != _signature(p)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(lambda kp: storage.put_file(*kp), todo))
         digests = dict(zip((k for k, _ in files), pool.map(lambda kp: file_md5(kp[1]), files),
                            strict=True))
+    archive_fields = {}
+    if archive:  # one PUT (put_object: its ETag is the MD5 that finalize compares)
+        body = tar_bytes([(member_name(video, k[len(base):].lstrip("/")), p.read_bytes())
+                          for k, p in files], int(time.time()))
+        storage.put_bytes(keys["archive"], body)
+        archive_fields = {"archive": keys["archive"][len(base):].lstrip("/"),
+                          "archive_md5": hashlib.md5(body).hexdigest(), "archive_bytes": len(body)}
     storage.put_bytes(keys["spec"], spec_yaml.encode())
     body = json.dumps(manifest, indent=1).encode()
     storage.put_bytes(keys["manifest"], body)
     frames = sum(1 for k, _ in files if k.endswith(".jpg"))
     nbytes = sum(p.stat().st_size for _, p in files) + len(body) + len(spec_yaml)
     marker = {"video": video, "frames": frames, "spec_digest": manifest.get("spec_digest"),
-              "finished_at": time.time(), **(marker_fields or {}),
+              "finished_at": time.time(), **(marker_fields or {}), **archive_fields,
               "checksums": {k[len(base):].lstrip("/"): d for k, d in digests.items()}}
     settings = manifest.get("render_settings", {})
     if list(settings.get("outputs", ["rgb", "masks"])) != ["rgb", "masks"]:
@@ -379,7 +403,8 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     if fence:
         fence()
     storage.put_bytes(keys["marker"], json.dumps(marker).encode())
-    return {"files": len(files) + 3, "bytes": nbytes, "streamed": len(files) - len(todo),
+    return {"files": (1 if archive else len(files)) + 3, "bytes": nbytes,
+            "streamed": 0 if archive else len(files) - len(todo),
             "upload_s": round(time.perf_counter() - t0, 4)}
 
 
@@ -400,6 +425,13 @@ def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str)
     frames = marker.get("frames")
     if not isinstance(frames, int):
         return "marker has no frame count"
+    if marker.get("archive"):
+        stored = checksums.get(join(base, marker["archive"]))
+        if stored is not None:  # else: an unpacked copy, its files checked one by one below
+            return None if stored == marker.get("archive_md5") else \
+                f"{marker['archive']} is not the archive its marker records (another delivery wrote it)"
+        if not any(k.startswith(join(base, IMAGES, video) + "/") for k in checksums):
+            return f"{marker['archive']} is missing"
     stored = {}
     for folder in (IMAGES, MASKS):
         prefix = join(base, folder, video) + "/"
@@ -424,6 +456,33 @@ def verify_video(marker: dict, checksums: dict[str, str], base: str, video: str)
         if stored_digest != digest:
             return f"{rel} is not the file its marker records (another delivery wrote it)"
     return None
+
+
+class VideoFiles:
+    """A finished video's files by key under the segment (``JPEGImages/<video>/00000.jpg``),
+    from its archive when its marker names one that is present, else from its folders."""
+
+    def __init__(self, storage: Storage, base: str, video: str, marker: dict | None) -> None:
+        self.storage, self.base = storage, base
+        self.members: dict[str, bytes] | None = None
+        if marker and marker.get("archive"):
+            raw = storage.get_bytes(join(base, marker["archive"]))
+            if raw is not None:
+                self.members = {member_key(name)[1]: body
+                                for name, body in read_members(io.BytesIO(raw))}
+
+    def get(self, rel: str) -> bytes | None:
+        if self.members is not None and rel in self.members:
+            return self.members[rel]
+        return self.storage.get_bytes(join(self.base, rel))
+
+    def names(self, folder: str, video: str) -> list[str]:
+        """File names under ``<folder>/<video>/``."""
+        prefix = join(folder, video) + "/"
+        if self.members is not None:
+            return sorted(k[len(prefix):] for k in self.members if k.startswith(prefix))
+        full = join(self.base, prefix.rstrip("/")) + "/"
+        return sorted(k[len(full):] for k in self.storage.list(full))
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -28,7 +28,14 @@ from PIL.PngImagePlugin import PngInfo
 
 from farm.io.layout import IMAGES, MARKERS, MASKS, join, marker_video, video_keys
 from farm.io.masks import PALETTE
-from farm.io.storage import LocalStorage, Storage, StorageError, open_location
+from farm.io.storage import (
+    LocalStorage,
+    Storage,
+    StorageError,
+    VideoFiles,
+    done_marker,
+    open_location,
+)
 
 SHEET_CHUNK = "bl30k-preview"
 MIN_PANEL_W, MAX_PANEL_W = 192, 384  # panels are scaled into this width range
@@ -96,11 +103,15 @@ def read_manifest(src: Source, video: str) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def frame_names(src: Source, video: str) -> list[str]:
+def video_files(src: Source, video: str) -> VideoFiles:
+    """The video's files, from its folders or its archive (``FARM_UPLOAD_ARCHIVE``)."""
+    return VideoFiles(src.storage, src.base, video, done_marker(src.storage, src.base, video))
+
+
+def frame_names(src: Source, video: str, files: VideoFiles | None = None) -> list[str]:
     """The video's frame names (``00000``...) present under JPEGImages/."""
-    names = sorted(k.rsplit("/", 1)[-1].removesuffix(".jpg")
-                   for k in src.storage.list(src.key(IMAGES, video) + "/")
-                   if k.endswith(".jpg"))
+    files = files or video_files(src, video)
+    names = [n.removesuffix(".jpg") for n in files.names(IMAGES, video) if n.endswith(".jpg")]
     if not names:
         raise StorageError(f"{video}: no frames under {src.key(IMAGES, video)}/ in "
                            f"{src.label}")
@@ -110,12 +121,13 @@ def frame_names(src: Source, video: str) -> list[str]:
 def load_video(src: Source, video: str, names: list[str] | None = None,
                manifest: dict | None = None) -> Video:
     """Read a video's manifest and its frames (all, or those named)."""
-    wanted = frame_names(src, video) if names is None else names
+    files = video_files(src, video)
+    wanted = frame_names(src, video, files) if names is None else names
     manifest = read_manifest(src, video) if manifest is None else manifest
 
     def read(name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        jpg = src.storage.get_bytes(src.key(IMAGES, video, f"{name}.jpg"))
-        png = src.storage.get_bytes(src.key(MASKS, video, f"{name}.png"))
+        jpg = files.get(join(IMAGES, video, f"{name}.jpg"))
+        png = files.get(join(MASKS, video, f"{name}.png"))
         if jpg is None:
             raise StorageError(f"{video}: frame {name}.jpg vanished from {src.label}")
         rgb = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -167,6 +170,51 @@ def test_movi_like_video_through_the_farm(farm, tmp_path):
     proc = farm.cli("finalize", "--segment", "3", check=False)
     assert proc.returncode == 1
     assert f"{video}: Flow holds 5 files, marker says 6" in proc.stdout
+
+
+def test_archive_upload_four_objects_a_video_finalize_preview_pack_and_unpack(farm, tmp_path):
+    """FARM_UPLOAD_ARCHIVE=1: a tiny-movi video (every extra output) is one tar plus its spec,
+    manifest and marker; finalize proves the archive by its MD5 and notices a replaced one; the
+    preview reads the frames from it; pack and unpack give the per-file layout, each file the
+    content its marker records."""
+    farm.start_worker("w1", FARM_UPLOAD_ARCHIVE="1")
+    farm.cli("enqueue", "--segment", "4", "--count", "2", "--preset", "tiny-movi")
+    farm.wait_for(4, done=2, timeout=240)
+    base = "bl30k/4"
+    for video in ("e00000", "e00001"):
+        assert sorted(video_keys(farm, 4, video) + [k for k in farm.keys(f"{base}/videos/")
+                                                    if video in k]) == \
+            [f"{base}/done/{video}.json", f"{base}/manifests/{video}.json",
+             f"{base}/specs/{video}.yaml", f"{base}/videos/{video}.tar"]
+    marker = json.loads(farm.s3.get_object(Bucket=farm.bucket, Key=f"{base}/done/e00000.json")
+                        ["Body"].read())
+    with tarfile.open(fileobj=io.BytesIO(farm.s3.get_object(
+            Bucket=farm.bucket, Key=f"{base}/videos/e00000.tar")["Body"].read())) as tar:
+        names = tar.getnames()
+    assert names[:2] == ["e00000.00000.jpg", "e00000.00000.png"]
+    assert len(names) == len(marker["checksums"]) and "e00000.Camera.camera.json" in names
+    assert "2 videos complete, every frame verified" in farm.cli("finalize", "--segment", "4").stdout
+
+    env = farm.env
+    run = [sys.executable, "-m", "farm", "-q"]
+    proc = subprocess.run([*run, "preview", f"s3://{farm.bucket}/{base}", "--out",
+                           str(tmp_path / "previews")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "previews").glob("*.png"))) == 2
+    for args in (("pack", f"s3://{farm.bucket}/{base}", str(tmp_path / "packed")),
+                 ("unpack", str(tmp_path / "packed"), str(tmp_path / "folders")),
+                 ("verify", str(tmp_path / "folders"))):
+        proc = subprocess.run([*run, *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+    for rel, md5 in marker["checksums"].items():
+        assert hashlib.md5((tmp_path / "folders" / rel).read_bytes()).hexdigest() == md5
+
+    # another delivery's archive in its place: finalize names it
+    farm.s3.copy_object(Bucket=farm.bucket, Key=f"{base}/videos/e00000.tar",
+                        CopySource={"Bucket": farm.bucket, "Key": f"{base}/videos/e00001.tar"})
+    proc = farm.cli("finalize", "--segment", "4", check=False)
+    assert proc.returncode == 1
+    assert "e00000: videos/e00000.tar is not the archive its marker records" in proc.stdout
 
 
 def test_transient_storage_error_then_success(farm):
