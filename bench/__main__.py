@@ -56,11 +56,13 @@ def bench_outputs_cmd(args: argparse.Namespace) -> list[dict]:
 
 def bench_farm(args: argparse.Namespace) -> list[dict]:
     from bench.farm import bench_enqueue, bench_task_path, bench_upload, local_services
+    from bench.shards import bench_formats
 
     with tempfile.TemporaryDirectory() as tmp, local_services(Path(tmp)) as svc:
         rows = bench_enqueue(svc, args.enqueue)
         task_rows, staging = bench_task_path(svc, args.preset, args.frames, args.videos)
-        return rows + task_rows + bench_upload(svc, staging)
+        return (rows + task_rows + bench_upload(svc, staging)
+                + bench_formats(svc, staging, args.format_videos))
 
 
 def bench_quality_cmd(args: argparse.Namespace) -> list[dict]:
@@ -106,7 +108,7 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
         ("outputs", lambda: bench_outputs_cmd(argparse.Namespace(
             preset="preview", frames=3, repeats=1, device="AUTO"))),
         ("farm", lambda: bench_farm(argparse.Namespace(
-            enqueue=5000, preset="bl30k", frames=3, videos=1))),
+            enqueue=5000, preset="bl30k", frames=3, videos=1, format_videos=8))),
         ("gpu", lambda: bench_gpu_cmd(argparse.Namespace(
             preset="tiny", videos=8, frames=3, device="AUTO", path="both",
             configs="oneshot:1,server:1", cold=False, marginal=True, no_first_frame=False,
@@ -176,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     quality.add_argument("--settings", help="only these candidates (names joined by ';')")
     quality.add_argument("--device", default="AUTO", choices=("AUTO", "CPU", "GPU", "CUDA", "OPTIX"))
     quality.set_defaults(func=bench_quality_cmd)
-    farm = sub.add_parser("farm", help="enqueue rate, task-path overhead, upload vs AWS CLI")
+    farm = sub.add_parser("farm", help="enqueue rate, task-path overhead, upload vs AWS CLI, "
+                          "per-file objects vs one tar per video, pack/unpack")
     farm.add_argument("--enqueue", type=int, default=5000, help="videos to enqueue for the rate")
     farm.add_argument("--preset", default="bl30k")
     farm.add_argument("--frames", type=int, default=3, help="frames per video (reduced)")
     farm.add_argument("--videos", type=int, default=1, help="videos through the task path")
+    farm.add_argument("--format-videos", type=int, default=8,
+                      help="160-frame videos uploaded per delivery format (files, tar) and packed")
     farm.set_defaults(func=bench_farm)
     cal = sub.add_parser("calibrate", help="figures for `scheduler plan`, merged into a file")
     cal.add_argument("--presets", default="bl30k")

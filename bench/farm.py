@@ -155,15 +155,21 @@ def aws_cli() -> str | None:
     return None
 
 
+def stage_video(source: Path, video: str, folder: Path, name: str, frames: int) -> None:
+    """A staging folder of ``frames`` frames for video ``name``: the frames and masks of a real
+    render of ``video`` (under ``source``), repeated."""
+    for kind, ext in ((IMAGES, "jpg"), (MASKS, "png")):
+        rendered = sorted((source / kind / video).glob(f"*.{ext}"))
+        (folder / kind / name).mkdir(parents=True, exist_ok=True)
+        for i in range(frames):
+            shutil.copyfile(rendered[i % len(rendered)], folder / kind / name / f"{frame_name(i)}.{ext}")
+
+
 def bench_upload(svc: Services, source: Path, frames: int = 160, repeats: int = 3) -> list[dict]:
     """Upload one 160-frame video folder (frames of a real render, repeated) both ways."""
     video = next((source / IMAGES).iterdir()).name
     folder = svc.folder / "upload" / f"{video}.staging"
-    for kind, ext in ((IMAGES, "jpg"), (MASKS, "png")):
-        rendered = sorted((source / kind / video).glob(f"*.{ext}"))
-        (folder / kind / video).mkdir(parents=True, exist_ok=True)
-        for i in range(frames):
-            shutil.copyfile(rendered[i % len(rendered)], folder / kind / video / f"{frame_name(i)}.{ext}")
+    stage_video(source, video, folder, video, frames)
     nbytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     aws = aws_cli()
     times: dict[str, list[float]] = {"worker uploader (boto3, 16 threads)": []}

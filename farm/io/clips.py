@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from farm.io.shards import FRAME, read_index, shard_members
+from farm.io.layout import FRAME
+from farm.io.shards import read_index, shard_members
 from farm.io.storage import Storage, open_location
 
 
