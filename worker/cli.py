@@ -28,6 +28,7 @@ from farm.cli import (
     split_opts,
 )
 from farm.generate.sampling import generate_spec
+from farm.io.dataset import finished_videos
 from farm.io.layout import IMAGES, MASKS
 from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
@@ -90,6 +91,13 @@ def write_videos(specs: list[VideoSpec], library: AssetLibrary, out: Path, quiet
     return manifests, failed
 
 
+def index_folder(out: Path, args: argparse.Namespace) -> None:
+    """The index files and card of every finished video in ``out`` (none: nothing to index)."""
+    storage = LocalStorage(out)
+    if finished_videos(storage, ""):
+        print(f"wrote {index_location(storage, out.name, split_options(args))}")
+
+
 def _summary(manifests: list[dict]) -> str:
     frames = sum(m["num_frames"] for m in manifests)
     render = sum(m["timings"]["render_total_s"] for m in manifests)
@@ -117,7 +125,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         specs = [replace(s, keep_gate_failures=True) for s in specs]
     manifests, failed = write_videos(specs, open_library(args), Path(args.out), args.quiet)
     print(f"rendered {_summary(manifests)} into {args.out}")
-    print(f"wrote {index_location(LocalStorage(args.out), Path(args.out).name, split_options(args))}")
+    index_folder(Path(args.out), args)
     return _report_gate_failures(failed)
 
 
@@ -131,7 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{preset.resolution[1]}, {preset.frames} frames, {preset.render.samples} samples)...")
     manifests, failed = write_videos(specs, lib, out, args.quiet)
     print(f"done: {_summary(manifests)}")
-    print(f"wrote {index_location(LocalStorage(out), out.name, split_options(args))}")
+    index_folder(out, args)
     print(f"output: {out}/{IMAGES}/<video>/*.jpg and {out}/{MASKS}/<video>/*.png "
           f"(videos: {', '.join(m['video'] for m in manifests)})")
     src = open_source(str(out))
