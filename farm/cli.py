@@ -166,6 +166,12 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     from farm.io.dataset import finished_videos
     from farm.io.shards import pack
@@ -173,7 +179,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     src = open_location(args.source)
     with tqdm(total=len(finished_videos(src, "")), unit="video", disable=args.quiet) as bar:
         result = pack(src, "", open_location(args.dest), "", args.shard_size, args.threads,
-                      bar.update)
+                      bar.update, args.clip)
     index = result.index
     total = sum(s["bytes"] for s in index["shards"])
     print(f"packed {index['videos']} videos into {len(index['shards'])} shards ({total / 1e6:.1f} MB) "
@@ -368,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--shard-size", type=parse_size, default="1GB",
                     help="shards close before passing this size (default 1GB; a video is never split)")
     pk.add_argument("--threads", type=int, default=8, help="parallel reads")
+    pk.add_argument("--clip", type=positive, metavar="N",
+                    help="one sample per N frames (default: one per video)")
     pk.set_defaults(func=cmd_pack)
 
     up = sub.add_parser("unpack", help="restore the folder layout of a pack, byte for byte")

@@ -18,8 +18,30 @@ def sample_order(name: str) -> tuple:
     ext = name.partition(".")[2]
     if ext in PER_VIDEO:
         return (0, list(PER_VIDEO).index(ext), "")
+    frame = member_frame(ext)
+    return (1, frame, ext) if frame is not None else (2, 0, ext)
+
+
+def member_frame(ext: str) -> int | None:
+    """The frame a member belongs to (the last 5-digit part of its name), or None."""
     digits = re.findall(r"\d{5}", ext)
-    return (1, int(digits[-1]), ext) if digits else (2, 0, ext)
+    return int(digits[-1]) if digits else None
+
+
+def clip_samples(video: str, members: list[tuple[str, bytes]], frames: int
+                 ) -> list[list[tuple[str, bytes]]]:
+    """A video's members as samples of ``frames`` frames each (keys ``<video>-<first frame>``):
+    each clip its frames' files and the video's spec, manifest and marker; files of no frame
+    (``Camera.camera.json``) go with the first clip."""
+    own = [(name.partition(".")[2], body) for name, body in members
+           if name.partition(".")[2] in PER_VIDEO]
+    groups: dict[int, list[tuple[str, bytes]]] = {}
+    for name, body in members:
+        ext = name.partition(".")[2]
+        if ext not in PER_VIDEO:
+            groups.setdefault((member_frame(ext) or 0) // frames * frames, []).append((ext, body))
+    return [[(f"{video}-{start:05d}.{ext}", body) for ext, body in own + group]
+            for start, group in sorted(groups.items())]
 
 
 def add_members(tar: tarfile.TarFile, members: Iterable[tuple[str, bytes]], mtime: int) -> None:

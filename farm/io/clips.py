@@ -4,7 +4,8 @@ that gives each data-loader worker its own shards.
 
 A clip is ``length`` consecutive frames of one video with their id masks (0 = background,
 1..K = objects, as in ``Annotations/``); ``stride`` frames apart (default: ``length``, clips
-that do not overlap). Videos shorter than ``length`` give no clip and are counted in
+that do not overlap). In a pack of clip samples (``farm pack --clip``) clips are cut within
+each sample. Videos (or samples) shorter than ``length`` give no clip and are counted in
 ``ClipStats.short`` (a trainer that silently accepts 0 videos is the failure this prevents).
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from farm.io.layout import FRAME
+from farm.io.layout import FRAME, sample_video
 from farm.io.shards import read_index, shard_members
 from farm.io.storage import Storage, open_location
 
@@ -68,7 +69,7 @@ def video_clips(sample: dict, length: int, stride: int | None = None) -> Iterato
     manifest = json.loads(sample.get("manifest.json") or b"{}")
     for start in range(0, len(frames) - length + 1, stride or length):
         names = frames[start:start + length]
-        yield Clip(str(sample["__key__"]), int(names[0]), names,
+        yield Clip(sample_video(str(sample["__key__"])), int(names[0]), names,
                    np.stack([_decode(sample[f"{n}.jpg"]) for n in names]),
                    np.stack([_decode(sample[f"{n}.png"]) for n in names]),
                    manifest.get("objects", []))

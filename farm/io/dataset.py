@@ -5,8 +5,8 @@
 - ``ImageSets/<year>/train.txt`` and ``val.txt``: DAVIS style split lists (one video a line), a
   seeded split from a hash of (seed, name): with a fraction, each video's split is fixed however
   the segment grows; with a count, exactly that many validation videos;
-- ``empty_masks.json``: per video the frames whose mask holds no object (for loaders that skip or
-  weight them, e.g. Cutie's empty-mask handling);
+- ``empty_masks.json``: per video (every one) the frames whose mask holds no object, in Cutie's
+  ``empty_masks`` format (its trainer admits a sampled clip only if its first frame is not empty);
 - optionally ``AnnotationsFirstAppearance/<video>/`` for the validation split: each object only in
   the frame it first appears (YouTube-VOS's non-exhaustive validation protocol).
 
@@ -178,9 +178,9 @@ def dataset_files(manifests: dict[str, dict], options: SplitOptions,
     files = {META: json.dumps(meta).encode()}
     for split, videos in splits.items():
         files[join(IMAGE_SETS, options.year, f"{split}.txt")] = "".join(f"{v}\n" for v in videos).encode()
-    empties = {v: meta["videos"][v]["empty_frames"] for v in sorted(manifests)
-               if meta["videos"][v]["empty_frames"]}
-    files[EMPTY_MASKS] = json.dumps(empties, indent=1).encode()
+    # Cutie's format (its load_empty_masks): every video, [] when none is empty
+    empties = {v: meta["videos"][v]["empty_frames"] for v in sorted(manifests)}
+    files[EMPTY_MASKS] = json.dumps(empties).encode()
     return DatasetFiles(files, splits, incomplete)
 
 

@@ -137,9 +137,19 @@ def member_name(video: str, rel: str) -> str:
     return f"{video}.{folder}.{'.'.join(parts)}"
 
 
+CLIP_SUFFIX = re.compile(r"-\d{5}$")  # a clip sample's key: <video>-<first frame>
+
+
+def sample_video(key: str) -> str:
+    """The video of a sample key (``c00042``, or a clip's ``c00042-00008``)."""
+    return CLIP_SUFFIX.sub("", key)
+
+
 def member_key(name: str) -> tuple[str, str]:
-    """(video, key under the segment) of a tar member: the inverse of ``member_name``."""
-    video, _, ext = name.partition(".")
+    """(video, key under the segment) of a tar member: the inverse of ``member_name`` (a clip
+    sample's members too)."""
+    key, _, ext = name.partition(".")
+    video = sample_video(key)
     if ext in PER_VIDEO:
         return video, video_keys("", video)[PER_VIDEO[ext]]
     if FRAME.fullmatch(ext):

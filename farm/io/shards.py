@@ -5,7 +5,9 @@ A video ``c00042`` becomes the members ``c00042.spec.yaml``, ``c00042.manifest.j
 ``c00042.done.json``, then per frame ``c00042.00000.jpg`` and ``c00042.00000.png``, then any other
 file of the video as ``c00042.<Folder>.<path with / as .>`` (``c00042.Depth.00000.png``,
 ``c00042.Flow.forward.00000.flo``, ``c00042.AnnotationsFirstAppearance.00000.png``). A shard
-closes before the video that would take it past its size (never splitting a video).
+closes before the video that would take it past its size (never splitting a video). With
+``--clip N`` a video is one sample per N frames instead (keys ``c00042-00000``, ``c00042-00008``
+...), each holding the video's spec, manifest and marker too.
 
 Beside the shards (``shards/shard-000000.tar`` ...) the pack holds the segment's own files as
 they are (``meta.json``, ``ImageSets/``, ``empty_masks.json``, the card), ``index.json``
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from farm.io.archive import add_members, read_members, sample_order
+from farm.io.archive import add_members, clip_samples, read_members, sample_order
 from farm.io.dataset import content_digest, finished_videos
 from farm.io.layout import (
     CARD,
@@ -41,6 +43,7 @@ from farm.io.layout import (
     join,
     member_key,
     member_name,
+    sample_video,
     video_keys,
 )
 from farm.io.storage import Storage, StorageError, VideoFiles
@@ -107,11 +110,14 @@ class _Writer:
         self.path = folder / f"shard-{number:06d}.tar"
         self.tar = tarfile.open(self.path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (closed by close())
         self.videos: list[str] = []
-        self.nbytes = 0
+        self.samples = self.nbytes = 0
 
-    def add(self, video: Video) -> None:
-        add_members(self.tar, video.members, video.mtime)
+    def add(self, video: Video, clip: int | None = None) -> None:
+        samples = clip_samples(video.name, video.members, clip) if clip else [video.members]
+        for members in samples:
+            add_members(self.tar, members, video.mtime)
         self.videos.append(video.name)
+        self.samples += len(samples)
         self.nbytes += video.nbytes
 
     def close(self) -> dict:
@@ -121,7 +127,7 @@ class _Writer:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return {"key": self.key, "bytes": self.path.stat().st_size,
-                "sha256": digest.hexdigest(), "videos": self.videos}
+                "sha256": digest.hexdigest(), "videos": self.videos, "samples": self.samples}
 
 
 def _prefetched(fn, items: list, window: int) -> Iterator:
@@ -153,9 +159,11 @@ class PackResult:
 
 
 def pack(src: Storage, base: str, dest: Storage, dest_base: str = "",
-         shard_bytes: int = DEFAULT_SHARD_BYTES, threads: int = 8, progress=None) -> PackResult:
+         shard_bytes: int = DEFAULT_SHARD_BYTES, threads: int = 8, progress=None,
+         clip: int | None = None) -> PackResult:
     """Shards of every finished video under ``base`` and the segment's own files, with the
-    index, written to ``dest`` under ``dest_base``."""
+    index, written to ``dest`` under ``dest_base``; one sample per video, or per ``clip``
+    frames (keys ``<video>-<first frame>``, each with the video's spec, manifest and marker)."""
     t0 = time.perf_counter()
     videos = finished_videos(src, base)
     if not videos:
@@ -174,7 +182,7 @@ def pack(src: Storage, base: str, dest: Storage, dest_base: str = "",
                 puts += 1
                 writer = None
             writer = writer or _Writer(Path(tmp), len(shards))
-            writer.add(video)
+            writer.add(video, clip)
             markers[video.name] = video.marker
             if progress:
                 progress(1)
@@ -186,7 +194,8 @@ def pack(src: Storage, base: str, dest: Storage, dest_base: str = "",
         dest.put_bytes(join(dest_base, rel), body)
         files[rel] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         puts += 1
-    index = {"format": FORMAT, "version": 1, "samples": "video", "shard_bytes": shard_bytes,
+    index = {"format": FORMAT, "version": 1, "samples": "clip" if clip else "video",
+             **({"clip_frames": clip} if clip else {}), "shard_bytes": shard_bytes,
              "videos": len(videos), "content_sha256": content_digest(markers),
              "shards": shards, "files": files}
     body = json.dumps(index, indent=1).encode()
@@ -270,14 +279,18 @@ def unpack(src: Storage, base: str, dest: Storage, dest_base: str = "",
     """The folder layout of a pack, byte for byte, every checksum checked."""
     t0 = time.perf_counter()
     index, _ = read_index(src, base)
-    count = nbytes = 0
+    written: set[str] = set()  # a clip pack repeats each video's spec, manifest and marker
+    nbytes = 0
     with ThreadPoolExecutor(threads) as pool:
         for shard in index["shards"]:
             writes = []
             for name, body in shard_members(src, base, shard):
                 key = _member_key(name)
+                if key in written:
+                    continue
+                written.add(key)
                 writes.append(pool.submit(dest.put_bytes, join(dest_base, key), body))
-                count, nbytes = count + 1, nbytes + len(body)
+                nbytes += len(body)
             for w in writes:
                 w.result()
             if progress:
@@ -287,8 +300,9 @@ def unpack(src: Storage, base: str, dest: Storage, dest_base: str = "",
         if body is None or hashlib.sha256(body).hexdigest() != entry["sha256"]:
             raise ShardError(f"{rel}: {'missing' if body is None else 'not the file the index records'}")
         dest.put_bytes(join(dest_base, rel), body)
-        count, nbytes = count + 1, nbytes + len(body)
-    return UnpackResult(index["videos"], count, nbytes, round(time.perf_counter() - t0, 3))
+        written.add(rel)
+        nbytes += len(body)
+    return UnpackResult(index["videos"], len(written), nbytes, round(time.perf_counter() - t0, 3))
 
 
 def verify_pack(storage: Storage, base: str = "") -> tuple[dict, list[str]]:
@@ -301,7 +315,7 @@ def verify_pack(storage: Storage, base: str = "") -> tuple[dict, list[str]]:
         members: dict[str, dict[str, bytes]] = {}
         try:
             for name, body in shard_members(storage, base, shard):
-                video, key = name.partition(".")[0], _member_key(name)
+                video, key = sample_video(name.partition(".")[0]), _member_key(name)
                 members.setdefault(video, {})[key] = body
         except ShardError as exc:
             problems.append(f"{shard['key']}: {exc}")

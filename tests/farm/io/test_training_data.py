@@ -91,8 +91,11 @@ def test_meta_json_imagesets_and_empty_masks_of_a_local_render(rendered):
                  if not np.array(Image.open(rendered / "Annotations" / video / f"{f:05d}.png")).any()]
         assert entry["empty_frames"] == empty
         assert entry["missing_at_first_frame"] == missing_at_first_frame(manifest)
+    # Cutie: load_subset (a video a line) and load_empty_masks (JSON, looked up per video)
+    subset = set((rendered / "ImageSets" / "2017" / "train.txt").read_text().splitlines())
     empties = json.loads((rendered / "empty_masks.json").read_text())
-    assert empties == {v: e["empty_frames"] for v, e in meta["videos"].items() if e["empty_frames"]}
+    assert empties == {v: e["empty_frames"] for v, e in meta["videos"].items()}
+    assert all(isinstance(empties[v], list) for v in subset)
 
 
 def test_first_appearance_annotations_follow_the_non_exhaustive_protocol(rendered):
@@ -245,6 +248,31 @@ def test_the_clip_reader_yields_the_folders_frames(rendered, tmp_path):
     short = ClipStats()
     assert not list(clips(str(tmp_path / "p"), length=FRAMES + 1, stats=short))
     assert sorted(short.short) == [f"a{i:05d}" for i in range(VIDEOS)]
+
+
+def test_clip_samples_round_trip_and_read_as_clips(rendered, tmp_path):
+    """``pack --clip 8``: samples of 8 frames (the last one the rest), each with the video's
+    spec, manifest and marker; webdataset reads them, unpack gives the same folders."""
+    import webdataset as wds
+
+    from farm.io.clips import ClipStats, clips
+
+    packed = tmp_path / "clips"
+    proc = farm("pack", str(rendered), str(packed), "--clip", "8")
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((packed / "index.json").read_text())
+    assert index["samples"] == "clip" and index["clip_frames"] == 8
+    keys = [s["__key__"] for s in wds.WebDataset([str(packed / s["key"]) for s in index["shards"]],
+                                                shardshuffle=False, empty_check=False)]
+    assert keys == [f"a{i:05d}-{start:05d}" for i in range(VIDEOS) for start in (0, 8)]
+    stats = ClipStats()
+    got = list(clips(str(packed), length=8, stats=stats))
+    assert [(c.video, c.start) for c in got] == [(f"a{i:05d}", 0) for i in range(VIDEOS)]
+    assert sorted(stats.short) == [f"a{i:05d}-00008" for i in range(VIDEOS)]  # 2 frames each
+    proc = farm("unpack", str(packed), str(tmp_path / "back"))
+    assert proc.returncode == 0, proc.stderr
+    assert tree(tmp_path / "back") == tree(rendered)
+    assert farm("verify", str(packed)).returncode == 0
 
 
 def test_verify_names_a_changed_byte_in_a_shard_a_frame_and_an_index_file(rendered, tmp_path):
