@@ -49,7 +49,8 @@ def test_outputs_bench_costs_each_output(tmp_path):
 
 
 def test_farm_bench_streams_uploads_and_compares_with_the_aws_cli(tmp_path):
-    rows = bench(tmp_path, "farm", "--enqueue", "20", "--preset", "tiny", "--frames", "2")
+    rows = bench(tmp_path, "farm", "--enqueue", "20", "--preset", "tiny", "--frames", "2",
+                 "--format-videos", "2")
     by = {}
     for r in rows:
         by.setdefault(r["bench"], []).append(r)
@@ -60,6 +61,11 @@ def test_farm_bench_streams_uploads_and_compares_with_the_aws_cli(tmp_path):
     assert all(r["render_s"] > 0 and r["separate_bare_render_s"] > 0 for r in modes.values())
     tools = [r["tool"] for r in by["upload"]]
     assert tools[0].startswith("worker uploader") and by["upload"][0]["files"] == 320
+    formats = {r["format"]: r for r in by["delivery format"]}  # 2 videos of 160 frames
+    assert formats["one object per file"]["objects"] == formats["one object per file"]["puts"] == 2 * 323
+    assert formats["one tar per video"]["objects"] == formats["one tar per video"]["puts"] == 2 * 4
+    assert formats["one object per file"]["mb"] == formats["one tar per video"]["mb"]
+    assert [r["unpacked_files"] for r in by["pack"]] == [2 * 323, 2 * 323]
 
 
 def test_quality_bench_and_choice(tmp_path):
