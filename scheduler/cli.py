@@ -35,6 +35,7 @@ from scheduler.finalize import (
 )
 from scheduler.progress import segment_status
 from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
+from scheduler.slurm import add_parser as add_slurm_parser
 
 
 def cmd_init_storage(ctx: Context, args: argparse.Namespace) -> int:
@@ -313,6 +314,12 @@ def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_slurm(ctx: Context, args: argparse.Namespace) -> int:
+    from scheduler.slurm import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="calibration file (bench calibrate) on top of the shipped figures")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
+
+    add_slurm_parser(sub).set_defaults(func=cmd_slurm)
 
     chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
                            add_help=False)
