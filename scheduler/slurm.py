@@ -212,6 +212,7 @@ worker=$!
 trap 'kill -TERM "$worker" 2>/dev/null' TERM
 wait "$worker"; status=$?
 while kill -0 "$worker" 2>/dev/null; do wait "$worker"; status=$?; done
+wait "$worker" 2>/dev/null; last=$?; [ "$last" = 127 ] || status=$last  # not the trap's 143
 rm -rf "$FARM_SCRATCH"
 echo "bl30k worker: exit $status at $(date +%s.%N)"
 exit "$status"
