@@ -1,0 +1,95 @@
+"""``python -m scheduler slurm`` without a cluster: the script it writes (bash's own parser) and
+bad input as one line and exit code 2. The real cluster run is tests/system/test_slurm.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scheduler.processes import ROOT
+from scheduler.slurm import seconds
+
+FARM = {"FARM_REDIS_URL": "redis://redis.cluster:6379/0", "FARM_STORAGE_URL": "s3://bl30k/bl30k",
+        "FARM_S3_ENDPOINT": "https://s3.example", "REDIS_PASSWORD": "sekrit-pw",
+        "AWS_ACCESS_KEY_ID": "key-id", "AWS_SECRET_ACCESS_KEY": "sekrit-key"}
+
+
+def slurm(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("FARM_", "REDIS_", "AWS_"))}
+    return subprocess.run([sys.executable, "-m", "scheduler", "slurm", "--dir",
+                           str(tmp_path / "s"), *args], env={**clean, **(env or {})}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_script_asks_for_one_gpu_per_worker_and_reads_its_settings_from_a_file(tmp_path):
+    proc = slurm(tmp_path, "--workers", "8", "--max-running", "4", "--time", "2-00:00:00",
+                 "--partition", "gpu", "--sbatch=--constraint=a100", env=FARM)
+    assert proc.returncode == 0, proc.stderr
+    script = (tmp_path / "s" / "workers.sbatch").read_text()
+    for line in ("#SBATCH --array=0-7%4", "#SBATCH --gres=gpu:1", "#SBATCH --requeue",
+                 "#SBATCH --signal=B:TERM@120", "#SBATCH --time=2-00:00:00",
+                 "#SBATCH --partition=gpu", "#SBATCH --constraint=a100", "#SBATCH --export=NONE"):
+        assert line in script.splitlines()
+    assert 'FARM_GPUS="${CUDA_VISIBLE_DEVICES:-none}"' in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # bash parses it
+    env = (tmp_path / "s" / "farm.env").read_text()
+    assert "FARM_REDIS_URL=redis://redis.cluster:6379/0" in env
+    for value in ("sekrit-pw", "sekrit-key", "key-id"):  # secrets: files the env file names
+        assert value not in env and value not in script
+    assert (tmp_path / "s" / "secrets" / "redis_password").read_text() == "sekrit-pw"
+    for path in ("farm.env", "secrets/redis_password", "secrets/s3_secret_key"):
+        assert (tmp_path / "s" / path).stat().st_mode & 0o077 == 0
+
+
+def test_an_image_runs_the_worker_in_apptainer(tmp_path):
+    proc = slurm(tmp_path, "--workers", "2", "--image", "/shared/bl30k-worker.sif",
+                 "--bind", "/shared/assets", env=FARM)
+    assert proc.returncode == 0, proc.stderr
+    script = (tmp_path / "s" / "workers.sbatch").read_text()
+    assert "apptainer exec --nv --pwd /app" in script and "--bind /shared/assets" in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_time_limits():
+    assert [seconds(t) for t in ("90", "1:30", "2:00:00", "1-0", "1-2:30", "1-00:00:10")] == \
+        [5400, 90, 7200, 86400, 95400, 86410]
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--workers", "0"], FARM, "--workers must be at least 1"),
+    (["--workers", "2", "--time", "soon"], FARM, "--time 'soon' is not a Slurm time limit"),
+    (["--workers", "2", "--time", "1:00", "--hand-back-s", "120"], FARM,
+     "must be at least 10 and below the time limit (60 s)"),
+    (["--workers", "2", "--mem", "lots"], FARM, "--mem 'lots' is not a Slurm memory size"),
+    (["--workers", "2", "--gres", "gpu"], FARM, "--gres 'gpu' is not a GRES request"),
+    (["--workers", "2"], {}, "FARM_REDIS_URL is not set"),
+    (["--workers", "2", "--env-file", "/nonexistent/farm.env"], {}, "no such file"),
+    (["--workers", "2", "--python", "/nonexistent/python"], FARM, "--python /nonexistent"),
+    (["--workers", "2", "--workdir", "/"], FARM, "not the project"),
+    (["--workers", "2", "--submit"], {**FARM, "PATH": "/nonexistent"}, "sbatch not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, env, message):
+    proc = slurm(tmp_path, *args, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("FARM_REDIS_URL=redis://r:6379/0\nFARM_STORAGE_URL=s3://b/p\nFARM_SEEED=1", "FARM_SEEED is "
+     "not a farm setting"),
+    ("FARM_REDIS_URL=redis://r:6379/0\nFARM_STORAGE_URL=s3://b/p\nFARM_GPUS=0", "FARM_GPUS is "
+     "set per job"),
+    ("FARM_REDIS_URL=redis://r:6379/0\nthis is not a line", ":2: not a NAME=value line"),
+    ("FARM_REDIS_URL=redis://r:6379/0", "FARM_STORAGE_URL is not set"),
+])
+def test_a_bad_env_file_names_its_line(tmp_path, line, message):
+    env_file = tmp_path / "farm.env"
+    env_file.write_text(line + "\n")
+    proc = slurm(tmp_path, "--workers", "1", "--env-file", str(env_file))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
