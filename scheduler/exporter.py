@@ -27,6 +27,7 @@ from farm.queue.state import PREFIX, STATES, UNHEALTHY, BrokerUnavailable, conne
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9808
+DEMAND = "farm_render_demand"  # what KEDA scales the workers on (deploy/kubernetes/)
 
 
 def _lease_parts(key: str, kind: str) -> str:
@@ -147,7 +148,7 @@ def _demand(r: redis.Redis):
     messages.add_metric(["queued"], queued)
     messages.add_metric(["unacked"], unacked)
     yield messages
-    yield GaugeMetricFamily("farm_render_demand", "Render messages queued plus unacknowledged: "
+    yield GaugeMetricFamily(DEMAND, "Render messages queued plus unacknowledged: "
                             "the workers wanted (the autoscaler's input).", value=queued + unacked)
 
 
