@@ -401,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="wall time, GPU-hours, bucket size and cost of N videos")
     plan.add_argument("--videos", type=int, required=True)
     plan.add_argument("--preset", default="bl30k")
-    plan.add_argument("--gpus", type=int, default=1, help="workers rendering at once (1 per GPU)")
+    plan.add_argument("--gpus", type=int, help="workers rendering at once (1 per GPU; default 1)")
+    plan.add_argument("--nodes", type=int, help="machines (with --gpus-per-node: --gpus N x G)")
+    plan.add_argument("--gpus-per-node", type=int, help="GPUs per machine")
     plan.add_argument("--device",
                       help="CPU, CUDA, OPTIX... (default: OPTIX, else CUDA, else CPU, as calibrated)")
     plan.add_argument("--machine", help="only calibration entries whose machine contains this")
