@@ -101,6 +101,7 @@ def test_workers_as_a_slurm_job_array_survive_a_requeue_mid_render(cluster, farm
 
         # the command under test: the settings go by file, the job array to sbatch
         folder = tmp_path / "slurm"
+        before_submit = time.time()
         proc = subprocess.run(
             [sys.executable, "-m", "scheduler", "slurm", "--workers", "2", "--dir", str(folder),
              "--cpus", "1", "--mem", "1500M", "--time", "30:00", "--hand-back-s", "60",
@@ -176,7 +177,12 @@ def test_workers_as_a_slurm_job_array_survive_a_requeue_mid_render(cluster, farm
         wait("the array's end", lambda: not cluster.jobs(), 60, logs)
         cancel_s = time.monotonic() - cancelled
         assert not list(node_local.iterdir())
-        print(f"\nslurm: first frame {first_frame_s:.1f} s after sbatch; requeue -> worker exit "
+        whole = "".join(p.read_text() for p in (folder / "logs").glob("*.log"))
+        starts = sorted(float(t) for t in re.findall(r"restart 0\).* started ([\d.]+)", whole))
+        assert len(starts) == 2
+        print(f"\nslurm: jobs started {starts[0] - before_submit:.1f} and "
+              f"{starts[1] - before_submit:.1f} s after `scheduler slurm --submit` began; "
+              f"first frame {first_frame_s:.1f} s after sbatch; requeue -> worker exit "
               f"{exit_s:.1f} s, -> restarted {restart_s:.1f} s (StartTime reset); scancel -> "
               f"jobs gone {cancel_s:.1f} s; test {time.monotonic() - t_start:.0f} s")
     finally:
