@@ -202,14 +202,16 @@ set -a; . {shlex.quote(str(job.env_file.resolve()))}; set +a  # Redis, S3, asset
 export FARM_NODE_NAME="$SLURMD_NODENAME"
 export FARM_GPUS="${{CUDA_VISIBLE_DEVICES:-none}}"  # the GPU Slurm gave this task
 export FARM_SCRATCH="{job.scratch}/bl30k-$SLURM_JOB_ID"  # node-local disk
+# SIGTERM (the time limit's --signal, a requeue, a preemption): the worker hands its video back.
+worker=
+trap '[ -n "$worker" ] && kill -TERM "$worker" 2>/dev/null; echo "bl30k worker: SIGTERM at \
+$(date +%s.%N)"; [ -n "$worker" ] || exit 0' TERM
 mkdir -p "$FARM_SCRATCH" || exit 1
 echo "bl30k worker: job $SLURM_JOB_ID (array task ${{SLURM_ARRAY_TASK_ID:-0}}, restart \\
 ${{SLURM_RESTART_COUNT:-0}}) on $SLURMD_NODENAME, GPU $FARM_GPUS, scratch $FARM_SCRATCH, \\
 started $(date +%s.%N)"
 {worker_command(job)} &
 worker=$!
-# SIGTERM (the time limit's --signal, a requeue, a preemption): the worker hands its video back.
-trap 'kill -TERM "$worker" 2>/dev/null' TERM
 wait "$worker"; status=$?
 while kill -0 "$worker" 2>/dev/null; do wait "$worker"; status=$?; done
 wait "$worker" 2>/dev/null; last=$?; [ "$last" = 127 ] || status=$last  # not the trap's 143

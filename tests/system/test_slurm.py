@@ -25,6 +25,7 @@ from slurm_cluster import SlurmCluster, missing_tools
 from farm.generate.sampling import generate_spec
 from farm.model.presets import load_preset
 from farm.model.spec import save_spec
+from farm.queue.broker import broker_task_ids
 from scheduler.monitoring import start_exporter
 from scheduler.processes import free_port, stop
 
@@ -193,3 +194,42 @@ def cluster_id(cluster: SlurmCluster, job: str) -> str:
     """squeue's id of a job (``<array>_<task>`` for an array task)."""
     array, task = cluster.job_field(job, "ArrayJobId"), cluster.job_field(job, "ArrayTaskId")
     return f"{array}_{task}"
+
+
+def test_the_time_limit_signal_hands_the_video_back_before_the_kill(cluster, farm, library,
+                                                                   tmp_path):
+    """``--signal=B:TERM@<lead>``: before the time limit Slurm signals the batch shell, which
+    passes it to the worker; the worker hands its video back and the job ends by itself (exit 0,
+    COMPLETED), long before Slurm's kill at the limit."""
+    segment = 24
+    spec = generate_spec(library, load_preset("tiny"), segment, 0, 2021)
+    spec = replace(spec, frames=400, resolution=(128, 96), source="imported",
+                   render=replace(spec.render, samples=64))  # minutes: outlasts the job
+    save_spec(spec, tmp_path / "long.yaml")
+    farm.cli("enqueue", "--specs", str(tmp_path / "long.yaml"))
+    folder = tmp_path / "slurm"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler", "slurm", "--workers", "1", "--dir", str(folder),
+         "--cpus", "1", "--mem", "1500M", "--time", "1", "--hand-back-s", "45",
+         "--scratch", str(tmp_path), "--submit"],
+        env={**farm.env, **cluster.env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job = re.search(r"submitted job array (\d+)", proc.stdout)[1]
+    [log] = wait("the job's log", lambda: list((folder / "logs").glob("*.log")), 30)
+    text = wait("the worker's exit", lambda: "bl30k worker: exit" in log.read_text()
+                and log.read_text(), 70, lambda: log.read_text()[-4000:])
+    started = float(re.search(r"started ([\d.]+)", text)[1])
+    signalled = float(re.search(r"SIGTERM at ([\d.]+)", text)[1])
+    exited = re.search(r"bl30k worker: exit (\d+) at ([\d.]+)", text)
+    assert exited[1] == "0", text[-3000:]
+    assert f"{spec.id}: the worker is shutting down; handing the video back" in text, text[-3000:]
+    assert float(exited[2]) - started < 50  # the limit is 60 s
+    wait("the job's end", lambda: cluster.job_field(f"{job}_0", "JobState") == "COMPLETED", 30)
+    info = farm.state().video(spec.id)
+    assert farm.status(segment)["done"] == 0 and "crashes" not in info and \
+        "lost_deliveries" not in info, info
+    r = farm.state().r
+    assert broker_task_ids(r) == {f"render-{spec.id}-1"}  # back in the queue, for any worker
+    assert r.get(f"farm:lease:video:{spec.id}") is None
+    print(f"\nslurm time limit: SIGTERM {signalled - started:.1f} s after the job started "
+          f"(limit 60 s, lead 45 s), worker exit {float(exited[2]) - signalled:.1f} s later")
