@@ -33,7 +33,7 @@ class SlurmCluster:
         self.folder = Path(tempfile.mkdtemp(prefix="slurm-test-"))
         self.folder.chmod(0o755)
         self.procs: list[subprocess.Popen] = []
-        self.node = socket.gethostname()
+        self.node = socket.gethostname().split(".")[0]  # Slurm's short host name
         self.env = {**os.environ, "SLURM_CONF": str(self.folder / "slurm.conf")}
 
     # --- start / stop ----------------------------------------------------------------------
@@ -42,9 +42,9 @@ class SlurmCluster:
         try:
             self._munge()
             self._configure()
-            for daemon in ("slurmctld", "slurmd"):
-                self.procs.append(self._spawn([daemon, "-D", "-f", self.env["SLURM_CONF"]],
-                                              daemon))
+            conf = self.env["SLURM_CONF"]
+            self.procs.append(self._spawn(["slurmctld", "-D", "-f", conf], "slurmctld"))
+            self.procs.append(self._spawn(["slurmd", "-D", "-f", conf, "-N", self.node], "slurmd"))
             self.wait_idle(timeout=30)
         except BaseException:
             self.close()
@@ -55,6 +55,11 @@ class SlurmCluster:
         self.close()
 
     def close(self) -> None:
+        if len(self.procs) == 3 and all(p.poll() is None for p in self.procs):
+            self.run("scancel", "--full", f"--user={os.getuid()}", check=False)  # this cluster's
+            deadline = time.monotonic() + self.kill_wait_s + 10
+            while self.jobs() and time.monotonic() < deadline:
+                time.sleep(0.5)
         for proc in reversed(self.procs):  # slurmd, slurmctld, munged: by pid
             if proc.poll() is None:
                 proc.terminate()

@@ -1,15 +1,15 @@
-"""``python -m scheduler slurm`` without a cluster: the script it writes (bash's own parser) and
-bad input as one line and exit code 2. The real cluster run is tests/system/test_slurm.py."""
+"""``python -m scheduler slurm`` without a cluster (its ``main``, in this process): the script it
+writes (bash's own parser) and bad input as one line and exit code 2. The real cluster run is
+tests/system/test_slurm.py."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from scheduler.processes import ROOT
+from scheduler.cli import main
 from scheduler.slurm import seconds
 
 FARM = {"FARM_REDIS_URL": "redis://redis.cluster:6379/0", "FARM_STORAGE_URL": "s3://bl30k/bl30k",
@@ -17,18 +17,27 @@ FARM = {"FARM_REDIS_URL": "redis://redis.cluster:6379/0", "FARM_STORAGE_URL": "s
         "AWS_ACCESS_KEY_ID": "key-id", "AWS_SECRET_ACCESS_KEY": "sekrit-key"}
 
 
-def slurm(tmp_path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("FARM_", "REDIS_", "AWS_"))}
-    return subprocess.run([sys.executable, "-m", "scheduler", "slurm", "--dir",
-                           str(tmp_path / "s"), *args], env={**clean, **(env or {})}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+@pytest.fixture
+def slurm(tmp_path, monkeypatch, capsys):
+    """``python -m scheduler slurm --dir <tmp>/s ARGS`` in this process, with only ``env`` of the
+    farm's variables set: (exit code, stdout, stderr)."""
+    def run(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+        for name in list(os.environ):
+            if name.startswith(("FARM_", "REDIS_", "AWS_")):
+                monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        code = main(["slurm", "--dir", str(tmp_path / "s"), *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
 
 
-def test_the_script_asks_for_one_gpu_per_worker_and_reads_its_settings_from_a_file(tmp_path):
-    proc = slurm(tmp_path, "--workers", "8", "--max-running", "4", "--time", "2-00:00:00",
-                 "--partition", "gpu", "--sbatch=--constraint=a100", env=FARM)
-    assert proc.returncode == 0, proc.stderr
+def test_the_script_asks_for_one_gpu_per_worker_and_reads_its_settings_from_a_file(slurm, tmp_path):
+    code, _, err = slurm("--workers", "8", "--max-running", "4", "--time", "2-00:00:00",
+                         "--partition", "gpu", "--sbatch=--constraint=a100", env=FARM)
+    assert code == 0, err
     script = (tmp_path / "s" / "workers.sbatch").read_text()
     for line in ("#SBATCH --array=0-7%4", "#SBATCH --gres=gpu:1", "#SBATCH --requeue",
                  "#SBATCH --signal=B:TERM@120", "#SBATCH --time=2-00:00:00",
@@ -45,10 +54,10 @@ def test_the_script_asks_for_one_gpu_per_worker_and_reads_its_settings_from_a_fi
         assert (tmp_path / "s" / path).stat().st_mode & 0o077 == 0
 
 
-def test_an_image_runs_the_worker_in_apptainer(tmp_path):
-    proc = slurm(tmp_path, "--workers", "2", "--image", "/shared/bl30k-worker.sif",
-                 "--bind", "/shared/assets", env=FARM)
-    assert proc.returncode == 0, proc.stderr
+def test_an_image_runs_the_worker_in_apptainer(slurm, tmp_path):
+    code, _, err = slurm("--workers", "2", "--image", "/shared/bl30k-worker.sif",
+                         "--bind", "/shared/assets", env=FARM)
+    assert code == 0, err
     script = (tmp_path / "s" / "workers.sbatch").read_text()
     assert "apptainer exec --nv --pwd /app" in script and "--bind /shared/assets" in script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
@@ -72,11 +81,11 @@ def test_time_limits():
     (["--workers", "2", "--workdir", "/"], FARM, "not the project"),
     (["--workers", "2", "--submit"], {**FARM, "PATH": "/nonexistent"}, "sbatch not found"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, env, message):
-    proc = slurm(tmp_path, *args, env=env)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("error: ") and message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+def test_bad_input_is_one_line_and_exit_2(slurm, args, env, message):
+    code, out, err = slurm(*args, env=env)
+    assert code == 2, out + err
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -87,9 +96,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, env, message):
     ("FARM_REDIS_URL=redis://r:6379/0\nthis is not a line", ":2: not a NAME=value line"),
     ("FARM_REDIS_URL=redis://r:6379/0", "FARM_STORAGE_URL is not set"),
 ])
-def test_a_bad_env_file_names_its_line(tmp_path, line, message):
+def test_a_bad_env_file_names_its_line(slurm, tmp_path, line, message):
     env_file = tmp_path / "farm.env"
     env_file.write_text(line + "\n")
-    proc = slurm(tmp_path, "--workers", "1", "--env-file", str(env_file))
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, _, err = slurm("--workers", "1", "--env-file", str(env_file))
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
