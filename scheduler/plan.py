@@ -104,27 +104,24 @@ def engines(nodes: int, per_node: int) -> dict[str, str]:
     }
 
 
-def layout(args) -> tuple[int, int]:
+def layout(gpus: int | None, nodes: int | None, per_node: int | None) -> tuple[int, int]:
     """(nodes, GPUs per node) from ``--gpus`` or ``--nodes``/``--gpus-per-node``."""
-    if args.nodes is None and args.gpus_per_node is None:
-        return 1, args.gpus
-    nodes = args.nodes if args.nodes is not None else 1
-    per_node = args.gpus_per_node if args.gpus_per_node is not None else 1
+    if nodes is None and per_node is None:
+        return 1, 1 if gpus is None else gpus
+    nodes, per_node = 1 if nodes is None else nodes, 1 if per_node is None else per_node
     if nodes < 1 or per_node < 1:
         raise CalibrationError("--nodes and --gpus-per-node must be at least 1")
-    if args.gpus_given and args.gpus != nodes * per_node:
-        raise CalibrationError(f"--gpus {args.gpus} contradicts --nodes {nodes} x "
-                               f"--gpus-per-node {per_node}: give one or the other")
+    if gpus is not None and gpus != nodes * per_node:
+        raise CalibrationError(f"--gpus {gpus} contradicts --nodes {nodes} x --gpus-per-node "
+                               f"{per_node}: give one or the other")
     return nodes, per_node
 
 
 def run(args) -> int:
     """The ``plan`` command; a missing figure is a CalibrationError (one line, exit 2)."""
-    args.gpus_given = args.gpus is not None
-    args.gpus = args.gpus if args.gpus is not None else 1
-    nodes, per_node = layout(args)
-    args.gpus = nodes * per_node
-    if args.videos < 1 or args.gpus < 1:
+    nodes, per_node = layout(args.gpus, args.nodes, args.gpus_per_node)
+    gpus = nodes * per_node
+    if args.videos < 1 or gpus < 1:
         raise CalibrationError("--videos and --gpus must be at least 1")
     preset = load_preset(args.preset)  # an unknown preset is a SpecError naming it
     paths = default_paths(args.calibration)
@@ -132,14 +129,14 @@ def run(args) -> int:
     entry = select(entries, args.preset, args.device, args.machine,
                    where=", ".join(str(p) for p in paths))
     frames = args.frames or preset.frames
-    p = plan(entry, args.videos, frames, args.gpus, args.price_per_gpu_hour,
+    p = plan(entry, args.videos, frames, gpus, args.price_per_gpu_hour,
              args.price_per_gb_month)
     p.update(nodes=nodes, gpus_per_node=per_node, engines=engines(nodes, per_node))
     if args.json:
         print(json.dumps(p, indent=1))
         return 0
     print(describe(p, args.preset))
-    print(f"engines (the same estimate on each: {args.gpus} workers = {nodes} node"
+    print(f"engines (the same estimate on each: {gpus} workers = {nodes} node"
           f"{'s' if nodes != 1 else ''} x {per_node} GPU{'s' if per_node != 1 else ''}):")
     for engine, how in p["engines"].items():
         print(f"  {engine + ':':12}{how}")

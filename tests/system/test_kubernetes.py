@@ -162,6 +162,17 @@ def rules(docs: list[dict]) -> list[str]:
     if len(pdbs) != 1:
         found.append(f"farm-worker: {len(pdbs)} PodDisruptionBudgets select it (want 1)")
 
+    # only the farm's pods (and the scheduler CLI's, labelled farm-scheduler) reach Redis
+    policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy" and
+                d["spec"]["podSelector"].get("matchLabels") == {"app.kubernetes.io/name": "farm-redis"}]
+    allowed = {v for p in policies for rule in p.get("ingress", []) for peer in rule.get("from", [])
+               for e in peer.get("podSelector", {}).get("matchExpressions", []) for v in e["values"]}
+    clients = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+               for d, _ in pod_specs(docs) if d["metadata"]["name"] != "farm-redis"}
+    if len(policies) != 1 or not clients <= allowed:
+        found.append(f"NetworkPolicy: Redis must admit exactly the farm's pods {sorted(clients)}, "
+                     f"admits {sorted(allowed)}")
+
     scalers = [d for d in docs if d["kind"] == "ScaledObject"]
     if [s["spec"]["scaleTargetRef"]["name"] for s in scalers] != ["farm-worker"]:
         return [*found, "one ScaledObject must target Deployment/farm-worker"]
@@ -188,8 +199,9 @@ def test_every_overlay_renders_and_validates(rendered):
     for overlay, docs in rendered.items():
         assert problems(docs) == [], overlay
         kinds = sorted({d["kind"] for d in docs})
-        assert kinds == ["ConfigMap", "Deployment", "Namespace", "PersistentVolumeClaim",
-                         "PodDisruptionBudget", "ScaledObject", "Service", "StatefulSet"]
+        assert kinds == ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy",
+                         "PersistentVolumeClaim", "PodDisruptionBudget", "ScaledObject", "Service",
+                         "StatefulSet"]
         names = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
         assert names == {"farm-worker", "farm-reconciler", "farm-exporter", "farm-flower"}
         redis = next(d for d in docs if d["kind"] == "StatefulSet")
@@ -248,6 +260,11 @@ BROKEN = {
 - op: remove
   path: /spec/template/spec/containers/0/resources/limits/nvidia.com~1gpu
 """, "Deployment", "farm-worker", "nvidia.com/gpu: 1"),
+    "redis-closed-to-the-workers": ("""\
+- op: replace
+  path: /spec/ingress/0/from/0/podSelector/matchExpressions/0/values
+  value: [farm-exporter]
+""", "NetworkPolicy", "farm-redis", "Redis must admit exactly the farm's pods"),
     "typo-setting": ("""\
 - op: add
   path: /data/FARM_LEASE_TTLS
