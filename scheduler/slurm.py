@@ -102,7 +102,6 @@ def check(job: Job) -> None:
             raise ConfigError(f"--workdir {job.workdir}: not the project (no worker/celery_app.py)")
         if not Path(job.python).is_file():
             raise ConfigError(f"--python {job.python}: no such file")
-    read_env_file(job.env_file)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -123,20 +122,27 @@ def read_env_file(path: Path) -> dict[str, str]:
         if m[1] in PER_JOB:
             raise ConfigError(f"{path}:{n}: {m[1]} is set per job by the script (the GPU, node and "
                               "scratch Slurm gives it): remove it")
-        values[m[1]] = " ".join(shlex.split(m[2])) if m[2] else ""
+        try:
+            values[m[1]] = " ".join(shlex.split(m[2]))
+        except ValueError as exc:  # unbalanced quotes
+            raise ConfigError(f"{path}:{n}: {exc}") from None
     for name in ("FARM_REDIS_URL", "FARM_STORAGE_URL"):
         if not values.get(name):
             raise ConfigError(f"{path}: {name} is not set (the workers run on other nodes)")
     return values
 
 
-def write_env_file(folder: Path) -> Path:
-    """``<folder>/farm.env`` from this environment's farm settings; secret values go to files
-    under ``<folder>/secrets/`` (0600) named by ``*_FILE``. Both 0600."""
+def require_address() -> None:
     for name in ("FARM_REDIS_URL", "FARM_STORAGE_URL"):
         if not is_set(name):
             raise ConfigError(f"{name} is not set: the workers need this farm's address "
                               "(or give --env-file)")
+
+
+def write_env_file(folder: Path) -> Path:
+    """``<folder>/farm.env`` from this environment's farm settings; secret values go to files
+    under ``<folder>/secrets/`` (0600) named by ``*_FILE``. Both 0600."""
+    require_address()
     lines = [f"{name}={shlex.quote(text(name))}" for name in VARS
              if name not in PER_JOB and is_set(name)]
     secrets_dir = folder / "secrets"
@@ -236,8 +242,6 @@ def submit(script: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "logs").mkdir(exist_ok=True)
     env_file = Path(args.env_file) if args.env_file else None
     job = Job(workers=args.workers, folder=folder, env_file=env_file or folder / "farm.env",
               time_limit=args.time, hand_back_s=args.hand_back_s, gres=args.gres,
@@ -246,9 +250,15 @@ def run(args: argparse.Namespace) -> int:
               qos=args.qos, scratch=args.scratch, workdir=Path(args.workdir).resolve(),
               python=args.python, image=args.image, container_runtime=args.container_runtime,
               binds=tuple(args.bind or ()), sbatch_extra=tuple(args.sbatch or ()))
+    check(job)  # before anything is written
+    if env_file is not None:
+        read_env_file(env_file)
+    else:
+        require_address()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "logs").mkdir(exist_ok=True)
     if env_file is None:
-        write_env_file(folder)
-    check(job)
+        read_env_file(write_env_file(folder))
     script = folder / "workers.sbatch"
     script.write_text(batch_script(job))
     script.chmod(0o750)

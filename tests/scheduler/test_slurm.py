@@ -81,11 +81,13 @@ def test_time_limits():
     (["--workers", "2", "--workdir", "/"], FARM, "not the project"),
     (["--workers", "2", "--submit"], {**FARM, "PATH": "/nonexistent"}, "sbatch not found"),
 ])
-def test_bad_input_is_one_line_and_exit_2(slurm, args, env, message):
+def test_bad_input_is_one_line_and_exit_2(slurm, tmp_path, args, env, message):
     code, out, err = slurm(*args, env=env)
     assert code == 2, out + err
     assert err.startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+    if "--submit" not in args:  # bad input writes nothing (the script stays for a failed submit)
+        assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -95,6 +97,7 @@ def test_bad_input_is_one_line_and_exit_2(slurm, args, env, message):
      "set per job"),
     ("FARM_REDIS_URL=redis://r:6379/0\nthis is not a line", ":2: not a NAME=value line"),
     ("FARM_REDIS_URL=redis://r:6379/0", "FARM_STORAGE_URL is not set"),
+    ("FARM_REDIS_URL='redis://r:6379/0", ":1: No closing quotation"),
 ])
 def test_a_bad_env_file_names_its_line(slurm, tmp_path, line, message):
     env_file = tmp_path / "farm.env"
