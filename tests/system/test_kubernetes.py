@@ -190,14 +190,25 @@ def rules(docs: list[dict]) -> list[str]:
     return found
 
 
+def validate_cli(docs: list[dict], folder: Path) -> subprocess.CompletedProcess:
+    """The validator's own command, ``kubernetes-validate --strict``, on the built-in objects."""
+    path = folder / "builtin.yaml"
+    path.write_text(yaml.safe_dump_all([d for d in docs if not d["apiVersion"].startswith("keda.sh/")]))
+    exe = Path(sys.executable).with_name("kubernetes-validate")
+    return subprocess.run([str(exe), "--strict", "--quiet", str(path)], capture_output=True,
+                          text=True, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict]]:
     return {o: render(KUBE / "overlays" / o) for o in OVERLAYS}
 
 
-def test_every_overlay_renders_and_validates(rendered):
+def test_every_overlay_renders_and_validates(rendered, tmp_path):
     for overlay, docs in rendered.items():
         assert problems(docs) == [], overlay
+        cli = validate_cli(docs, tmp_path)
+        assert cli.returncode == 0 and "ERROR" not in cli.stdout + cli.stderr, cli.stdout
         kinds = sorted({d["kind"] for d in docs})
         assert kinds == ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy",
                          "PersistentVolumeClaim", "PodDisruptionBudget", "ScaledObject", "Service",
@@ -282,5 +293,9 @@ def test_a_broken_overlay_fails_validation(tmp_path, case):
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(KUBE / "overlays" / "on-demand", overlay)],
         "patches": [{"target": {"kind": kind, "name": name}, "patch": patch}]}))
-    found = problems(render(overlay))
+    docs = render(overlay)
+    found = problems(docs)
     assert any(message in p for p in found), found
+    if case == "wrong-field":  # the validator's command says so too
+        cli = validate_cli(docs, tmp_path)
+        assert cli.returncode == 1 and "'terminationGracePeriod' was unexpected" in cli.stdout
