@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("slurm", help="write (and --submit) the workers as a Slurm job array")
+    p = sub.add_parser("slurm", help="write (and --submit) the workers as a Slurm job array",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, required=True, help="array tasks: one worker per GPU")
     p.add_argument("--dir", default="slurm-farm",
                    help="script, env file and logs (on storage the nodes share)")
