@@ -207,7 +207,7 @@ def test_the_time_limit_signal_hands_the_video_back_before_the_kill(cluster, far
 
     slurmctld sends the signal at its first periodic check (every 30 s) once the time left is
     under lead + 30 s (sbatch(1) warns of up to 60 s early): with a 60 s limit and a 10 s lead,
-    20-50 s after the start (22-26 s measured), when the worker (rendering within ~12 s here)
+    20-50 s after the start (22-23 s measured), when the worker (rendering within ~12 s here)
     is under way; the hand-back line in its log proves it was."""
     segment = 24
     spec = generate_spec(library, load_preset("tiny"), segment, 0, 2021)
