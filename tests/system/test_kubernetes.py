@@ -151,6 +151,8 @@ def rules(docs: list[dict]) -> list[str]:
     if str(limits.get("nvidia.com/gpu")) != "1" or \
             str(c["resources"].get("requests", {}).get("nvidia.com/gpu")) != "1":
         found.append("farm-worker: must request and limit nvidia.com/gpu: 1 (one GPU per worker)")
+    if "replicas" in worker["spec"]:  # KEDA's HPA owns it; a re-apply would reset the workers
+        found.append("farm-worker: no replicas field (KEDA scales it)")
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if not 60 <= grace < 120:  # an upload under way (60 s S3 timeout); below the 2-minute notice
         found.append(f"farm-worker: terminationGracePeriodSeconds {grace} is not in [60, 120)")
