@@ -278,6 +278,11 @@ BROKEN = {
   path: /spec/ingress/0/from/0/podSelector/matchExpressions/0/values
   value: [farm-exporter]
 """, "NetworkPolicy", "farm-redis", "Redis must admit exactly the farm's pods"),
+    "worker-replicas": ("""\
+- op: add
+  path: /spec/replicas
+  value: 0
+""", "Deployment", "farm-worker", "no replicas field"),
     "typo-setting": ("""\
 - op: add
   path: /data/FARM_LEASE_TTLS
