@@ -25,8 +25,8 @@ system-deps:
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 		missing="$$missing chromium"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
-	command -v slurmctld >/dev/null || missing="$$missing slurm-wlm"; \
-	command -v munged >/dev/null || missing="$$missing munge"; \
+	command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || missing="$$missing slurm-wlm"; \
+	command -v munged >/dev/null || [ -x /usr/sbin/munged ] || missing="$$missing munge"; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 
