@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from services import ROOT
 from slurm_cluster import SlurmCluster, missing_tools
 
@@ -52,11 +53,14 @@ def cluster():
 
 
 def scrape(port: int) -> dict[str, dict[str, float]]:
-    """One scrape of the exporter: metric -> labels text -> value."""
+    """One scrape of the exporter, parsed as Prometheus' text format (what KEDA's metrics-api
+    scaler reads): metric -> labels -> value."""
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     samples: dict[str, dict[str, float]] = {}
-    for m in re.finditer(r"^(\w+)(\{[^}]*\})? (\S+)$", text, re.M):
-        samples.setdefault(m[1], {})[m[2] or ""] = float(m[3])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})[f"{{{labels}}}" if labels else ""] = sample.value
     return samples
 
 
