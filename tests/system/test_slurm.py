@@ -228,11 +228,16 @@ def test_the_time_limit_signal_hands_the_video_back_before_the_kill(cluster, far
     assert proc.returncode == 0, proc.stderr
     job = re.search(r"submitted job array (\d+)", proc.stdout)[1]
     [log] = wait("the job's log", lambda: list((folder / "logs").glob("*.log")), 30)
+    wait("the render's first frame", lambda: next(iter(tmp_path.glob(
+        f"bl30k-*/{spec.id}.staging/JPEGImages/{spec.id}/00000.jpg")), None), 60,
+        lambda: log.read_text()[-4000:])
+    rendering = time.time()
     text = wait("the worker's exit", lambda: "bl30k worker: exit" in log.read_text()
                 and log.read_text(), 130, lambda: log.read_text()[-4000:])
     started = float(re.search(r"started ([\d.]+)", text)[1])
     signalled = float(re.search(r"SIGTERM at ([\d.]+)", text)[1])
     exited = re.search(r"bl30k worker: exit (\d+) at ([\d.]+)", text)
+    assert rendering < signalled, "the signal came before the render started"
     assert exited[1] == "0", text[-3000:]
     assert f"{spec.id}: the worker is shutting down; handing the video back" in text, text[-3000:]
     assert float(exited[2]) - started < 60  # the limit
@@ -243,5 +248,6 @@ def test_the_time_limit_signal_hands_the_video_back_before_the_kill(cluster, far
     r = farm.state().r
     assert broker_task_ids(r) == {f"render-{spec.id}-1"}  # back in the queue, for any worker
     assert r.get(f"farm:lease:video:{spec.id}") is None
-    print(f"\nslurm time limit: SIGTERM {signalled - started:.1f} s after the job started "
+    print(f"\nslurm time limit: rendering {rendering - started:.1f} s, SIGTERM "
+          f"{signalled - started:.1f} s after the job started "
           f"(limit 60 s, lead 10 s), worker exit {float(exited[2]) - signalled:.1f} s later")
