@@ -17,7 +17,7 @@ setup: $(BIN)/.installed
 
 # From Debian's packages, only the missing ones: redis-server (tests, local farm), prometheus (the
 # dashboard test, local-up --monitoring), chromium (the tests open the report in a browser) and
-# faketime (a worker whose clock is wrong).
+# faketime (a worker whose clock is wrong), slurm-wlm and munge (the Slurm test's one-node cluster).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -25,6 +25,8 @@ system-deps:
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 		missing="$$missing chromium"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || missing="$$missing slurm-wlm"; \
+	command -v munged >/dev/null || [ -x /usr/sbin/munged ] || missing="$$missing munge"; \
 	[ -z "$$missing" ] || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq --no-install-recommends $$missing; }
 

@@ -36,6 +36,7 @@ from scheduler.finalize import (
 )
 from scheduler.progress import segment_status
 from scheduler.publish import BATCH, reconcile_once, send, stranded_videos
+from scheduler.slurm import add_parser as add_slurm_parser
 
 
 def cmd_init_storage(ctx: Context, args: argparse.Namespace) -> int:
@@ -315,6 +316,12 @@ def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_slurm(ctx: Context, args: argparse.Namespace) -> int:
+    from scheduler.slurm import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -397,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="wall time, GPU-hours, bucket size and cost of N videos")
     plan.add_argument("--videos", type=int, required=True)
     plan.add_argument("--preset", default="bl30k")
-    plan.add_argument("--gpus", type=int, default=1, help="workers rendering at once (1 per GPU)")
+    plan.add_argument("--gpus", type=int, help="workers rendering at once (1 per GPU; default 1)")
+    plan.add_argument("--nodes", type=int, help="machines (with --gpus-per-node: --gpus N x G)")
+    plan.add_argument("--gpus-per-node", type=int, help="GPUs per machine")
     plan.add_argument("--device",
                       help="CPU, CUDA, OPTIX... (default: OPTIX, else CUDA, else CPU, as calibrated)")
     plan.add_argument("--machine", help="only calibration entries whose machine contains this")
@@ -408,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="calibration file (bench calibrate) on top of the shipped figures")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(func=cmd_plan)
+
+    add_slurm_parser(sub).set_defaults(func=cmd_slurm)
 
     chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
                            add_help=False)

@@ -27,6 +27,7 @@ from farm.queue.state import PREFIX, STATES, UNHEALTHY, BrokerUnavailable, conne
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9808
+DEMAND = "farm_render_demand"  # what KEDA scales the workers on (deploy/kubernetes/)
 
 
 def _lease_parts(key: str, kind: str) -> str:
@@ -104,6 +105,8 @@ class FarmCollector:
                                 "Videos being rendered by a live worker (held video leases).",
                                 value=leases)
 
+        yield from _demand(r)
+
         unhealthy = GaugeMetricFamily("farm_worker_unhealthy",
                                       "1 per worker that stopped consuming after failing video "
                                       "after video (until it is restarted).", labels=["worker"])
@@ -123,6 +126,30 @@ class FarmCollector:
                 for labels, hist in sorted(series.items()):
                     family.add_metric(labels, hist.cumulative(metric.buckets), sum_value=hist.sum)
             yield family
+
+
+def _demand(r: redis.Redis):
+    """Messages waiting in the render queue's priority lists, and those delivered but not
+    acknowledged (reserved by a worker, rendering, or waiting on a countdown): their sum is what
+    workers are needed for (KEDA scales on it; a list's length alone misses reserved tasks)."""
+    from farm.queue.app import app  # loads the settings: on first use, not at import
+
+    queue = app.conf.task_default_queue
+    lists = [k for k in r.scan_iter(f"{queue}*", count=1000) if r.type(k) == "list"]
+    pipe = r.pipeline(transaction=False)
+    for key in lists:
+        pipe.llen(key)
+    pipe.hlen("unacked")
+    *lengths, unacked = pipe.execute()
+    queued = sum(lengths)
+    messages = GaugeMetricFamily("farm_broker_messages", "Render messages in the broker: queued "
+                                 "(priority lists) or unacked (reserved or running).",
+                                 labels=["where"])
+    messages.add_metric(["queued"], queued)
+    messages.add_metric(["unacked"], unacked)
+    yield messages
+    yield GaugeMetricFamily(DEMAND, "Render messages queued plus unacknowledged: "
+                            "the workers wanted (the autoscaler's input).", value=queued + unacked)
 
 
 def registry(redis_url: str) -> CollectorRegistry:

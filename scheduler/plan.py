@@ -7,6 +7,9 @@ videos in turn, so the wall time is ``ceil(videos / gpus)`` videos one after ano
 ``videos * (frames * bytes_per_frame + bytes_per_video)``. Not included: renders that the
 quality gate rejects after frame 0 or at the end (they render again), retries after crashes,
 queue start-up, and the upload tail after the last frame (~0.03 s, BENCHMARKS.md).
+
+``--nodes N --gpus-per-node G`` is ``--gpus N*G`` laid out on machines: the estimate is the same
+whichever engine runs the workers (one per GPU), and the plan says how each one is asked for.
 """
 
 from __future__ import annotations
@@ -87,9 +90,38 @@ def describe(p: dict, preset: str) -> str:
     ])
 
 
+def engines(nodes: int, per_node: int) -> dict[str, str]:
+    """How each engine runs ``nodes * per_node`` workers, one per GPU (same figures for all)."""
+    workers = nodes * per_node
+    return {
+        "compose": f"on each of {nodes} host{'s' if nodes != 1 else ''}: docker compose up -d "
+                   f"--scale worker={per_node} (workers on other hosts: README, scale-out)",
+        "slurm": f"python -m scheduler slurm --workers {workers} --submit (array 0-{workers - 1}, "
+                 f"--gres=gpu:1 each: {per_node} per {per_node}-GPU node)",
+        "kubernetes": f"KEDA scales Deployment farm-worker up to {workers} pods of nvidia.com/gpu: 1 "
+                      f"(maxReplicaCount >= {workers}; {nodes} GPU node{'s' if nodes != 1 else ''}"
+                      f" x {per_node})",
+    }
+
+
+def layout(gpus: int | None, nodes: int | None, per_node: int | None) -> tuple[int, int]:
+    """(nodes, GPUs per node) from ``--gpus`` or ``--nodes``/``--gpus-per-node``."""
+    if nodes is None and per_node is None:
+        return 1, 1 if gpus is None else gpus
+    nodes, per_node = 1 if nodes is None else nodes, 1 if per_node is None else per_node
+    if nodes < 1 or per_node < 1:
+        raise CalibrationError("--nodes and --gpus-per-node must be at least 1")
+    if gpus is not None and gpus != nodes * per_node:
+        raise CalibrationError(f"--gpus {gpus} contradicts --nodes {nodes} x --gpus-per-node "
+                               f"{per_node}: give one or the other")
+    return nodes, per_node
+
+
 def run(args) -> int:
     """The ``plan`` command; a missing figure is a CalibrationError (one line, exit 2)."""
-    if args.videos < 1 or args.gpus < 1:
+    nodes, per_node = layout(args.gpus, args.nodes, args.gpus_per_node)
+    gpus = nodes * per_node
+    if args.videos < 1 or gpus < 1:
         raise CalibrationError("--videos and --gpus must be at least 1")
     preset = load_preset(args.preset)  # an unknown preset is a SpecError naming it
     paths = default_paths(args.calibration)
@@ -97,7 +129,15 @@ def run(args) -> int:
     entry = select(entries, args.preset, args.device, args.machine,
                    where=", ".join(str(p) for p in paths))
     frames = args.frames or preset.frames
-    p = plan(entry, args.videos, frames, args.gpus, args.price_per_gpu_hour,
+    p = plan(entry, args.videos, frames, gpus, args.price_per_gpu_hour,
              args.price_per_gb_month)
-    print(json.dumps(p, indent=1) if args.json else describe(p, args.preset))
+    p.update(nodes=nodes, gpus_per_node=per_node, engines=engines(nodes, per_node))
+    if args.json:
+        print(json.dumps(p, indent=1))
+        return 0
+    print(describe(p, args.preset))
+    print(f"engines (the same estimate on each: {gpus} workers = {nodes} node"
+          f"{'s' if nodes != 1 else ''} x {per_node} GPU{'s' if per_node != 1 else ''}):")
+    for engine, how in p["engines"].items():
+        print(f"  {engine + ':':12}{how}")
     return 0

@@ -106,3 +106,28 @@ def test_bench_calibrate_feeds_the_planner(tmp_path):
                                                "s_per_frame": 0.2}]}))
     p = plan("--videos", "1", "--calibration", str(merged))
     assert p["machine"] == "my A100" and p["video_s"] == pytest.approx(32 + 7.66)
+
+
+def test_nodes_times_gpus_per_node_is_the_same_estimate_on_every_engine():
+    flat = plan("--videos", "30000", "--gpus", "32", "--price-per-gpu-hour", "2.5")
+    laid = plan("--videos", "30000", "--nodes", "4", "--gpus-per-node", "8",
+                "--price-per-gpu-hour", "2.5")
+    for key in ("gpus", "wall_s", "gpu_hours", "gpu_cost", "bucket_bytes"):
+        assert laid[key] == flat[key], key
+    assert (laid["nodes"], laid["gpus_per_node"]) == (4, 8)
+    assert set(laid["engines"]) == {"compose", "slurm", "kubernetes"}
+    assert "--scale worker=8" in laid["engines"]["compose"]
+    assert "slurm --workers 32" in laid["engines"]["slurm"]
+    assert "up to 32 pods" in laid["engines"]["kubernetes"]
+    text = scheduler("plan", "--videos", "30000", "--nodes", "4", "--gpus-per-node", "8").stdout
+    assert "32 workers = 4 nodes x 8 GPUs" in text and "wall time: 5h42m" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nodes", "4", "--gpus-per-node", "8", "--gpus", "3"], "--gpus 3 contradicts --nodes 4"),
+    (["--nodes", "0", "--gpus-per-node", "8"], "--nodes and --gpus-per-node must be at least 1"),
+])
+def test_a_contradictory_layout_is_one_line_and_exit_2(args, message):
+    proc = scheduler("plan", "--videos", "10", *args)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
