@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from farm.assets.library import AssetLibrary
+from farm.assets.library import AssetLibrary, ModelInfo
 from farm.generate.deintersect import min_path_distances
 from farm.model.gate import geometric_gate
 from farm.model.presets import Preset
@@ -27,6 +27,7 @@ CONTROL_T = np.arange(DEGREE + 1) / DEGREE
 FIT = np.linalg.inv(CONTROL_T[:, None] ** np.arange(DEGREE + 1))
 SLOTS_PER_VIDEO = 5  # model and texture slots each video owns in the permutation streams
 STREAMS = {"models": 1, "textures": 2, "skyboxes": 3}
+POOL_STREAM = 10  # several libraries: the library draw, then one walk per library (11, 12, ...)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,23 @@ def permuted_pick(items: list, seed: int, segment: int, stream: str, position: i
     n = len(items)
     epoch, offset = divmod(position, n)
     return items[int(_permutation(seed, segment, STREAMS[stream], epoch, n)[offset])]
+
+
+def pick_model(lib: AssetLibrary, seed: int, segment: int, slot: int) -> ModelInfo:
+    """The model of a slot. One library: the permutation walk over its models. Several: a
+    library drawn by weight from the slot's own seed, then that library's permutation walk at
+    the slot (so each library's models are used evenly, and a slot's pick depends on nothing
+    else)."""
+    if len(lib.pools) <= 1:
+        return permuted_pick(lib.models, seed, segment, "models", slot)
+    weights = np.array([pool.weight for pool in lib.pools])
+    u = np.random.default_rng(np.random.SeedSequence([seed, segment, 1000 + POOL_STREAM, slot])
+                              ).random()
+    k = min(int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right")),
+            len(lib.pools) - 1)
+    models = lib.pools[k].models
+    epoch, offset = divmod(slot, len(models))
+    return models[int(_permutation(seed, segment, POOL_STREAM + 1 + k, epoch, len(models))[offset])]
 
 
 class Draws:
@@ -246,10 +264,10 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
     pairs, retries = [], []
     for j in range(count):
         slot = index * SLOTS_PER_VIDEO + j
-        model = permuted_pick(lib.models, seed, segment, "models", slot)
+        model = pick_model(lib, seed, segment, slot)
         replace_prob = p.mapped_replace_prob if model.mapped else p.unmapped_replace_prob
         texture = None
-        if rng.random() < replace_prob:
+        if rng.random() < replace_prob and lib.replaces_textures(model):
             texture = permuted_pick(lib.textures, seed, segment, "textures", slot)
         tries = 0
         while True:  # resample the path until it keeps its distance, at most max_path_retries
