@@ -110,9 +110,12 @@ def test_stl_and_ply_match_a_reference_parse():
     lines = BUNNY.read_text().splitlines()
     start = lines.index("end_header") + 1
     verts = np.array([line.split()[:3] for line in lines[start:start + 453]], dtype=float)
-    faces = [line.split() for line in lines[start + 453:] if line.strip()]
-    # a real file's quirk: 948 triangle lines follow, the header (and so every reader) says 946
-    assert len(faces) == 948 and all(f[0] == "3" for f in faces)
+    body = [line.split() for line in lines[start + 453:]]
+    # a real file's quirk: the two triangles its header comment says were removed are still in
+    # the body, as "comment 3 ..." lines; 946 triangles, as the header says
+    assert sum(f[0] == "3" for f in body) == 946
+    assert [f for f in body if f[0] != "3"] == [["comment", "3", "245", "80", "179"],
+                                                 ["comment", "3", "179", "80", "245"]]
     assert formats.mesh_stats(BUNNY).faces == 946
     np.testing.assert_allclose(formats.bounds(BUNNY), [verts.min(0), verts.max(0)])
     np.testing.assert_allclose(formats.ply_vertices(BUNNY), verts)
