@@ -1,8 +1,9 @@
 """A models root of several libraries built from third-party files nobody here made.
 
-- ``khronos``: (``boxes/``, ``ducks/``: their categories) the Khronos glTF sample models in ``tests/data/meshes/khronos`` (Box and
-  BoxTextured: Draco-compressed GLBs, BoxTextured with an embedded PNG texture; Duck: a GLB with
-  node matrices and a camera), kept with their own materials (``replace_textures: false``);
+- ``khronos``: the Khronos glTF sample models of ``tests/data/meshes/khronos`` in ``boxes/``
+  and ``ducks/`` (their categories): Box and BoxTextured, Draco-compressed GLBs, BoxTextured with
+  an embedded PNG texture; Duck, a GLB with node matrices and a camera; kept with their own
+  materials (``replace_textures: false``);
 - ``scans``: the Stanford Bunny (``tests/data/meshes/stanford``, an ASCII PLY range scan);
 - ``robots``: binary STL robot parts of ``pybullet_data`` (Z up) and a Collada file (skipped);
 - ``gso``: pybullet's textured duck laid out as a Google Scanned Objects folder

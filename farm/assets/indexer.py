@@ -98,9 +98,13 @@ def index_folder(root: Path, layout: str = "auto", category: str | None = None,
             candidates.append((obj, folder.name, _gso_category(folder) or category or "object",
                                up_axis or "Z", license or GSO_LICENSE, None))
             used.add(folder)
+    meshes = {c[0] for c in candidates}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith("farm_") or any(u in path.parents for u in used):
+        if rel.startswith("farm_") or path in meshes:
+            continue
+        if any(u in path.parents for u in used):  # an object folder's other files
+            result.companions += 1
             continue
         suffix = path.suffix.lower()
         if suffix in UNSUPPORTED:
