@@ -242,23 +242,24 @@ def _convention(model: ModelInfo, normalized: bool) -> Problem | None:
     return Problem(model.key, f"{problem}: normalised at render time", warning=True)
 
 
-def _stats_error(path: Path) -> str | None:
-    """A non-OBJ mesh's error: broken structure, over the face cap, a texture over the pixel cap
-    or unreadable."""
+def _stats_report(path: Path) -> MeshReport:
+    """A non-OBJ mesh's error (broken structure, over the face cap, a texture over the pixel cap
+    or unreadable) and warnings."""
     try:
         stats = mesh_stats(path)
     except (FormatError, OSError) as exc:
-        return str(exc)
+        return MeshReport(str(exc), [], [])
+    error = None
     if stats.faces == 0:
-        return "empty mesh (no triangles)"
-    if stats.faces > MAX_FACES:
-        return f"absurdly large mesh ({stats.faces} faces, over {MAX_FACES})"
+        error = "empty mesh (no triangles)"
+    elif stats.faces > MAX_FACES:
+        error = f"absurdly large mesh ({stats.faces} faces, over {MAX_FACES})"
     for name, *size in stats.images:
-        if len(size) == 1:
-            return f"texture {name}: {size[0]}"
-        if size[0] * size[1] > MAX_IMAGE_PIXELS:
-            return f"texture {name}: absurdly large image {size[0]}x{size[1]}"
-    return None
+        if error is None and len(size) == 1:
+            error = f"texture {name}: {size[0]}"
+        elif error is None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            error = f"texture {name}: absurdly large image {size[0]}x{size[1]}"
+    return MeshReport(error, stats.warnings, [])
 
 
 def check_model(models_root: Path, model: ModelInfo, normalized: bool = False) -> list[Problem]:
@@ -275,7 +276,7 @@ def check_model(models_root: Path, model: ModelInfo, normalized: bool = False) -
     elif mesh_format(path) == "OBJ":
         report = check_obj(path)
     else:
-        report = MeshReport(_stats_error(path), [], [])
+        report = _stats_report(path)
     error = report.error
     files, warnings = _material_files(path.parent, report.materials)
     for mtl in files:
@@ -367,7 +368,7 @@ def mesh_size_problem(path: Path) -> str | None:
     except FormatError as exc:
         return str(exc)
     if kind != "OBJ":
-        return _stats_error(path)
+        return _stats_report(path).error
     faces, named = _face_lines_and_mtllibs(path)
     if faces > MAX_FACES:
         return f"mesh of about {faces} faces, over the cap of {MAX_FACES}"

@@ -151,6 +151,19 @@ def ply_header(path: Path) -> PlyHeader:
     return header
 
 
+def ply_comment_lines(path: Path) -> list[int]:
+    """Line numbers of ``comment`` lines in an ASCII PLY's body (after ``end_header``), which
+    some real files have (the Stanford Bunny's removed triangles) and Blender's importer fails
+    on ("Invalid face size"); ``worker.render.importers`` imports such a file without them."""
+    header = ply_header(path)
+    if header.format != "ascii":
+        return []
+    with open(path, "rb") as f:
+        head = f.read(header.data_offset)
+        first = head.count(b"\n") + 1
+        return [first + n for n, line in enumerate(f) if line.lstrip().startswith(b"comment")]
+
+
 def ply_vertices(path: Path) -> np.ndarray:
     """x, y, z of a PLY's vertex element (the vertex element must come first)."""
     header = ply_header(path)
@@ -205,6 +218,7 @@ class MeshStats:
     faces: int
     images: list[tuple[str, int, int] | tuple[str, str]]  # (name, w, h) or (name, problem)
     mapped: bool
+    warnings: list[str] = field(default_factory=list)
 
 
 def mesh_stats(path: Path) -> MeshStats:
@@ -220,6 +234,8 @@ def mesh_stats(path: Path) -> MeshStats:
     if kind == "STL":
         return MeshStats(stl_faces(path), [], False)
     if kind == "PLY":
-        header = ply_header(path)
-        return MeshStats(header.count("face"), [], False)
+        header, comments = ply_header(path), ply_comment_lines(path)
+        warnings = [f"{len(comments)} 'comment' lines in the body (first on line {comments[0]}): "
+                    "left out on import (Blender's importer fails on them)"] if comments else []
+        return MeshStats(header.count("face"), [], False, warnings)
     raise FormatError(f"{kind}: use farm.assets.check's OBJ reader")

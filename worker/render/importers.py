@@ -10,15 +10,17 @@ everything else it creates (empties, cameras, lights, armatures) is removed. Col
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 import bpy
 import mathutils
 
 from farm.assets.errors import AssetError
-from farm.assets.formats import FormatError, mesh_format
+from farm.assets.formats import FormatError, mesh_format, ply_comment_lines
 
 # The importers' (forward, up) axes per file up axis: Y-up files get ShapeNet's conversion
 # (file +Y -> Blender +Z); Z-up files are already in Blender's axes.
@@ -31,6 +33,22 @@ class ModelLoadError(AssetError):
     """A model file exists but cannot be turned into geometry."""
 
 
+@contextlib.contextmanager
+def _ply_without_body_comments(path: Path):
+    """``path``, or a temporary copy without the ``comment`` lines of its ASCII body (Blender's
+    importer fails on them), named like the file (Blender names the object after it)."""
+    comments = set(ply_comment_lines(path))
+    if not comments:
+        yield path
+        return
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # readable in the sandbox
+    with tempfile.TemporaryDirectory(prefix="farm-ply-", dir=shm) as tmp:
+        clean = Path(tmp) / path.name
+        with open(path, "rb") as src, open(clean, "wb") as dst:
+            dst.writelines(line for n, line in enumerate(src, 1) if n not in comments)
+        yield clean
+
+
 def _run_importer(kind: str, path: Path, up_axis: str) -> None:
     forward, up = IMPORT_AXES[up_axis]
     if kind == "OBJ":
@@ -38,7 +56,8 @@ def _run_importer(kind: str, path: Path, up_axis: str) -> None:
     elif kind == "STL":
         bpy.ops.wm.stl_import(filepath=str(path), forward_axis=forward, up_axis=up)
     elif kind == "PLY":
-        bpy.ops.wm.ply_import(filepath=str(path), forward_axis=forward, up_axis=up)
+        with _ply_without_body_comments(path) as clean:
+            bpy.ops.wm.ply_import(filepath=str(clean), forward_axis=forward, up_axis=up)
     else:
         bpy.ops.import_scene.gltf(filepath=str(path), loglevel=logging.ERROR,
                                   import_select_created_objects=False)
