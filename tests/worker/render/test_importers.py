@@ -177,13 +177,13 @@ def test_masks_match_the_files_silhouettes(mixed, rendered):
         expected = silhouette(verts, faces, up, location, rotation)
         mask = ids == k
         assert mask.sum() > 400, (model_id, mask.sum())
-        assert iou(mask, expected) > 0.85, (model_id, iou(mask, expected))
+        assert iou(mask, expected) > 0.97, (model_id, iou(mask, expected))  # measured: 1.0
         ys, xs = np.nonzero(mask)
         ey, ex = np.nonzero(expected)
         assert abs(xs.mean() - ex.mean()) < 1.0 and abs(ys.mean() - ey.mean()) < 1.0, model_id
         if model_id in ("ducks/Duck", "duck", "bunny"):  # the control: the other up axis
             wrong = silhouette(verts, faces, "Y" if up == "Z" else "Z", location, rotation)
-            assert iou(mask, wrong) < iou(mask, expected) - 0.15, model_id
+            assert iou(mask, wrong) < 0.7, model_id  # measured: 0.43-0.57
 
 
 def test_a_glb_renders_its_embedded_texture(rendered):
