@@ -117,6 +117,9 @@ def index_folder(root: Path, layout: str = "auto", category: str | None = None,
             result.skipped.append((rel, f"outside the {layout} layout"))
         else:
             result.companions += 1
+    ids = [c[1] for c in candidates]
+    candidates = [(c[0], c[0].relative_to(root).as_posix() if ids.count(c[1]) > 1 else c[1],
+                   *c[2:]) for c in candidates]  # duck.glb beside duck.obj: ids with suffixes
     for path, model_id, cat, axis, lic, normalized in candidates:
         rel = path.relative_to(root).as_posix()
         problem = _geometry_problem(path)

@@ -98,3 +98,21 @@ def import_mesh(path: Path, label: str, up_axis: str) -> list[bpy.types.Object]:
     for obj in created - set(meshes):
         bpy.data.objects.remove(obj)
     return sorted(meshes, key=lambda o: o.name)
+
+
+def export_as(parts: list[bpy.types.Object], path: Path) -> None:
+    """Write ``parts`` (Blender axes) as ``path``'s format, Y up for OBJ/PLY/glTF like their
+    conventions, Z up for STL (benchmarks: one model in every format)."""
+    kind = mesh_format(path)
+    with bpy.context.temp_override(selected_objects=parts, active_object=parts[0]):
+        if kind == "OBJ":
+            bpy.ops.wm.obj_export(filepath=str(path), export_selected_objects=True,
+                                  forward_axis="NEGATIVE_Z", up_axis="Y")
+        elif kind == "PLY":
+            bpy.ops.wm.ply_export(filepath=str(path), export_selected_objects=True,
+                                  forward_axis="NEGATIVE_Z", up_axis="Y")
+        elif kind == "STL":
+            bpy.ops.wm.stl_export(filepath=str(path), export_selected_objects=True)
+        else:
+            bpy.ops.export_scene.gltf(filepath=str(path), use_selection=True,
+                                      export_format="GLB" if kind == "GLB" else "GLTF_EMBEDDED")
