@@ -69,12 +69,14 @@ def build_libraries(out: Path) -> Path:
         shutil.copy(data / part, out / "robots" / Path(part).name)
     shutil.copy(data / "racecar/meshes/cone.dae", out / "robots" / "cone.dae")
     gso_object(out / "gso" / "duck", data / "duck.obj", data / "duck.mtl", data / "duckCM.png")
+    (out / "gso" / "duck" / "metadata.pbtxt").write_text(  # Gazebo Fuel's fields, ours
+        'name: "duck"\ncategories: "Toy"\nlegal {\n  license: "Zlib (pybullet_data)"\n}\n')
     build_tree(out / "shapenet", "up_axis: Z\n", SHAPENET)
     licenses = {"khronos": "see tests/data/meshes/khronos/LICENSE.md", "scans": "Stanford",
                 "robots": "Zlib (pybullet_data)"}
     for name in ("khronos", "scans", "robots", "gso"):  # shapenet: its layout, no manifest
         result = index_folder(out / name, license=licenses.get(name),
-                              category={"scans": "bunny", "gso": "duck"}.get(name),
+                              category={"scans": "bunny"}.get(name),
                               up_axis="Z" if name == "robots" else None)
         write_manifest(result.rows, out / name / "farm_manifest.jsonl")
     (out / "farm_libraries.yaml").write_text(LIBRARIES)

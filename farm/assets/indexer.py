@@ -48,14 +48,17 @@ def detect_layout(root: Path) -> str:
     return "flat"
 
 
-def _gso_category(folder: Path) -> str | None:
-    """A category from a GSO object's ``metadata.pbtxt`` (``categories { first: "..." }``)."""
+def _gso_metadata(folder: Path) -> tuple[str | None, str | None]:
+    """Category and licence from a GSO object's ``metadata.pbtxt`` (Gazebo Fuel's text
+    protobuf: ``categories: "Shoe"``, ``license: "..."``), where it has them."""
     try:
         text = (folder / "metadata.pbtxt").read_text(errors="replace")
     except OSError:
-        return None
-    match = re.search(r'categories\s*\{[^}]*?first:\s*"([^"]+)"', text)
-    return match.group(1).strip().lower() if match else None
+        return None, None
+    category = re.search(r'^\s*categories\s*:\s*"([^"]+)"', text, re.M)
+    license = re.search(r'^\s*license\s*:\s*"([^"]+)"', text, re.M)
+    return (category.group(1).strip().lower() if category else None,
+            license.group(1).strip() if license else None)
 
 
 def _geometry_problem(path: Path) -> str | None:
@@ -95,8 +98,9 @@ def index_folder(root: Path, layout: str = "auto", category: str | None = None,
     elif layout == "gso":
         for obj in sorted(root.glob("*/meshes/model.obj")):
             folder = obj.parent.parent
-            candidates.append((obj, folder.name, _gso_category(folder) or category or "object",
-                               up_axis or "Z", license or GSO_LICENSE, None))
+            meta_category, meta_license = _gso_metadata(folder)
+            candidates.append((obj, folder.name, meta_category or category or "object",
+                               up_axis or "Z", license or meta_license or GSO_LICENSE, None))
             used.add(folder)
     meshes = {c[0] for c in candidates}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

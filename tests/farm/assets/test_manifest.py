@@ -39,9 +39,10 @@ def test_index_finds_each_layout_and_says_what_it_skipped(root):
     assert robots.skipped == [("cone.dae", "Collada (DAE): Blender 5.0 removed its importer; "
                                            "convert it to glTF or OBJ")]
     gso = index_folder(root / "gso")
-    assert gso.layout == "gso" and [(r.id, r.path, r.up_axis, r.license) for r in gso.rows] == [
-        ("duck", "duck/meshes/model.obj", "Z", "CC-BY-4.0")]
-    assert gso.companions == 2  # model.mtl, texture.png
+    assert gso.layout == "gso" and [(r.id, r.category, r.path, r.up_axis, r.license)
+                                    for r in gso.rows] == [
+        ("duck", "toy", "duck/meshes/model.obj", "Z", "Zlib (pybullet_data)")]  # metadata.pbtxt
+    assert gso.companions == 3  # model.mtl, texture.png, metadata.pbtxt
     shapenet = index_folder(root / "shapenet")
     assert shapenet.layout == "shapenet"
     assert {(r.id, r.category, r.up_axis) for r in shapenet.rows} == {
@@ -187,11 +188,11 @@ def test_weights_and_categories(mixed, root, pack, tmp_path):
     copy = tmp_path / "root"
     shutil.copytree(root, copy)
     (copy / "farm_libraries.yaml").write_text(
-        (root / "farm_libraries.yaml").read_text() + "categories: [ducks, duck, toy]\n")
+        (root / "farm_libraries.yaml").read_text() + "categories: [ducks, toy]\n")
     ducks = AssetLibrary.open(copy, pack.textures, cache_dir=tmp_path / "cache")
     assert {(m.library, m.id) for m in ducks.models} == {
         ("khronos", "ducks/Duck"), ("gso", "duck"), ("shapenet", "90000002/duck")}
-    assert {pick_model(ducks, 1, 0, s).category for s in range(200)} == {"ducks", "duck", "toy"}
+    assert {pick_model(ducks, 1, 0, s).category for s in range(200)} == {"ducks", "toy"}
     assert ducks.fingerprint != mixed.fingerprint
 
 
