@@ -102,8 +102,11 @@ def import_mesh(path: Path, label: str, up_axis: str) -> list[bpy.types.Object]:
 
 def export_as(parts: list[bpy.types.Object], path: Path) -> None:
     """Write ``parts`` (Blender axes) as ``path``'s format, Y up for OBJ/PLY/glTF like their
-    conventions, Z up for STL (benchmarks: one model in every format)."""
+    conventions, Z up for STL (benchmarks and tests: one model in every format; ``.gltf``
+    with its buffer and images beside it)."""
     kind = mesh_format(path)
+    for obj in bpy.context.scene.objects:  # the exporters write the selected objects
+        obj.select_set(obj in parts)
     with bpy.context.temp_override(selected_objects=parts, active_object=parts[0]):
         if kind == "OBJ":
             bpy.ops.wm.obj_export(filepath=str(path), export_selected_objects=True,
@@ -115,4 +118,4 @@ def export_as(parts: list[bpy.types.Object], path: Path) -> None:
             bpy.ops.wm.stl_export(filepath=str(path), export_selected_objects=True)
         else:
             bpy.ops.export_scene.gltf(filepath=str(path), use_selection=True,
-                                      export_format="GLB" if kind == "GLB" else "GLTF_EMBEDDED")
+                                      export_format="GLB" if kind == "GLB" else "GLTF_SEPARATE")

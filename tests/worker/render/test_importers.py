@@ -10,7 +10,7 @@ import pytest
 from libraries import build_libraries
 from PIL import Image
 
-from farm.assets import formats, gltf
+from farm.assets import check, formats, gltf
 from farm.assets.library import AssetLibrary
 from farm.model.camera import look_at_rotation, project
 from farm.model.presets import find_preset
@@ -139,6 +139,38 @@ def test_blender_imports_each_format_with_the_farms_geometry(mixed):
     duck = mixed.model("ducks/Duck", "khronos")
     got = scene._vertices(scene._import_model(mixed.models_root / duck.path, "duck", "Z"))
     np.testing.assert_allclose([got.min(0), got.max(0)], duck.bounds, atol=1e-4)
+
+
+def test_gltf_json_with_files_beside_it(mixed, tmp_path):
+    """The .gltf form (JSON, its buffer and image as files beside it), written by Blender from
+    the Duck GLB: read by the farm and imported with the same geometry and texture; a buffer
+    that is missing, or named outside the folder, is a specific error."""
+    import bpy
+
+    from worker.render import scene
+    from worker.render.importers import export_as
+
+    duck = mixed.model("ducks/Duck", "khronos")
+    scene.reset()
+    export_as(scene._import_model(mixed.models_root / duck.path, "duck", "Y"),
+              tmp_path / "duck.gltf")
+    g = gltf.open_gltf(tmp_path / "duck.gltf")
+    uri = g.doc["buffers"][0]["uri"]
+    assert (tmp_path / uri).is_file() and gltf.face_count(g) == 4212
+    assert [s[1:] for s in gltf.image_sizes(g)] == [(512, 512)] and gltf.mapped(g)
+    scene.reset()
+    got = scene._vertices(scene._import_model(tmp_path / "duck.gltf", "duck", "Y"))
+    want = to_blender(np.array(formats.bounds(tmp_path / "duck.gltf")), "Y")
+    np.testing.assert_allclose([got.min(0), got.max(0)], [want.min(0), want.max(0)], atol=1e-4)
+    np.testing.assert_allclose(formats.bounds(tmp_path / "duck.gltf"), duck.bounds, atol=1e-4)
+    assert [i.size[:] for i in bpy.data.images] == [(512, 512)]
+    text = (tmp_path / "duck.gltf").read_text()
+    (tmp_path / "escape.gltf").write_text(text.replace(f'"uri":"{uri}"', '"uri":"../x.bin"'))
+    with pytest.raises(gltf.GltfError, match=r"buffers\[0\] '../x.bin' is outside the file's"):
+        gltf.open_gltf(tmp_path / "escape.gltf")
+    (tmp_path / uri).unlink()
+    assert check.mesh_size_problem(tmp_path / "duck.gltf") == (
+        f"broken glTF: buffers[0] {uri!r} not found ({tmp_path / uri})")
 
 
 @pytest.fixture(scope="module")
