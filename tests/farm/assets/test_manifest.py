@@ -224,3 +224,21 @@ def test_licences_for_meta_json(mixed, tiny):
         for o in m["objects"]:  # the shapenet tree names no licence: "unknown"
             assert f"{o['library']}:{o['model']}" in licences[o["license"] or "unknown"]
     assert model_licenses({"a00000": {"objects": [{"model": "0/1", "category": "c"}]}}) == {}
+
+
+def test_row_declarations_reach_the_spec(tmp_path, pack):
+    """A row's scale hint and normalised flag: the renderer's placement and the gate's sphere."""
+    shutil.copy(KHRONOS / "Duck.glb", tmp_path / "Duck.glb")
+    shutil.copy(KHRONOS / "Box.glb", tmp_path / "Box.glb")
+    write_manifest([ManifestRow("duck", "duck", "Duck.glb", scale=0.5),
+                    ManifestRow("box", "box", "Box.glb", up_axis="Z", scale=2.0,
+                                normalized=True, license="CC-BY-4.0")],
+                   tmp_path / "farm_manifest.jsonl")
+    lib = AssetLibrary.open(tmp_path, pack.textures, cache_dir=tmp_path / "cache")
+    duck, box = lib.model("duck", tmp_path.name), lib.model("box", tmp_path.name)
+    assert lib.geometry(duck) | {"digest": None} == {
+        "normalize": True, "up_axis": "Y", "radius": 0.25, "library": tmp_path.name,
+        "file": "Duck.glb", "digest": None, "mesh_scale": 0.5, "license": None}
+    geometry = lib.geometry(box)  # rendered as it is: the farthest corner (0.866) x 2
+    assert (geometry["normalize"], geometry["up_axis"], geometry["mesh_scale"]) == (False, "Z", 2.0)
+    assert geometry["radius"] == pytest.approx(2 * 3 ** 0.5 / 2, abs=1e-6)

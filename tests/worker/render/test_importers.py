@@ -29,6 +29,7 @@ PLACED = [
     ("gso", "duck", [1.5, 0.0, -0.72], [0.0, 0.0, 2.2]),  # OBJ in GSO's layout, Z up
 ]
 SIZE, CAMERA, LOOK, FOV, RES = 1.15, [0.0, -6.0, 0.0], [0.0, 0.0, 0.0], 0.75, (240, 160)
+MESH_SCALE = {"bunny": 0.8}  # a manifest's scale hint, applied after normalisation
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +83,14 @@ def euler_xyz(angles) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def silhouette(verts: np.ndarray, faces: np.ndarray, up_axis: str, location, rotation
-               ) -> np.ndarray:
+def silhouette(verts: np.ndarray, faces: np.ndarray, up_axis: str, location, rotation,
+               scale: float = 1.0) -> np.ndarray:
     """Pixels whose centres the object's projected triangles cover: the file's geometry in
     Blender's axes, normalised (centred box, unit diagonal), scaled, rotated, placed, projected
     by farm.model.camera."""
     v = to_blender(verts, up_axis)
     lo, hi = v.min(0), v.max(0)
-    v = (v - (lo + hi) / 2) / np.linalg.norm(hi - lo) * SIZE
+    v = (v - (lo + hi) / 2) / np.linalg.norm(hi - lo) * SIZE * scale
     world = v @ euler_xyz(rotation).T + np.asarray(location)
     rot = look_at_rotation(np.array(CAMERA), np.array(LOOK))
     col, row, _ = project(world, np.array(CAMERA), rot, FOV, *RES)
@@ -178,10 +179,13 @@ def rendered(mixed, tiny, tmp_path_factory):
     objects = []
     for library, model_id, location, rotation in PLACED:
         model = mixed.model(model_id, library)
+        geometry = mixed.geometry(model)
+        if model_id in MESH_SCALE:
+            geometry.update(mesh_scale=MESH_SCALE[model_id], radius=0.5 * MESH_SCALE[model_id])
         objects.append(ObjectSpec(
             model=model.id, synset=model.synset, category=model.category,
             location_poly=[location], rotation_poly=[rotation], scale_poly=[[SIZE] * 3],
-            **mixed.geometry(model)))
+            **geometry))
     spec = VideoSpec(
         id="formats", segment=0, index=0, seed=0, frames=1, resolution=list(RES),
         camera=CameraSpec(fov=FOV, location_poly=[CAMERA], look_at_poly=[LOOK]),
@@ -206,7 +210,8 @@ def test_masks_match_the_files_silhouettes(mixed, rendered):
     for k, (library, model_id, location, rotation) in enumerate(PLACED, start=1):
         verts, faces = file_triangles(mixed, library, model_id)
         up = spec.objects[k - 1].up_axis
-        expected = silhouette(verts, faces, up, location, rotation)
+        scale = spec.objects[k - 1].mesh_scale
+        expected = silhouette(verts, faces, up, location, rotation, scale)
         mask = ids == k
         assert mask.sum() > 400, (model_id, mask.sum())
         assert iou(mask, expected) > 0.97, (model_id, iou(mask, expected))  # measured: 1.0
@@ -214,8 +219,11 @@ def test_masks_match_the_files_silhouettes(mixed, rendered):
         ey, ex = np.nonzero(expected)
         assert abs(xs.mean() - ex.mean()) < 1.0 and abs(ys.mean() - ey.mean()) < 1.0, model_id
         if model_id in ("ducks/Duck", "duck", "bunny"):  # the control: the other up axis
-            wrong = silhouette(verts, faces, "Y" if up == "Z" else "Z", location, rotation)
+            wrong = silhouette(verts, faces, "Y" if up == "Z" else "Z", location, rotation, scale)
             assert iou(mask, wrong) < 0.7, model_id  # measured: 0.43-0.57
+        if scale != 1.0:  # and without the scale hint
+            unscaled = silhouette(verts, faces, up, location, rotation)
+            assert iou(mask, unscaled) < 0.7, model_id
 
 
 def test_a_glb_renders_its_embedded_texture(rendered):
