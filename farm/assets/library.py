@@ -41,7 +41,6 @@ DECLARATION_FILE = "farm_library.yaml"
 NORMALIZED_RADIUS = 0.5  # bounding sphere of a unit-diagonal box centred on the origin
 MIN_DIAGONAL = 1e-9  # a mesh whose bounding box is (nearly) a point cannot be normalised
 LIBRARIES_FILE = "farm_libraries.yaml"
-__all__ = ["AssetError", "obj_bounds"]  # re-exported
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ import numpy as np
 
 from farm.assets.library import MIN_DIAGONAL, AssetError, resolve_under
 from farm.model.spec import ObjectSpec, VideoSpec, eval_poly
-from worker.render.importers import IMPORT_AXES, ModelLoadError, import_mesh
+from worker.render.importers import ModelLoadError, import_mesh
 
 SMART_UV_MAX_FACES = 1000  # the original used smart projection below this face count
-__all__ = ["IMPORT_AXES", "ModelLoadError"]  # re-exported
 
 
 def reset() -> None:
