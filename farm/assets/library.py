@@ -22,6 +22,7 @@ import json
 import math
 import os
 import posixpath
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from farm.assets import formats, gltf
 from farm.assets.errors import AssetError
 from farm.assets.formats import mesh_format, obj_bounds
 from farm.assets.manifest import ManifestRow, file_digest, find_manifest, read_manifest
@@ -299,13 +301,13 @@ def shapenet_rows(folder: Path) -> list[ManifestRow]:
 
 
 def _mesh_mapped(path: Path) -> bool:
-    """The model has a texture of its own (an OBJ's map_Kd, a glTF base colour texture)."""
-    from farm.assets import gltf
-
+    """The model has a texture of its own (a ``map_Kd`` in a material library the OBJ names or
+    that shares its name, a glTF base colour texture)."""
     kind = mesh_format(path)
     if kind == "OBJ":
-        mtls = [path.with_suffix(".mtl"), *path.parent.glob("*.mtl")]
-        for mtl in dict.fromkeys(m for m in mtls if m.is_file()):
+        named = re.findall(rb"^mtllib[ \t]+(.+?)\s*$", path.read_bytes(), re.M)
+        mtls = [path.parent / n.decode(errors="replace").strip('"') for n in named]
+        for mtl in dict.fromkeys(m for m in [*mtls, path.with_suffix(".mtl")] if m.is_file()):
             if "map_Kd" in mtl.read_text(errors="replace"):
                 return True
         return False
@@ -319,8 +321,6 @@ def _mesh_mapped(path: Path) -> bool:
 
 def _row_model(models_root: Path, source: LibrarySource, folder: Path, row: ManifestRow,
                declared: LibraryDeclaration, where: str) -> ModelInfo:
-    from farm.assets import formats
-
     file = folder / row.path
     if not file.is_file():
         raise AssetError(f"{where}: model {row.id!r}: file {row.path!r} not found ({file})")
