@@ -278,7 +278,8 @@ def check_model(models_root: Path, model: ModelInfo, normalized: bool = False) -
     else:
         report = _stats_report(path)
     error = report.error
-    files, warnings = _material_files(path.parent, report.materials)
+    files, warnings = (_material_files(path.parent, report.materials)
+                       if path.suffix.lower() == ".obj" else ([], []))
     for mtl in files:
         error = error or _texture_error(mtl)
     problems = [Problem(model.key, w, warning=True) for w in report.warnings + warnings]
