@@ -19,8 +19,8 @@ from farm.assets.indexer import index_folder
 from farm.assets.library import AssetError, AssetLibrary, read_libraries
 from farm.assets.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from farm.generate.sampling import generate_spec, pick_model
+from farm.io.dataset import model_licenses
 from farm.model.spec import SpecError, VideoSpec, parse_spec_text
-from scheduler.finalize import model_licenses
 
 
 @pytest.fixture(scope="module")

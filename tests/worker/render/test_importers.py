@@ -241,3 +241,21 @@ def test_a_glb_renders_its_embedded_texture(rendered):
         assert magenta[ids == k].mean() < 0.01
     yellow = (r > b + 60) & (g > b + 40)  # both ducks' textures are yellow
     assert yellow[ids == 1].mean() > 0.5 and yellow[ids == 6].mean() > 0.5
+
+
+def test_licences_reach_the_manifest_and_meta_json(rendered):
+    """The rendered video's manifest names each object's library and licence; the dataset's
+    meta.json (farm.io.dataset) lists the models per licence."""
+    import json
+
+    from farm.io.dataset import SplitOptions, dataset_files
+
+    spec, manifest, _, _ = rendered
+    assert [(o["library"], o["license"]) for o in manifest["objects"]] == [
+        (o.library, o.license) for o in spec.objects]
+    meta = json.loads(dataset_files({"formats": manifest}, SplitOptions(val=0)).files["meta.json"])
+    assert meta["licenses"] == {
+        "Stanford": ["scans:bunny"],
+        "Zlib (pybullet_data)": ["gso:duck", "robots:hip_motor"],
+        "see tests/data/meshes/khronos/LICENSE.md": ["khronos:boxes/Box", "khronos:boxes/BoxTextured",
+                                                     "khronos:ducks/Duck"]}
