@@ -229,9 +229,11 @@ class Pool:
     models: list[ModelInfo]
 
 
-def read_libraries(models_root: Path) -> tuple[list[LibrarySource], list[str] | None] | None:
-    """``farm_libraries.yaml`` of a models root: its libraries and category filter (None: no
-    such file). Strict: unknown keys, bad names, weights or paths are errors naming the key."""
+def read_libraries(models_root: Path
+                   ) -> tuple[list[LibrarySource], list[str] | dict[str, float] | None] | None:
+    """``farm_libraries.yaml`` of a models root: its libraries and category filter (a list, or
+    a mapping of category weights; None: every category), or None without such a file.
+    Strict: unknown keys, bad names, weights or paths are errors naming the key."""
     path = models_root / LIBRARIES_FILE
     if not path.is_file():
         return None
@@ -242,6 +244,18 @@ def read_libraries(models_root: Path) -> tuple[list[LibrarySource], list[str] | 
         raise AssetError(f"cannot read {where}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict) or set(data) - {"libraries", "categories"}:
         raise AssetError(f"{where}: expected a mapping with libraries (and categories)")
+    categories = data.get("categories")
+    if isinstance(categories, dict):  # category -> weight: categories drawn first
+        for name, weight in categories.items():
+            if not isinstance(name, str) or isinstance(weight, bool) or not isinstance(
+                    weight, int | float) or not (math.isfinite(weight) and weight > 0):
+                raise AssetError(f"{where}: categories.{name}: expected a positive weight, "
+                                 f"got {weight!r}")
+        categories = {name: float(w) for name, w in categories.items()}
+    elif categories is not None and (not isinstance(categories, list) or not all(
+            isinstance(c, str) for c in categories)):
+        raise AssetError(f"{where}: categories must be a list of names or a mapping of "
+                         "name: weight")
     entries = data.get("libraries")
     if not isinstance(entries, list) or not entries:
         raise AssetError(f"{where}: libraries must be a non-empty list")
@@ -270,10 +284,6 @@ def read_libraries(models_root: Path) -> tuple[list[LibrarySource], list[str] | 
         if replace is not None and not isinstance(replace, bool):
             raise AssetError(f"{key}.replace_textures: expected true or false, got {replace!r}")
         sources.append(LibrarySource(name, rel, float(weight), replace))
-    categories = data.get("categories")
-    if categories is not None and (not isinstance(categories, list) or not all(
-            isinstance(c, str) for c in categories)):
-        raise AssetError(f"{where}: categories must be a list of names")
     return sources, categories
 
 
@@ -359,6 +369,7 @@ class AssetLibrary:
     skyboxes: list[str]
     declaration: LibraryDeclaration = LibraryDeclaration()
     pools: list[Pool] = field(default_factory=list)  # manifest libraries; [] for a ShapeNet root
+    category_weights: dict[str, float] = field(default_factory=dict)  # {}: libraries drawn first
 
     @classmethod
     def open(cls, models_root: str | Path, textures_root: str | Path,
@@ -386,6 +397,9 @@ class AssetLibrary:
         categories = listed[1] if listed else None
         if categories is not None:
             self.models = [m for m in self.models if m.category in categories]
+        if isinstance(categories, dict):
+            present = {m.category for m in self.models}
+            self.category_weights = {c: w for c, w in categories.items() if c in present}
         for source in sources:
             replace = source.replace_textures
             if replace is None:
@@ -468,6 +482,19 @@ class AssetLibrary:
                 "digest": model.digest, "mesh_scale": model.scale, "license": model.license}
 
     @cached_property
+    def category_holders(self) -> dict[str, list[tuple[int, list[ModelInfo]]]]:
+        """Per weighted category, the (pool index, its models of the category) holding it."""
+        out: dict[str, list[tuple[int, list[ModelInfo]]]] = {}
+        for k, pool in enumerate(self.pools):
+            by: dict[str, list[ModelInfo]] = {}
+            for m in pool.models:
+                by.setdefault(m.category, []).append(m)
+            for category in self.category_weights:
+                if category in by:
+                    out.setdefault(category, []).append((k, by[category]))
+        return out
+
+    @cached_property
     def fingerprint(self) -> str:
         """Hash of the asset lists: specs are reproducible only against the same lists."""
         h = hashlib.sha256()
@@ -477,6 +504,8 @@ class AssetLibrary:
             h.update(item.encode() + b"\n")
         for pool in self.pools if len(self.pools) > 1 else []:
             h.update(f"pool {pool.name} {pool.weight!r} {pool.replace_textures}\n".encode())
+        for category, weight in self.category_weights.items():
+            h.update(f"category {category} {weight!r}\n".encode())
         return h.hexdigest()[:16]
 
 

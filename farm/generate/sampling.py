@@ -91,16 +91,40 @@ def pick_model(lib: AssetLibrary, seed: int, segment: int, slot: int) -> ModelIn
     library drawn by weight from the slot's own seed, then that library's permutation walk at
     the slot (so each library's models are used evenly, and a slot's pick depends on nothing
     else)."""
+    if lib.category_weights:
+        return _pick_by_category(lib, seed, segment, slot)
     if len(lib.pools) <= 1:
         return permuted_pick(lib.models, seed, segment, "models", slot)
-    weights = np.array([pool.weight for pool in lib.pools])
-    u = np.random.default_rng(np.random.SeedSequence([seed, segment, 1000 + POOL_STREAM, slot])
-                              ).random()
-    k = min(int(np.searchsorted(np.cumsum(weights) / weights.sum(), u, side="right")),
-            len(lib.pools) - 1)
-    models = lib.pools[k].models
+    u = _slot_uniforms(seed, segment, slot, 1)[0]
+    k = _weighted(u, [pool.weight for pool in lib.pools])
+    return _walk_pick(lib.pools[k].models, seed, segment, POOL_STREAM + 1 + k, slot)
+
+
+def _slot_uniforms(seed: int, segment: int, slot: int, n: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([seed, segment, 1000 + POOL_STREAM, slot])
+                                 ).random(n)
+
+
+def _weighted(u: float, weights: list[float]) -> int:
+    w = np.asarray(weights, dtype=float)
+    return min(int(np.searchsorted(np.cumsum(w) / w.sum(), u, side="right")), len(w) - 1)
+
+
+def _walk_pick(models: list, seed: int, segment: int, stream: int, slot: int):
     epoch, offset = divmod(slot, len(models))
-    return models[int(_permutation(seed, segment, POOL_STREAM + 1 + k, epoch, len(models))[offset])]
+    return models[int(_permutation(seed, segment, stream, epoch, len(models))[offset])]
+
+
+def _pick_by_category(lib: AssetLibrary, seed: int, segment: int, slot: int) -> ModelInfo:
+    """Category weights: a category by weight, then a library holding it by weight, then that
+    library's models of the category walked in permutations (so a category is as frequent
+    whichever libraries hold how many of its models)."""
+    u_category, u_pool = _slot_uniforms(seed, segment, slot, 2)
+    categories = list(lib.category_weights)
+    c = _weighted(u_category, [lib.category_weights[k] for k in categories])
+    holders = lib.category_holders[categories[c]]
+    k, models = holders[_weighted(u_pool, [lib.pools[k].weight for k, _ in holders])]
+    return _walk_pick(models, seed, segment, POOL_STREAM + 1 + 1000 * (c + 1) + k, slot)
 
 
 class Draws:

@@ -242,3 +242,24 @@ def test_row_declarations_reach_the_spec(tmp_path, pack):
     geometry = lib.geometry(box)  # rendered as it is: the farthest corner (0.866) x 2
     assert (geometry["normalize"], geometry["up_axis"], geometry["mesh_scale"]) == (False, "Z", 2.0)
     assert geometry["radius"] == pytest.approx(2 * 3 ** 0.5 / 2, abs=1e-6)
+
+
+def test_category_weights_draw_categories_first(root, pack, tmp_path):
+    """``categories`` as weights: each category as often as its weight says, whichever
+    libraries hold how many of its models (toy: one model in gso, one in shapenet)."""
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    (copy / "farm_libraries.yaml").write_text(
+        (root / "farm_libraries.yaml").read_text() + "categories: {boxes: 2, toy: 1, bunny: 1}\n")
+    lib = AssetLibrary.open(copy, pack.textures, cache_dir=tmp_path / "cache")
+    picks = [pick_model(lib, 3, 0, slot) for slot in range(2000)]
+    share = collections.Counter(m.category for m in picks)
+    assert share["boxes"] / 2000 == pytest.approx(0.5, abs=0.03)
+    assert share["toy"] / 2000 == pytest.approx(0.25, abs=0.03)
+    toys = collections.Counter(m.library for m in picks if m.category == "toy")
+    assert set(toys) == {"gso", "shapenet"} and abs(toys["gso"] - toys["shapenet"]) < 80
+    assert [pick_model(lib, 3, 0, s) for s in range(50)] == picks[:50]
+    (copy / "farm_libraries.yaml").write_text(
+        (root / "farm_libraries.yaml").read_text() + "categories: {boxes: 0}\n")
+    with pytest.raises(AssetError, match="categories.boxes: expected a positive weight, got 0"):
+        read_libraries(copy)
