@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -124,12 +125,18 @@ def index_folder(root: Path, layout: str = "auto", category: str | None = None,
     ids = [c[1] for c in candidates]
     candidates = [(c[0], c[0].relative_to(root).as_posix() if ids.count(c[1]) > 1 else c[1],
                    *c[2:]) for c in candidates]  # duck.glb beside duck.obj: ids with suffixes
-    for path, model_id, cat, axis, lic, normalized in candidates:
-        rel = path.relative_to(root).as_posix()
+    def read(path: Path) -> tuple[str | None, str | None]:  # (problem, digest)
         problem = _geometry_problem(path)
+        return problem, None if problem else file_digest(path)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # file reads and hashing release the GIL
+        found = list(pool.map(read, [c[0] for c in candidates]))
+    for (path, model_id, cat, axis, lic, normalized), (problem, digest) in zip(
+            candidates, found, strict=True):
+        rel = path.relative_to(root).as_posix()
         if problem:
             result.skipped.append((rel, problem))
-            continue
-        result.rows.append(ManifestRow(model_id, cat, rel, axis, 1.0, normalized, lic,
-                                       sha256=file_digest(path)))
+        else:
+            result.rows.append(ManifestRow(model_id, cat, rel, axis, 1.0, normalized, lic,
+                                           sha256=digest))
     return result
