@@ -263,3 +263,16 @@ def test_category_weights_draw_categories_first(root, pack, tmp_path):
         (root / "farm_libraries.yaml").read_text() + "categories: {boxes: 0}\n")
     with pytest.raises(AssetError, match="categories.boxes: expected a positive weight, got 0"):
         read_libraries(copy)
+
+
+def test_a_shapenet_root_may_keep_its_materials(root, pack, tiny, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "shapenet", tree)
+    (tree / "farm_manifest.jsonl").unlink(missing_ok=True)
+    replaced = [o.texture for s in _specs(AssetLibrary.open(tree, pack.textures, cache_dir=tmp_path
+                                                            / "c1"), tiny, 6) for o in s.objects]
+    assert any(replaced)  # BL30K's default: p = 0.5 on these texture-mapped models
+    (tree / "farm_library.yaml").write_text("up_axis: Z\nreplace_textures: false\n")
+    kept = _specs(AssetLibrary.open(tree, pack.textures, cache_dir=tmp_path / "c2"), tiny, 6)
+    assert not any(o.texture for s in kept for o in s.objects)
+    assert all(o.library is None for s in kept for o in s.objects)  # still a ShapeNet root
