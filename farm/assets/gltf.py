@@ -152,7 +152,9 @@ def _check(g: Gltf) -> None:
     for i, buf in enumerate(buffers):
         declared = _count(buf.get("byteLength"), f"buffers[{i}].byteLength")
         uri = buf.get("uri")
-        if uri is None:
+        if buf.get("extensions", {}).get("EXT_meshopt_compression", {}).get("fallback"):
+            have = declared  # a meshopt fallback: never read, decoded from another buffer
+        elif uri is None:
             if i != 0 or g.bin_offset is None:
                 raise GltfError(f"buffers[{i}] has no uri and no GLB BIN chunk backs it")
             have = g.bin_length
