@@ -209,8 +209,8 @@ def bounds(path: Path) -> list[list[float]] | None:
         if kind == "STL":
             return _finite_box(stl_vertices(path)[0])
         return _finite_box(ply_vertices(path))
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError):
+        return None  # broken: the check says why
 
 
 @dataclass
@@ -230,7 +230,10 @@ def mesh_stats(path: Path) -> MeshStats:
             g = gltf.open_gltf(path)
         except gltf.GltfError as exc:
             raise FormatError(f"broken {kind}: {exc}") from None
-        return MeshStats(gltf.face_count(g), gltf.image_sizes(g), gltf.mapped(g))
+        try:
+            return MeshStats(*gltf.summary(g))
+        except gltf.GltfError as exc:
+            raise FormatError(f"broken {kind}: {exc}") from None
     if kind == "STL":
         return MeshStats(stl_faces(path), [], False)
     if kind == "PLY":

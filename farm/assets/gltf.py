@@ -142,8 +142,23 @@ def open_gltf(path: str | Path) -> Gltf:
             raise GltfError(f"JSON over {MAX_JSON_BYTES >> 20} MB")
         doc, bin_offset, bin_length = _parse_json(path.read_bytes()), None, 0
     gltf = Gltf(path, doc, bin_offset, bin_length)
-    _check(gltf)
+    try:
+        _check(gltf)
+    except GltfError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, OverflowError, ValueError) as exc:
+        raise GltfError(f"malformed document ({type(exc).__name__}: {exc})") from None
     return gltf
+
+
+def summary(g: Gltf) -> tuple[int, list, bool]:
+    """(faces, image sizes, mapped) of a checked file; GltfError where a value is malformed."""
+    try:
+        return face_count(g), image_sizes(g), mapped(g)
+    except GltfError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, OverflowError, ValueError) as exc:
+        raise GltfError(f"malformed document ({type(exc).__name__}: {exc})") from None
 
 
 def _check(g: Gltf) -> None:

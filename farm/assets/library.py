@@ -323,8 +323,8 @@ def _mesh_mapped(path: Path) -> bool:
         return False
     if kind in ("GLB", "glTF"):
         try:
-            return gltf.mapped(gltf.open_gltf(path))
-        except (OSError, ValueError):
+            return gltf.summary(gltf.open_gltf(path))[2]
+        except (OSError, ValueError):  # broken: the check denies it
             return False
     return False
 

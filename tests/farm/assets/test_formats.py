@@ -154,3 +154,39 @@ def test_caps_apply_to_every_format_before_blender(monkeypatch):
     monkeypatch.setattr(check, "MAX_IMAGE_PIXELS", 256 * 255)
     assert check.mesh_size_problem(KHRONOS / "BoxTextured.glb") == (
         "texture CesiumLogoFlat: absurdly large image 256x256")
+
+
+def _paths(value, prefix=()):
+    """Every key path of a JSON document."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield (*prefix, k)
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield (*prefix, i)
+            yield from _paths(v, (*prefix, i))
+
+
+def test_any_malformed_value_is_a_glb_error_never_a_crash(tmp_path):
+    """Every value of the Duck's JSON replaced by hostile ones: the farm's reading (structure,
+    faces, textures, bounds) either works or says the file is broken."""
+    data = (KHRONOS / "Duck.glb").read_bytes()
+    (json_len,) = struct.unpack_from("<I", data, 12)
+    doc = json.loads(data[20:20 + json_len])
+    path, tried = tmp_path / "fuzz.glb", 0
+    for key_path in _paths(doc):
+        for hostile in ("x", -1, None, [], {}, 10**12, 1.5):
+            def edit(d, key_path=key_path, hostile=hostile):
+                for k in key_path[:-1]:
+                    d = d[k]
+                d[key_path[-1]] = hostile
+            _glb_with(KHRONOS / "Duck.glb", path, edit)
+            tried += 1
+            try:
+                formats.mesh_stats(path)
+            except FormatError as exc:
+                assert str(exc).startswith("broken GLB: ")
+            formats.bounds(path)  # None or a box, never an exception
+            check.mesh_size_problem(path)
+    assert tried > 500
