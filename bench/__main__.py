@@ -1,4 +1,4 @@
-"""Benchmarks that print numbers: ``python -m bench all|specs|render|ablation|outputs|farm|quality``.
+"""Benchmarks that print numbers: ``python -m bench all|specs|assets|render|ablation|outputs|farm|quality``.
 
 Results are printed as tables and written as JSON (``--json FILE``). ``all`` runs every part at
 sizes that finish in under 15 minutes on a 2-core CPU; see BENCHMARKS.md for the figures.
@@ -34,6 +34,12 @@ def bench_specs(args: argparse.Namespace) -> list[dict]:
         rows.append({"bench": "specs", "workers": workers, "count": n, "seconds": round(dt, 2),
                      "specs_per_s": round(n / dt, 1)})
     return rows
+
+
+def bench_assets_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.assets import bench_assets
+
+    return bench_assets(args.repeats)
 
 
 def bench_render_cmd(args: argparse.Namespace) -> list[dict]:
@@ -101,6 +107,7 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
     """Everything, sized to finish in under 15 minutes on a 2-core CPU."""
     steps = [
         ("specs", lambda: bench_specs(argparse.Namespace(count=2000))),
+        ("assets", lambda: bench_assets_cmd(argparse.Namespace(repeats=3))),
         ("render", lambda: bench_render_cmd(argparse.Namespace(
             presets="preview,seed,bl30k,fast", frames=3, videos=1, devices=args.devices))),
         ("ablation", lambda: bench_ablation_cmd(argparse.Namespace(
@@ -152,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     specs = sub.add_parser("specs", help="spec generation rate")
     specs.add_argument("--count", type=int, default=5000)
     specs.set_defaults(func=bench_specs)
+    assets = sub.add_parser("assets", help="mesh import time per format and size, index cache")
+    assets.add_argument("--repeats", type=int, default=3)
+    assets.set_defaults(func=bench_assets_cmd)
     render = sub.add_parser("render", help="seconds per frame per preset and device")
     render.add_argument("--presets", default="preview,bl30k")
     render.add_argument("--frames", type=int, default=3, help="frames per video (reduced)")

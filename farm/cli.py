@@ -57,6 +57,24 @@ def cmd_assets_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assets_index(args: argparse.Namespace) -> int:
+    """Write a folder's manifest; print what was found and what was skipped, and why."""
+    from farm.assets.indexer import index_folder
+    from farm.assets.manifest import write_manifest
+
+    root = Path(args.dir)
+    t0 = time.perf_counter()
+    result = index_folder(root, args.layout, args.category, args.license, args.up_axis)
+    for rel, reason in result.skipped:
+        print(f"skipped {rel}: {reason}")
+    if not result.rows:
+        raise AssetError(f"no usable meshes under {root} ({result.summary()})")
+    out = Path(args.out) if args.out else root / "farm_manifest.jsonl"
+    write_manifest(result.rows, out)
+    print(f"{result.summary()}; manifest written to {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def cmd_specs(args: argparse.Namespace) -> int:
     from farm.generate.specgen import write_many
 
@@ -329,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--models")
     check.add_argument("--textures")
     check.set_defaults(func=cmd_assets_check)
+
+    index = assets.add_parser("index", help="write a library manifest for a folder of meshes")
+    index.add_argument("dir", help="ShapeNet-layout tree, Google Scanned Objects folder, or any "
+                       "folder of OBJ/GLB/glTF/PLY/STL files")
+    index.add_argument("--out", help="manifest file (.jsonl or .csv; default "
+                       "DIR/farm_manifest.jsonl)")
+    index.add_argument("--layout", choices=("auto", "shapenet", "gso", "flat"), default="auto")
+    index.add_argument("--category", help="category where the layout names none")
+    index.add_argument("--license", help="licence of models the layout gives none")
+    index.add_argument("--up-axis", choices=("Y", "Z"), help="up axis where the layout names "
+                       "none (default Y; GSO: Z)")
+    index.set_defaults(func=cmd_assets_index)
 
     specs = sub.add_parser("specs", help="generate video specs (YAML, one per video)")
     specs.add_argument("--segment", type=int, required=True)

@@ -172,3 +172,17 @@ def readme_stages() -> dict[str, int]:
 
 def test_readme_architecture_matches_the_stages():
     assert readme_stages() == {k: v for k, v in STAGES.items() if k != "farm.__main__"}
+
+
+def test_asset_modules_load_without_bpy():
+    """The farm side of asset libraries (formats, glTF reader, manifests, indexer, check) runs
+    where bpy is not installed: importing them loads no bpy; the importers are the worker's."""
+    import subprocess
+    import sys
+
+    modules = ["farm.assets.formats", "farm.assets.gltf", "farm.assets.manifest",
+               "farm.assets.indexer", "farm.assets.check", "farm.generate.sampling"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('bpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr
+    assert stage("worker.render.importers") == "worker.render"

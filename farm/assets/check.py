@@ -7,6 +7,10 @@ declares its meshes normalised. Warnings are only reported: faces with fewer tha
 ``l`` elements, a missing material library, bounds far from the convention when the renderer
 normalises them. Images must decode and stay below a sane pixel count. Errors become a denylist
 that spec generation honours (``--denylist`` / ``FARM_DENYLIST``).
+
+Other formats (a manifest library's GLB/glTF, PLY, STL; ``farm.assets.formats``) get the same
+caps from their structure: a GLB's chunks and buffer sizes, its embedded textures' sizes, face
+counts from headers and accessors; a broken file is an error naming what is broken.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import BinaryIO, NamedTuple
 
 from PIL import Image
 
+from farm.assets.formats import FormatError, mesh_format, mesh_stats
 from farm.assets.library import (
     DECLARATION_FILE,
     MIN_DIAGONAL,
@@ -32,6 +37,7 @@ from farm.assets.library import (
     check_spec_assets,
     resolve_under,
 )
+from farm.assets.manifest import file_digest
 
 MAX_OBJ_BYTES = 512 * 2**20
 MAX_FACES = 3_000_000
@@ -227,29 +233,62 @@ def _convention(model: ModelInfo, normalized: bool) -> Problem | None:
     problem = convention_problem(model)
     if problem is None:
         return None
+    declared = "the manifest" if model.library else DECLARATION_FILE
     if normalized:
-        return Problem(model.id, f"{problem}, but the library declares its meshes normalised "
-                                 f"({DECLARATION_FILE})")
+        return Problem(model.key, f"{problem}, but the library declares its meshes normalised "
+                                  f"({declared})")
     if model.diagonal < MIN_DIAGONAL:
-        return Problem(model.id, f"{problem}: cannot be normalised")
-    return Problem(model.id, f"{problem}: normalised at render time", warning=True)
+        return Problem(model.key, f"{problem}: cannot be normalised")
+    return Problem(model.key, f"{problem}: normalised at render time", warning=True)
+
+
+def _stats_report(path: Path) -> MeshReport:
+    """A non-OBJ mesh's error (broken structure, over the face cap, a texture over the pixel cap
+    or unreadable) and warnings."""
+    try:
+        stats = mesh_stats(path)
+    except (FormatError, OSError) as exc:
+        return MeshReport(str(exc), [], [])
+    error = None
+    if stats.faces == 0:
+        error = "empty mesh (no triangles)"
+    elif stats.faces > MAX_FACES:
+        error = f"absurdly large mesh ({stats.faces} faces, over {MAX_FACES})"
+    for name, *size in stats.images:
+        if error is None and len(size) == 1:
+            error = f"texture {name}: {size[0]}"
+        elif error is None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            error = f"texture {name}: absurdly large image {size[0]}x{size[1]}"
+    return MeshReport(error, stats.warnings, [])
 
 
 def check_model(models_root: Path, model: ModelInfo, normalized: bool = False) -> list[Problem]:
     """The error (at most one: the model is denied) and the warnings of one model."""
-    folder = models_root / model.id / "models"
-    report = check_obj(folder / "model_normalized.obj")
+    if model.path:  # a manifest library's model: its own file, any format
+        path, normalized = models_root / model.path, bool(model.normalized)
+    else:
+        path = models_root / model.id / "models" / "model_normalized.obj"
+    size = path.stat().st_size if path.is_file() else 0
+    if not path.is_file():
+        report = MeshReport(f"mesh file not found: {path}", [], [])
+    elif size > MAX_OBJ_BYTES:
+        report = MeshReport(f"absurdly large mesh file ({size / 2**20:.0f} MB)", [], [])
+    elif mesh_format(path) == "OBJ":
+        report = check_obj(path)
+    else:
+        report = _stats_report(path)
     error = report.error
-    files, warnings = _material_files(folder, report.materials)
+    files, warnings = (_material_files(path.parent, report.materials)
+                       if path.suffix.lower() == ".obj" else ([], []))
     for mtl in files:
         error = error or _texture_error(mtl)
-    problems = [Problem(model.id, w, warning=True) for w in report.warnings + warnings]
+    problems = [Problem(model.key, w, warning=True) for w in report.warnings + warnings]
     convention = None if report.error else _convention(model, normalized)
     if convention and convention.warning:
         problems.append(convention)
     elif convention:
         error = error or convention.reason
-    return ([Problem(model.id, error)] if error else []) + problems
+    return ([Problem(model.key, error)] if error else []) + problems
 
 
 def _check(job: tuple[Path, ModelInfo | str], normalized: bool) -> list[Problem]:
@@ -320,10 +359,17 @@ def _face_lines_and_mtllibs(path: Path, chunk: int = 16 * 2**20) -> tuple[int, l
 
 def mesh_size_problem(path: Path) -> str | None:
     """The byte and face caps of an OBJ (face lines counted, nothing parsed), and the pixel cap
-    of every ``map_Kd`` image its material libraries name."""
+    of every ``map_Kd`` image its material libraries name; for the other formats the caps from
+    their structure (a broken GLB, say, is a problem too)."""
     size = path.stat().st_size
     if size > MAX_OBJ_BYTES:
         return f"mesh file of {size / 2**20:.0f} MB, over the cap of {MAX_OBJ_BYTES >> 20} MB"
+    try:
+        kind = mesh_format(path)
+    except FormatError as exc:
+        return str(exc)
+    if kind != "OBJ":
+        return _stats_report(path).error
     faces, named = _face_lines_and_mtllibs(path)
     if faces > MAX_FACES:
         return f"mesh of about {faces} faces, over the cap of {MAX_FACES}"
@@ -348,6 +394,10 @@ def check_spec_files(spec, models_root: Path, textures_root: Path) -> None:
         path = resolve_under(models_root, obj.obj_path, label)
         try:
             problem = mesh_size_problem(path)
+            if problem is None and obj.digest and file_digest(path) != obj.digest:
+                problem = (f"the file's sha256 differs from the spec's {obj.digest[:12]}... (the "
+                           "library changed since the spec was made: index it again and "
+                           "generate new specs)")
         except OSError as exc:
             problem = f"unreadable: {exc.strerror or exc}"
         if problem:

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from farm.assets.library import AssetLibrary
+from farm.assets.library import AssetLibrary, ModelInfo
 from farm.generate.deintersect import min_path_distances
 from farm.model.gate import geometric_gate
 from farm.model.presets import Preset
@@ -27,6 +27,7 @@ CONTROL_T = np.arange(DEGREE + 1) / DEGREE
 FIT = np.linalg.inv(CONTROL_T[:, None] ** np.arange(DEGREE + 1))
 SLOTS_PER_VIDEO = 5  # model and texture slots each video owns in the permutation streams
 STREAMS = {"models": 1, "textures": 2, "skyboxes": 3}
+POOL_STREAM = 10  # several libraries: the library draw, then one walk per library (11, 12, ...)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,47 @@ def permuted_pick(items: list, seed: int, segment: int, stream: str, position: i
     n = len(items)
     epoch, offset = divmod(position, n)
     return items[int(_permutation(seed, segment, STREAMS[stream], epoch, n)[offset])]
+
+
+def pick_model(lib: AssetLibrary, seed: int, segment: int, slot: int) -> ModelInfo:
+    """The model of a slot. One library: the permutation walk over its models. Several: a
+    library drawn by weight from the slot's own seed, then that library's permutation walk at
+    the slot (so each library's models are used evenly, and a slot's pick depends on nothing
+    else)."""
+    if lib.category_weights:
+        return _pick_by_category(lib, seed, segment, slot)
+    if len(lib.pools) <= 1:
+        return permuted_pick(lib.models, seed, segment, "models", slot)
+    u = _slot_uniforms(seed, segment, slot, 1)[0]
+    k = _weighted(u, [pool.weight for pool in lib.pools])
+    return _walk_pick(lib.pools[k].models, seed, segment, POOL_STREAM + 1 + k, slot)
+
+
+def _slot_uniforms(seed: int, segment: int, slot: int, n: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([seed, segment, 1000 + POOL_STREAM, slot])
+                                 ).random(n)
+
+
+def _weighted(u: float, weights: list[float]) -> int:
+    w = np.asarray(weights, dtype=float)
+    return min(int(np.searchsorted(np.cumsum(w) / w.sum(), u, side="right")), len(w) - 1)
+
+
+def _walk_pick(models: list, seed: int, segment: int, stream: int, slot: int):
+    epoch, offset = divmod(slot, len(models))
+    return models[int(_permutation(seed, segment, stream, epoch, len(models))[offset])]
+
+
+def _pick_by_category(lib: AssetLibrary, seed: int, segment: int, slot: int) -> ModelInfo:
+    """Category weights: a category by weight, then a library holding it by weight, then that
+    library's models of the category walked in permutations (so a category is as frequent
+    whichever libraries hold how many of its models)."""
+    u_category, u_pool = _slot_uniforms(seed, segment, slot, 2)
+    categories = list(lib.category_weights)
+    c = _weighted(u_category, [lib.category_weights[k] for k in categories])
+    holders = lib.category_holders[categories[c]]
+    k, models = holders[_weighted(u_pool, [lib.pools[k].weight for k, _ in holders])]
+    return _walk_pick(models, seed, segment, POOL_STREAM + 1 + 1000 * (c + 1) + k, slot)
 
 
 class Draws:
@@ -246,10 +288,10 @@ def _sample_objects(rng, lib: AssetLibrary, seed: int, segment: int, index: int,
     pairs, retries = [], []
     for j in range(count):
         slot = index * SLOTS_PER_VIDEO + j
-        model = permuted_pick(lib.models, seed, segment, "models", slot)
+        model = pick_model(lib, seed, segment, slot)
         replace_prob = p.mapped_replace_prob if model.mapped else p.unmapped_replace_prob
         texture = None
-        if rng.random() < replace_prob:
+        if rng.random() < replace_prob and lib.replaces_textures(model):
             texture = permuted_pick(lib.textures, seed, segment, "textures", slot)
         tries = 0
         while True:  # resample the path until it keeps its distance, at most max_path_retries

@@ -128,6 +128,19 @@ def youtube_vos_meta(manifests: dict[str, dict]) -> dict:
     return {"videos": videos, "outputs": [o for o in OUTPUTS if o in every]}
 
 
+def model_licenses(manifests: dict[str, dict]) -> dict:
+    """``{"licenses": {licence: ["<library>:<model>", ...]}}`` of the manifest libraries' models
+    the videos show (a licence the manifest does not name is "unknown"); {} when every object
+    comes from a ShapeNet-layout root, whose models carry none (meta.json as before)."""
+    found: dict[str, set[str]] = {}
+    for m in manifests.values():
+        for obj in m["objects"]:
+            if obj.get("library"):
+                found.setdefault(obj.get("license") or "unknown", set()).add(
+                    f"{obj['library']}:{obj['model']}")
+    return {"licenses": {k: sorted(v) for k, v in sorted(found.items())}} if found else {}
+
+
 def content_digest(markers: dict[str, bytes]) -> str:
     """SHA-256 over ``<video> <SHA-256 of its marker>`` lines, in name order."""
     lines = "".join(f"{v} {hashlib.sha256(body).hexdigest()}\n" for v, body in sorted(markers.items()))
@@ -174,6 +187,7 @@ def dataset_files(manifests: dict[str, dict], options: SplitOptions,
                 incomplete[video] = missing
     meta["splits"] = {"seed": options.seed, "val": options.val, "year": options.year,
                       **{s: len(v) for s, v in splits.items()}}
+    meta.update(model_licenses(manifests))
     meta.update(extra or {})
     files = {META: json.dumps(meta).encode()}
     for split, videos in splits.items():

@@ -39,6 +39,10 @@ OUTPUTS = ("rgb", "masks", "depth", "flow", "normals", "camera", "amodal")
 DEFAULT_OUTPUTS = ("rgb", "masks")
 DEPTH_FORMATS = ("png16", "exr")
 FLOW_FORMATS = ("png16", "flo")
+# Mesh files an object may name (``ObjectSpec.file``); worker/render/importers.py imports each.
+MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
+LIBRARY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class SpecError(ValueError):
@@ -76,6 +80,8 @@ class RenderSettings:
 
 
 _RENDER_EXTRA_DEFAULTS = {"outputs": DEFAULT_OUTPUTS, "depth_format": "png16", "flow_format": "png16"}
+_OBJECT_EXTRA_DEFAULTS = {"library": None, "file": None, "digest": None, "mesh_scale": 1.0,
+                          "license": None}
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,19 @@ class ObjectSpec:
     # SMART or CYLINDER
     radius: float = 0.5  # bounding-sphere radius of the unscaled mesh as rendered (0.5 normalised)
     normalize: bool = False  # centre the mesh's bounding box on the origin, scale its diagonal to 1
-    up_axis: str = "Y"  # the OBJ file's up axis: Y (ShapeNet) or Z
+    up_axis: str = "Y"  # the mesh file's up axis: Y (ShapeNet, glTF) or Z
+    # A model of a manifest library (docs/assets.md); left out of the serialised spec when unset,
+    # so ShapeNet-layout specs and their digests are what they were before these fields existed.
+    library: str | None = None  # the library's name
+    file: str | None = None  # mesh file relative to the models root (OBJ, glTF/GLB, PLY, STL)
+    digest: str | None = None  # sha256 of that file: the worker renders only the same bytes
+    mesh_scale: float = 1.0  # the manifest's scale hint, applied after normalisation
+    license: str | None = None  # the model's licence (the manifest's), for meta.json
 
     @property
     def obj_path(self) -> str:
-        return f"{self.model}/models/model_normalized.obj"
+        """The mesh file relative to the models root (ShapeNet's layout unless ``file``)."""
+        return self.file or f"{self.model}/models/model_normalized.obj"
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, RenderSettings):
         return {k: v for k, v in value.__dict__.items() if k not in _RENDER_EXTRA_DEFAULTS
                 or (tuple(v) if isinstance(v, list) else v) != _RENDER_EXTRA_DEFAULTS[k]}
+    if isinstance(value, ObjectSpec):
+        return {k: v for k, v in value.__dict__.items() if k not in _OBJECT_EXTRA_DEFAULTS
+                or v != _OBJECT_EXTRA_DEFAULTS[k]}
     if is_dataclass(value):
         return value.__dict__
     if isinstance(value, np.ndarray | np.generic):
@@ -387,7 +404,7 @@ def _mapping_items(value: Any) -> dict:
     kind = type(value)
     if kind is dict:
         return value
-    if kind is RenderSettings:
+    if kind is RenderSettings or kind is ObjectSpec:
         return _plain(value)
     if kind in _SPEC_CLASSES:
         return value.__dict__
@@ -596,9 +613,16 @@ def _outputs(value: Any) -> tuple[str, ...]:
 def _parse_object(data: Any, name: str) -> ObjectSpec:
     known, required = _fields(ObjectSpec)
     d = _mapping(data, name, known, required)
-    model = asset_path(d["model"], f"{name}.model")
-    if len(PurePosixPath(model).parts) != 2:
-        raise SpecError(f"{name}.model", f"{model!r} must be '<synset>/<model>'")
+    extra = _parse_library_fields(d, name)
+    if extra["file"] is None:
+        model = asset_path(d["model"], f"{name}.model")
+        if len(PurePosixPath(model).parts) != 2:
+            raise SpecError(f"{name}.model", f"{model!r} must be '<synset>/<model>'")
+    else:  # a manifest's model id: any short printable string
+        model = d["model"]
+        if (not isinstance(model, str) or not 0 < len(model) <= 256
+                or any(ord(c) < 32 for c in model)):
+            raise SpecError(f"{name}.model", "expected a model id of 1-256 printable characters")
     texture = d.get("texture")
     if texture is not None:
         texture = asset_path(texture, f"{name}.texture")
@@ -620,7 +644,32 @@ def _parse_object(data: Any, name: str) -> ObjectSpec:
         radius=_number(d.get("radius", 0.5), f"{name}.radius", 1e-6, MAX_ABS_COORD),
         normalize=d.get("normalize", False),
         up_axis=_choice(d.get("up_axis", "Y"), f"{name}.up_axis", UP_AXES),
+        **extra,
     )
+
+
+def _parse_library_fields(d: dict, name: str) -> dict[str, Any]:
+    """``library``, ``file``, ``digest``, ``mesh_scale`` and ``license`` of an object."""
+    out: dict[str, Any] = dict(_OBJECT_EXTRA_DEFAULTS)
+    if d.get("file") is not None:
+        out["file"] = asset_path(d["file"], f"{name}.file")
+        if PurePosixPath(out["file"]).suffix.lower() not in MESH_SUFFIXES:
+            raise SpecError(f"{name}.file", f"{out['file']!r} is not a mesh file the renderer "
+                            f"imports ({', '.join(MESH_SUFFIXES)})")
+    if d.get("library") is not None:
+        if not isinstance(d["library"], str) or not LIBRARY_RE.match(d["library"]):
+            raise SpecError(f"{name}.library", "expected 1-64 letters, digits, '_', '.' or '-'")
+        out["library"] = d["library"]
+    if d.get("digest") is not None:
+        if not isinstance(d["digest"], str) or not DIGEST_RE.match(d["digest"]):
+            raise SpecError(f"{name}.digest", "expected a sha256 digest (64 lowercase hex digits)")
+        out["digest"] = d["digest"]
+    if d.get("license") is not None:
+        if not isinstance(d["license"], str) or len(d["license"]) > 256:
+            raise SpecError(f"{name}.license", "expected a string of at most 256 characters")
+        out["license"] = d["license"]
+    out["mesh_scale"] = _number(d.get("mesh_scale", 1.0), f"{name}.mesh_scale", 1e-6, 1e4)
+    return out
 
 
 def _parse_light(data: Any, name: str) -> LightSpec:

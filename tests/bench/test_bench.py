@@ -112,3 +112,15 @@ def test_gpu_session_sizes_its_videos_to_the_budget():
     assert frames_that_fit(10_000, 8, configs) == 160
     assert 8 <= frames_that_fit(150, 8, configs) < 160
     assert frames_that_fit(30, 8, configs) == 0
+
+
+def test_assets_bench_imports_every_format(tmp_path):
+    rows = bench(tmp_path, "assets", "--repeats", "1")
+    imports = [r for r in rows if r["bench"] == "asset import"]
+    assert {r["format"] for r in imports} == {"OBJ", "GLB", "PLY", "STL"}
+    by = {(r["model"], r["format"]): r for r in imports}
+    for fmt in ("OBJ", "GLB", "PLY", "STL"):  # one model written in every format
+        assert by[("duck", fmt)]["faces"] == 4212 and by[("duck", fmt)]["blender_import_ms"] > 0
+    assert by[("monastery", "GLB")]["faces"] > 120_000
+    (index,) = [r for r in rows if r["bench"] == "asset index"]
+    assert index["models"] == len(imports) and 0 < index["cache_bytes_per_model"] < 2000

@@ -14,15 +14,9 @@ import numpy as np
 
 from farm.assets.library import MIN_DIAGONAL, AssetError, resolve_under
 from farm.model.spec import ObjectSpec, VideoSpec, eval_poly
+from worker.render.importers import ModelLoadError, import_mesh
 
 SMART_UV_MAX_FACES = 1000  # the original used smart projection below this face count
-# The OBJ importer's (forward, up) axes per file up axis: Y-up files get ShapeNet's conversion
-# (file +Y -> Blender +Z); Z-up files are already in Blender's axes.
-IMPORT_AXES = {"Y": ("NEGATIVE_Z", "Y"), "Z": ("Y", "Z")}
-
-
-class ModelLoadError(AssetError):
-    """A model file exists but cannot be turned into geometry."""
 
 
 def reset() -> None:
@@ -66,19 +60,8 @@ def _textured_material(name: str, image: bpy.types.Image, emission: float | None
 
 
 def _import_model(path: Path, label: str, up_axis: str) -> list[bpy.types.Object]:
-    before = set(bpy.data.objects)
-    forward, up = IMPORT_AXES[up_axis]
-    try:
-        bpy.ops.wm.obj_import(filepath=str(path), forward_axis=forward, up_axis=up)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"{label}: OBJ import failed for {path}: {exc}") from None
-    meshes = [o for o in set(bpy.data.objects) - before if o.type == "MESH"]
-    if not meshes or sum(len(o.data.polygons) for o in meshes) == 0:
-        raise ModelLoadError(f"{label}: {path} holds no faces (broken or empty OBJ)")
-    for obj in meshes:  # bake the importer's axis conversion into the mesh
-        obj.data.transform(obj.matrix_world)
-        obj.matrix_world = mathutils.Matrix.Identity(4)
-    return sorted(meshes, key=lambda o: o.name)
+    """The mesh objects of a model file (any supported format), transforms baked."""
+    return import_mesh(path, label, up_axis)
 
 
 def _vertices(parts: list[bpy.types.Object]) -> np.ndarray:
@@ -147,6 +130,9 @@ def add_object(spec: ObjectSpec, pass_index: int, models_root: Path, textures_ro
     parts = _import_model(path, label, spec.up_axis)
     if spec.normalize:
         normalize_parts(parts, label)
+    if spec.mesh_scale != 1.0:  # the manifest's scale hint
+        for obj in parts:
+            obj.data.transform(mathutils.Matrix.Scale(spec.mesh_scale, 4))
     if spec.texture:
         image = _image(resolve_under(textures_root, spec.texture, f"{label} texture"),
                        max_texture_size)
