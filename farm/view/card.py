@@ -54,10 +54,19 @@ def read_specs(storage: Storage, base: str, videos: list[str]) -> dict[str, Vide
         return dict(pool.map(one, videos))
 
 
-def libraries(manifests: dict[str, dict], licences: dict[str, str] | None = None) -> list[dict]:
-    """The asset libraries the videos' objects come from, with their object counts."""
-    counts = Counter(o.get("library") or "default" for m in manifests.values() for o in m["objects"])
-    return [{"name": name, "objects": n, "licence": (licences or {}).get(name, "see the library")}
+def libraries(manifests: dict[str, dict]) -> list[dict]:
+    """The asset libraries the videos' objects come from: object counts and the licences their
+    manifests declare (a ShapeNet-layout root declares none: its terms are ShapeNet's)."""
+    counts: Counter = Counter()
+    licences: dict[str, set[str]] = {}
+    for m in manifests.values():
+        for o in m["objects"]:
+            name = o.get("library") or "shapenet-layout"
+            counts[name] += 1
+            licences.setdefault(name, set()).add(
+                o.get("license") or ("unknown" if o.get("library") else
+                                     "not declared (ShapeNet-layout models root)"))
+    return [{"name": name, "objects": n, "licence": ", ".join(sorted(licences[name]))}
             for name, n in sorted(counts.items())]
 
 
@@ -67,8 +76,7 @@ def _compact(stat: dict) -> dict:
 
 
 def build_card(manifests: dict[str, dict], specs: dict[str, VideoSpec | None],
-               markers: dict[str, bytes], files: DatasetFiles, name: str,
-               licences: dict[str, str] | None = None) -> dict:
+               markers: dict[str, bytes], files: DatasetFiles, name: str) -> dict:
     per_video = [video_figures(v, m, specs.get(v)) for v, m in sorted(manifests.items())]
     figures = dataset_figures(per_video)
     steady = [float(s) for v in per_video for s in v.steady]
@@ -88,7 +96,7 @@ def build_card(manifests: dict[str, dict], specs: dict[str, VideoSpec | None],
                                     for m in manifests.values()).most_common()),
         "devices": dict(Counter(m.get("device", "?") for m in manifests.values()).most_common()),
         "blender": sorted({m.get("blender_version", "?") for m in manifests.values()}),
-        "asset_libraries": libraries(manifests, licences),
+        "asset_libraries": libraries(manifests),
         "first_frame_incomplete": sorted(files.first_frame_incomplete),
         "figures": {
             "categories": figures["categories"],
@@ -149,8 +157,7 @@ def write_dataset(storage: Storage, base: str, manifests: dict[str, dict], optio
     files = write_dataset_files(storage, base, manifests, options, extra)
     videos = sorted(manifests)
     card = build_card(manifests, read_specs(storage, base, videos),
-                      read_markers(storage, base, videos), files, name,
-                      (extra or {}).get("licences"))
+                      read_markers(storage, base, videos), files, name)
     storage.put_bytes(join(base, CARD), json.dumps(card, indent=1).encode())
     storage.put_bytes(join(base, CARD_PAGE), card_page(card).encode())
     return files, card

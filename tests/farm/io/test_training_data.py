@@ -309,8 +309,23 @@ def test_the_dataset_card(rendered):
     assert card["splits"] == {"train": VIDEOS - 1, "val": 1}
     assert card["files"]["meta.json"] == hashlib.sha256((rendered / "meta.json").read_bytes()).hexdigest()
     assert sum(card["figures"]["categories"].values()) == card["objects"]
+    assert card["asset_libraries"] == [{"name": "shapenet-layout", "objects": card["objects"],
+                                        "licence": "not declared (ShapeNet-layout models root)"}]
     page = (rendered / "DATASET.md").read_text()
     assert card["content_sha256"] in page and "python -m farm verify" in page
+
+
+def test_the_cards_libraries_carry_the_licences_their_manifests_declare():
+    from farm.view.card import libraries
+
+    objects = [{"library": "khronos", "license": "CC-BY-4.0", "model": "duck"},
+               {"library": "khronos", "license": "CC0-1.0", "model": "box"},
+               {"library": "robots", "model": "arm"}, {"model": "02691156/model003"}]
+    assert libraries({"a00000": {"objects": objects[:2]}, "a00001": {"objects": objects[2:]}}) == [
+        {"name": "khronos", "objects": 2, "licence": "CC-BY-4.0, CC0-1.0"},
+        {"name": "robots", "objects": 1, "licence": "unknown"},
+        {"name": "shapenet-layout", "objects": 1,
+         "licence": "not declared (ShapeNet-layout models root)"}]
 
 
 def test_bad_input_is_one_clear_line(tmp_path, rendered):
