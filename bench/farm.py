@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.render import bench_spec, render_bench
+from devtools.local import farm_env, start_redis, start_s3, start_worker
+from devtools.processes import free_port, stop
 from farm.generate.sampling import video_id
 from farm.io.layout import IMAGES, MASKS, frame_name, video_keys
 from farm.io.storage import S3Storage, upload_video
 from farm.model.spec import save_spec
 from farm.queue.state import FarmState, connect
 from farm.settings import text
-from scheduler.local import farm_env, start_redis, start_s3, start_worker
-from scheduler.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = PASSWORD = "bench"  # S3 bucket; Redis password of the throwaway server

@@ -227,8 +227,8 @@ def _task_path(svc, specs: list[VideoSpec], design: str, renders: int, name: str
     """(seconds from the enqueue, each video's done time from the enqueue, manifests, worker
     start-up seconds until its health file said ready)."""
     from bench.farm import BUCKET  # noqa: F401 - the bucket the services created
-    from scheduler.local import start_worker
-    from scheduler.processes import stop
+    from devtools.local import start_worker
+    from devtools.processes import stop
 
     folder = svc.folder / name
     folder.mkdir(parents=True, exist_ok=True)

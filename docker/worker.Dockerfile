@@ -61,6 +61,7 @@ COPY pyproject.toml README.md ./
 COPY farm/ farm/
 COPY worker/ worker/
 COPY scheduler/ scheduler/
+COPY devtools/ devtools/
 COPY bench/ bench/
 COPY configs/ configs/
 RUN --mount=type=secret,id=ca_bundle,required=false \

@@ -420,36 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_slurm_parser(sub).set_defaults(func=cmd_slurm)
 
-    chaos = sub.add_parser("chaos", help="fault-injection run of a local farm (see --help)",
-                           add_help=False)
-    chaos.add_argument("rest", nargs=argparse.REMAINDER)
-
-    local = sub.add_parser("local-up", help="run redis, S3, workers and flower as local processes")
-    local.add_argument("--workers", type=int, default=2)
-    local.add_argument("--dir", default="local-farm", help="state folder (data, logs, env file)")
-    local.add_argument("--redis-port", type=int, default=6379)
-    local.add_argument("--s3-port", type=int, default=9000)
-    local.add_argument("--flower-port", type=int, default=5555)
-    local.add_argument("--exporter-port", type=int, default=9808)
-    local.add_argument("--monitoring", action="store_true",
-                       help="also run Prometheus (Debian's package) scraping the farm and Flower")
-    local.add_argument("--prometheus-port", type=int, default=9090)
-    local.set_defaults(func=None)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["chaos"]:  # its own options, parsed by scheduler.chaos
-        from scheduler.chaos import main as chaos_main
-
-        return chaos_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "local-up":
-            from scheduler.local import run_local_farm
-
-            return run_local_farm(args)
         return args.func(Context(load_settings()), args)
     except (BrokerUnavailable, StorageError, ConfigError, SpecError, AssetError,
             OperationalError) as exc:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from farm.secrets import SECRETS, SecretError, read_secret
 from farm.settings import VARS, ConfigError, is_set, text
-from scheduler.processes import ROOT
+
+ROOT = Path(__file__).resolve().parent.parent  # the project, run from shared storage
 
 # Set per job by the script itself (the GPU, node and scratch Slurm gives the task).
 PER_JOB = ("FARM_GPUS", "FARM_NODE_NAME", "FARM_SCRATCH", "FARM_GPU_INDEX", "FARM_HEALTH_FILE")

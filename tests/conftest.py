@@ -54,8 +54,8 @@ def bl30k():
 @pytest.fixture(scope="session")
 def redis_service(tmp_path_factory):
     """A real redis-server (AOF, password) on a free loopback port."""
-    from scheduler.local import start_redis
-    from scheduler.processes import free_port, stop
+    from devtools.local import start_redis
+    from devtools.processes import free_port, stop
 
     port, password = free_port(), "test-password"
     proc = start_redis(tmp_path_factory.mktemp("redis"), port, password)
@@ -66,8 +66,8 @@ def redis_service(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_service(tmp_path_factory):
     """moto's S3 server: a real HTTP S3 endpoint on a free loopback port."""
-    from scheduler.local import start_s3
-    from scheduler.processes import free_port, stop
+    from devtools.local import start_s3
+    from devtools.processes import free_port, stop
 
     port = free_port()
     proc = start_s3(port, tmp_path_factory.mktemp("s3") / "s3.log")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import boto3
 
-from scheduler.local import farm_env, start_worker
-from scheduler.processes import stop
+from devtools.local import farm_env, start_worker
+from devtools.processes import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_YAML = ROOT / "tests" / "data" / "original_yaml"  # configs of the original generator

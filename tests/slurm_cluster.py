@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scheduler.processes import free_port
+from devtools.processes import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo")
 

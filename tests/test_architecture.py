@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("farm", "worker", "scheduler", "bench")
+PACKAGES = ("farm", "worker", "scheduler", "devtools", "bench")
 # The stages in the order of the flow (README "Architecture"); a module may import its own
 # stage and earlier ones. Stages on the same rank must not import each other.
 STAGES = {
@@ -22,7 +22,8 @@ STAGES = {
     "farm.cli": 6, "worker.render": 6,
     "farm.__main__": 7, "worker.process": 7,
     "worker": 8, "scheduler": 8,
-    "bench": 9,
+    "devtools": 9,
+    "bench": 10,
 }
 
 
@@ -158,7 +159,7 @@ def readme_stages() -> dict[str, int]:
     block = text.split("## Architecture", 1)[1].split(" stage  package", 1)[1].split("```", 1)[0]
     stages, current = {}, None
     for line in block.splitlines():
-        m = re.match(r" (\d)\s+(\S+)", line) or re.match(r" {8}((?:farm|worker|scheduler|bench)\S*)",
+        m = re.match(r" ?(\d+)\s+(\S+)", line) or re.match(r" {8}((?:farm|worker|scheduler|bench)\S*)",
                                                          line)
         if not m:
             continue

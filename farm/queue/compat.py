@@ -4,7 +4,7 @@ kombu 5.7, Redis transport: after the broker connection is lost, Celery closes t
 second time; the channel then tries to restore its unacknowledged messages through a client it
 can no longer build (``AttributeError: 'NoneType' object has no attribute 'hostname'`` in
 ``Channel._connparams``) and the worker dies with "Unrecoverable error" instead of reconnecting
-(seen in ``python -m scheduler chaos`` on a Redis restart). Restoring cannot succeed at that point
+(seen in ``python -m devtools chaos`` on a Redis restart). Restoring cannot succeed at that point
 anyway (Redis is gone); the messages stay in kombu's ``unacked`` hash and are restored by the
 visibility-timeout sweep, so the error is logged and the reconnect goes on.
 

@@ -548,7 +548,7 @@ def test_redis_starts_with_a_password_and_persistence(services, tmp_path):
         pytest.fail("redis-server not found: make system-deps")
     import redis as redis_py
 
-    from scheduler.processes import free_port
+    from devtools.processes import free_port
 
     svc = services["redis"]
     secrets = tmp_path / "secrets"

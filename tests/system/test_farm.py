@@ -46,8 +46,8 @@ def assert_complete(farm, segment: int, video: str, frames: int) -> None:
 
 
 def test_enqueue_render_upload_status_finalize_and_flower(farm, tmp_path):
-    from scheduler.local import start_flower
-    from scheduler.processes import free_port, stop
+    from devtools.local import start_flower
+    from devtools.processes import free_port, stop
 
     workers = [farm.start_worker(name, FARM_GPUS="0,1") for name in ("w1", "w2")]
     flower_port = free_port()
@@ -218,7 +218,7 @@ def test_archive_upload_four_objects_a_video_finalize_preview_pack_and_unpack(fa
 
 
 def test_transient_storage_error_then_success(farm):
-    from scheduler.faults import FaultProxy
+    from devtools.faults import FaultProxy
 
     proxy = FaultProxy(int(farm.s3_endpoint.rsplit(":", 1)[1]))
     try:
@@ -396,7 +396,7 @@ def test_init_storage_is_idempotent(farm):
 
 
 def test_clear_errors_when_services_are_unreachable(farm):
-    from scheduler.processes import free_port
+    from devtools.processes import free_port
 
     dead = free_port()
     proc = farm.cli("status", env={"FARM_REDIS_URL": f"redis://127.0.0.1:{dead}/0"}, check=False)

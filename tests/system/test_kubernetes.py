@@ -20,9 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devtools.processes import ROOT
 from farm.settings import VARS
 from scheduler.exporter import DEFAULT_PORT, DEMAND
-from scheduler.processes import ROOT
 
 KUBE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("on-demand", "spot")

@@ -57,7 +57,7 @@ def gpu_lease_keys(state: FarmState) -> list[str]:
 def test_worker_without_redis_never_renders_unpinned(farm):
     """Redis unreachable at start: a worker exits non-zero after FARM_GPU_CLAIM_TIMEOUT; one
     that gets Redis back in time renders with the GPU it claimed, never with every GPU."""
-    from scheduler.faults import FaultProxy
+    from devtools.faults import FaultProxy
 
     proxy = FaultProxy(int(farm.env["FARM_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]))
     try:
@@ -262,8 +262,8 @@ def _env_without(env: dict, *names: str) -> dict:
 
 
 def test_secrets_come_from_files_and_a_conflict_is_an_error(farm, tmp_path):
-    from scheduler.local import start_worker
-    from scheduler.processes import free_port, stop, wait_port
+    from devtools.local import start_worker
+    from devtools.processes import free_port, stop, wait_port
 
     secrets = tmp_path / "secrets"
     secrets.mkdir()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.local import start_s3
-from scheduler.processes import free_port, spawn, stop
+from devtools.local import start_s3
+from devtools.processes import free_port, spawn, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 ACL_EXAMPLE = ROOT / "docker" / "redis-users.acl.example"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devtools.chaos import run_chaos
 from farm.assets.check import Problem, check_library, check_obj, write_denylist
 from farm.assets.library import AssetLibrary, read_denylist
 from farm.assets.procedural import synthesize
 from farm.generate.sampling import generate_spec
 from farm.model.presets import load_preset
-from scheduler.chaos import run_chaos
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
 

@@ -23,12 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import ROOT
 from slurm_cluster import SlurmCluster, missing_tools
 
+from devtools.monitoring import start_exporter
+from devtools.processes import free_port, stop
 from farm.generate.sampling import generate_spec
 from farm.model.presets import load_preset
 from farm.model.spec import save_spec
 from farm.queue.broker import broker_task_ids
-from scheduler.monitoring import start_exporter
-from scheduler.processes import free_port, stop
 
 CI = os.environ.get("CI") == "true"
 NOT_ROOT = "the Slurm test starts slurmctld, slurmd and munged: run it as root"

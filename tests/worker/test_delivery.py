@@ -107,9 +107,9 @@ def test_deliver_never_renders_blind_when_storage_is_unreachable(direct, library
     storage unreachable it defers instead of rendering (and maybe overwriting) it."""
     from dataclasses import replace
 
+    from devtools.processes import free_port
     from farm.generate.sampling import generate_spec
     from farm.io.storage import S3Storage
-    from scheduler.processes import free_port
     from worker.delivery import Requeue, deliver
 
     spec = generate_spec(library, tiny, 4, 3, 2021)
@@ -261,8 +261,8 @@ def test_cancel_is_sticky_through_a_transient_storage_error(direct, library, tin
 
     import boto3
 
+    from devtools.faults import HttpFaultProxy
     from farm.io.storage import S3Storage, StorageError
-    from scheduler.faults import HttpFaultProxy
     from worker.delivery import LeaseLost, deliver
 
     bucket = f"cancel-{time.time_ns()}"
@@ -489,7 +489,7 @@ def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack
 
 
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
-    from scheduler.local import start_reconciler
+    from devtools.local import start_reconciler
 
     state = farm.state()
     farm.cli("enqueue", "--segment", "16", "--count", "2", "--preset", "tiny")
@@ -566,7 +566,7 @@ def test_frozen_worker_that_lost_its_lease_stops_and_overwrites_nothing(farm, li
 
 
 def start_own_group(farm, name: str, **env: str):
-    from scheduler.local import start_worker
+    from devtools.local import start_worker
 
     proc = start_worker({**farm.env, **env}, name, farm.folder / f"{name}.log", own_session=True)
     farm.workers.append(proc)

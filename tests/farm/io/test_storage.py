@@ -57,7 +57,7 @@ def test_streamed_frames_are_not_sent_twice_and_rewritten_ones_are(s3_service, t
 
 
 def test_streaming_to_unreachable_storage_loses_nothing(s3_service, tmp_path):
-    from scheduler.processes import free_port
+    from devtools.processes import free_port
 
     staging = stage(tmp_path, 3)
     dead = s3(free_port(), connect_timeout=0.5, max_attempts=1)

@@ -138,7 +138,7 @@ def test_failure_reasons_are_a_bounded_set():
 
 
 def test_exporter_without_redis_says_so():
-    from scheduler.processes import free_port
+    from devtools.processes import free_port
 
     s = scrape(f"redis://127.0.0.1:{free_port()}/0")
     assert value(s, "farm_exporter_redis_up") == 0
@@ -204,12 +204,12 @@ def wait_until(condition, timeout: float, message) -> None:
 @pytest.mark.services
 @pytest.mark.render
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(farm, pack, tiny, tmp_path):
+    from devtools import monitoring
+    from devtools.local import start_flower
+    from devtools.processes import free_port, stop
     from farm.assets.library import AssetLibrary
     from farm.generate.sampling import generate_spec
     from farm.model.spec import save_spec
-    from scheduler import monitoring
-    from scheduler.local import start_flower
-    from scheduler.processes import free_port, stop
 
     if not monitoring.prometheus_binary():
         pytest.fail("prometheus not installed: run `make system-deps` (apt-get install prometheus)")

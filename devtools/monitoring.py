@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from scheduler.processes import ROOT, spawn, wait_port
+from devtools.processes import ROOT, spawn, wait_port
 
 PROMETHEUS_YML = ROOT / "docker" / "prometheus.yml"
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "farm.json"

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from scheduler.processes import free_port
+from devtools.processes import free_port
 
 
 class FaultProxy:

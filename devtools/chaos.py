@@ -15,7 +15,7 @@ farm holds (no mixed output), spec and manifest present, nothing pending without
 (stranded), no video rendered by two live processes of this farm at once, the black hole
 stopped, the queue drained.
 
-``python -m scheduler chaos --videos 24 --workers 3``
+``python -m devtools chaos --videos 24 --workers 3``
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.faults import HttpFaultProxy
+from devtools.local import farm_env, start_reconciler, start_redis, start_s3, start_worker
+from devtools.processes import ROOT, free_port, stop
 from farm.io.layout import marker_video, segment_base, staged_video
 from farm.io.storage import S3Storage
 from farm.queue.state import FarmState, connect
-from scheduler.faults import HttpFaultProxy
-from scheduler.local import farm_env, start_reconciler, start_redis, start_s3, start_worker
-from scheduler.processes import ROOT, free_port, stop
 
 SEGMENT = 7
 BUCKET = "chaos"
@@ -465,10 +465,8 @@ def _queue_left(state: FarmState) -> int:
         return -1
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m scheduler chaos", description=__doc__)
+def add_arguments(ap) -> None:
+    """The chaos run's options (``python -m devtools chaos``)."""
     ap.add_argument("--videos", type=int, default=24)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--kills", type=int, default=3)
@@ -481,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this long")
     ap.add_argument("--dir", type=Path, default=None, help="keep state and logs here")
     ap.add_argument("--json", type=Path, help="write the report here")
-    args = ap.parse_args(argv)
+
+
+def run(args) -> int:
     report = run_chaos(args.videos, args.workers, args.kills, args.preset, args.s3_outage,
                        timeout_s=args.timeout, folder=args.dir, lease_ttl=args.lease_ttl,
                        visibility_s=None if args.production_visibility else 20.0)

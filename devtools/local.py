@@ -1,7 +1,7 @@
 """The farm's topology as local processes (no Docker): redis-server, an S3 server, workers, Flower,
 the farm's metrics exporter (and with ``--monitoring`` Prometheus).
 
-``python -m scheduler local-up --workers 2`` starts everything on loopback, writes
+``python -m devtools local-up --workers 2`` starts everything on loopback, writes
 ``<dir>/farm.env`` (source it to point the scheduler CLI at this farm) and runs until Ctrl-C.
 The S3 server here is moto's server mode (in memory: the bucket lives as long as the farm).
 The same helpers start the services of the test suite.
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from devtools.processes import ROOT, spawn, stop, wait_port
 from farm.settings import text
-from scheduler.processes import ROOT, spawn, stop, wait_port
 
 
 def start_redis(folder: Path, port: int, password: str) -> subprocess.Popen:
@@ -96,7 +96,7 @@ def start_reconciler(env: dict, log: Path, every_s: float = 30.0, min_age_s: flo
 
 def start_monitoring(args, env: dict, flower_auth: str, folder: Path) -> list[subprocess.Popen]:
     """The farm's exporter, and with ``--monitoring`` Prometheus when Debian's package is there."""
-    from scheduler import monitoring
+    from devtools import monitoring
 
     procs = [monitoring.start_exporter(env, args.exporter_port, folder / "exporter.log")]
     if not args.monitoring:
