@@ -51,14 +51,21 @@ def env_in(where: Path, extra: dict | None = None) -> dict[str, str]:
     return {**os.environ, **(extra or {}), "PYTHONPATH": str(where)}
 
 
-def worker_render(where: Path, files: list[Path], out: Path, extra: dict | None = None
+def worker_render(where: Path, files: list[Path], out: Path, extra: dict | None = None,
+                  roots: tuple[Path, Path] | None = None, keep_gate_failures: bool = False
                   ) -> tuple[float, list[dict]]:
-    """``python -m worker render`` of the tree ``where``: (wall seconds, manifests)."""
-    models, textures = default_pack()
+    """``python -m worker render`` of the tree ``where`` (``roots``: models and textures, default
+    the procedural pack): (wall seconds, manifests)."""
+    models, textures = roots or default_pack()
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "worker", "-q", "render", "--spec", *map(str, files),
-                    "--out", str(out), "--models", str(models), "--textures", str(textures)],
-                   check=True, cwd=where, capture_output=True, env=env_in(where, extra))
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "-q", "render", "--spec", *map(str, files),
+         "--out", str(out), "--models", str(models), "--textures", str(textures),
+         *(["--keep-gate-failures"] if keep_gate_failures else [])],
+        cwd=where, capture_output=True, text=True, env=env_in(where, extra))
+    if proc.returncode:
+        raise RuntimeError(f"worker render in {where} exited {proc.returncode}: "
+                           f"{proc.stderr[-2000:]}")
     wall = time.perf_counter() - t0
     return wall, [json.loads(p.read_text()) for p in sorted((out / MANIFESTS).glob("*.json"))]
 
