@@ -84,9 +84,11 @@ def _loop_figures(manifests: list[dict]) -> dict:
 def bench_loop(preset: str, frames: int, videos: int, repeats: int, ref: str,
                ref_env: dict | None = None) -> list[dict]:
     """The render loop of this tree against ``ref``'s: ``videos`` generated specs of ``preset``
-    cut to ``frames`` frames, rendered by each tree's ``worker render`` (one render process,
+    with ``frames`` frames, rendered by each tree's ``worker render`` (one render process,
     frames after the first), the two interleaved ``repeats`` times, each repeat starting with the
     other; medians of the per-repeat means."""
+    from dataclasses import replace
+
     from bench.render import bench_spec
 
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
@@ -94,8 +96,8 @@ def bench_loop(preset: str, frames: int, videos: int, repeats: int, ref: str,
         trees = {"this tree": ROOT, f"ref {ref}": tree(ref, folder)}
         envs = {"this tree": {}, f"ref {ref}": dict(ref_env or {})}
         files = []
-        for index in range(videos):
-            spec = bench_spec(preset, index, frames)
+        for index in range(videos):  # the trajectories over ``frames`` frames
+            spec = replace(bench_spec(preset, index, frames), frames=frames)
             files.append(folder / "specs" / f"{spec.id}.yaml")
             save_spec(spec, files[-1])
         runs: dict[str, list[dict]] = {name: [] for name in trees}

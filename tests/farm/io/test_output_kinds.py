@@ -17,7 +17,7 @@ from farm.model.spec import OUTPUTS
 
 def test_registry_is_the_list_spec_validation_knows():
     assert tuple(KINDS) == OUTPUTS  # farm.model.spec validates names without importing farm.io
-    assert FOLDERS == {name: kind.folder for name, kind in KINDS.items()}
+    assert {name: kind.folder for name, kind in KINDS.items()} == FOLDERS
     assert set(FOLDERS.values()) <= set(VIDEO_FOLDERS)
     assert set(fo.UNITS) == {k for kind in KINDS.values() for k in (*kind.units, *kind.extra_units)}
 
