@@ -8,6 +8,7 @@ and with the ref's, interleaved, and prints the render loop's figures side by si
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -25,11 +26,19 @@ from farm.model.spec import save_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 # The last commit with the previous design (a fresh process per video, a render call per frame,
-# masks encoded between renders, the previous per-frame settings) inside it, behind its own
-# switches: PREVIOUS_DESIGN_ENV selects that design there.
+# masks encoded between renders, the previous per-frame settings) inside it, behind switches of
+# its own, which its bench/gpu.py names (``previous_design_env``).
 PREVIOUS_DESIGN = "2e7452e4e251b1ec1a4549fefe599cc0cf8bd01a"
-PREVIOUS_DESIGN_ENV = {"FARM_RENDER_PROCESS": "oneshot",
-                       "FARM_BENCH_ABLATE": "per-frame-calls,serial-masks,previous-settings"}
+
+
+def previous_design_env(where: Path) -> dict[str, str]:
+    """The environment that selects the previous design in the tree ``where``: the ``OLD``
+    mapping of that tree's own ``bench/gpu.py`` (so this tree names none of its switches)."""
+    for node in ast.parse((where / "bench" / "gpu.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "OLD"
+                                                for t in node.targets):
+            return dict(ast.literal_eval(node.value))
+    raise LookupError(f"{where}/bench/gpu.py defines no OLD environment")
 
 
 def tree(ref: str, folder: Path) -> Path:

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from bench.baseline import PREVIOUS_DESIGN, PREVIOUS_DESIGN_ENV, env_in, tree, worker_render
+from bench.baseline import PREVIOUS_DESIGN, env_in, previous_design_env, tree, worker_render
 from bench.render import bench_spec, render_bench
 from farm.generate.sampling import video_id
 from farm.io.layout import IMAGES, video_keys
@@ -58,7 +58,8 @@ def design_code(design: str, folder: Path) -> tuple[Path, dict[str, str]]:
     """(the tree a design's commands run from, their extra environment): ``oneshot`` is the
     previous design's code (the same pixels and masks: tests/worker/process/test_server.py)."""
     if design == "oneshot":
-        return tree(PREVIOUS_DESIGN, folder), dict(PREVIOUS_DESIGN_ENV)
+        where = tree(PREVIOUS_DESIGN, folder)
+        return where, previous_design_env(where)
     return ROOT, {"FARM_RENDER_PROCESS": "server"}
 
 

@@ -61,7 +61,7 @@ def test_animation_render_loop_writes_what_the_per_frame_loop_wrote(library, tin
     compositor's group output, the Z pass, glibc's default trimming) is the code of
     bench.baseline.PREVIOUS_DESIGN (run from its own exported tree): both write the same
     pixels, masks and manifest frames."""
-    from bench.baseline import PREVIOUS_DESIGN, PREVIOUS_DESIGN_ENV, tree, worker_render
+    from bench.baseline import PREVIOUS_DESIGN, previous_design_env, tree, worker_render
     from farm.model.spec import save_spec
 
     spec = replace(generate_spec(library, tiny, 0, 21, 2021), frames=6)
@@ -73,7 +73,8 @@ def test_animation_render_loop_writes_what_the_per_frame_loop_wrote(library, tin
         pytest.skip(f"the previous design's commit is not available: {exc}")
     save_spec(spec, tmp_path / "spec.yaml")
     _, (old_manifest,) = worker_render(previous, [tmp_path / "spec.yaml"], tmp_path / "old",
-                                       PREVIOUS_DESIGN_ENV, roots, keep_gate_failures=True)
+                                       previous_design_env(previous), roots,
+                                       keep_gate_failures=True)
     rgb_new, masks_new, names_new = _frames(new.staging, spec.id)
     rgb_old, masks_old, names_old = _frames(tmp_path / "old", spec.id)
     assert names_new == names_old and len(names_new) == 12
