@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,12 @@ class Reading:
     file: Callable[[str, int], Path]  # (sub-folder, frame) -> the frame's file
     folder: Path  # the kind's folder of this video
 
+    @cached_property
+    def _by_frame(self) -> dict[int, dict]:
+        return {f["frame"]: f for f in self.manifest.get("frames", [])}
+
     def per_frame(self, frame: int) -> dict:
         """The manifest's record of ``frame`` (its objects' stats, ranges...)."""
-        if not hasattr(self, "_by_frame"):
-            self._by_frame = {f["frame"]: f for f in self.manifest.get("frames", [])}
         return self._by_frame.get(frame, {})
 
 
@@ -102,7 +105,7 @@ class OutputKind:
     video_files: tuple[str, ...] = ()  # per-video files (then no per-frame files)
     per_object: bool = False  # one file per object per frame (scratch estimate)
     read_stats: Callable[[Reading], dict[str, Any]] = lambda _reading: {}
-    needs_camera: bool = False  # write needs camera_to_world
+    needs_camera: bool = False  # its writer or finish needs Blender's camera at every frame
     extra_units: dict[str, str] = field(default_factory=dict)  # of read_stats' arrays
 
 
