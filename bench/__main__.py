@@ -1,4 +1,4 @@
-"""Benchmarks that print numbers: ``python -m bench all|specs|assets|render|ablation|outputs|farm|quality``.
+"""Benchmarks that print numbers: ``python -m bench all|specs|assets|render|loop|outputs|farm|gpu|quality``.
 
 Results are printed as tables and written as JSON (``--json FILE``). ``all`` runs every part at
 sizes that finish in under 15 minutes on a 2-core CPU; see BENCHMARKS.md for the figures.
@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.baseline import PREVIOUS_DESIGN
 from bench.quality import SHORTLIST
 from farm.assets.library import AssetLibrary
 from farm.assets.procedural import default_pack
@@ -48,10 +49,10 @@ def bench_render_cmd(args: argparse.Namespace) -> list[dict]:
     return bench_render(args.presets.split(","), args.frames, args.videos, devices(args.devices))
 
 
-def bench_ablation_cmd(args: argparse.Namespace) -> list[dict]:
-    from bench.render import bench_ablation
+def bench_loop_cmd(args: argparse.Namespace) -> list[dict]:
+    from bench.baseline import bench_loop
 
-    return bench_ablation(args.preset, args.frames, args.repeats)
+    return bench_loop(args.preset, args.frames, args.videos, args.repeats, args.ref)
 
 
 def bench_outputs_cmd(args: argparse.Namespace) -> list[dict]:
@@ -110,8 +111,8 @@ def bench_all(args: argparse.Namespace) -> list[dict]:
         ("assets", lambda: bench_assets_cmd(argparse.Namespace(repeats=3))),
         ("render", lambda: bench_render_cmd(argparse.Namespace(
             presets="preview,seed,bl30k,fast", frames=3, videos=1, devices=args.devices))),
-        ("ablation", lambda: bench_ablation_cmd(argparse.Namespace(
-            preset="preview", frames=6, repeats=2))),
+        ("loop", lambda: bench_loop_cmd(argparse.Namespace(
+            preset="preview", frames=6, videos=1, repeats=2, ref=PREVIOUS_DESIGN))),
         ("outputs", lambda: bench_outputs_cmd(argparse.Namespace(
             preset="preview", frames=3, repeats=1, device="AUTO"))),
         ("farm", lambda: bench_farm(argparse.Namespace(
@@ -169,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--devices", default="auto",
                         help="comma list of CPU,CUDA,OPTIX; auto: CPU plus the GPU backends found")
     render.set_defaults(func=bench_render_cmd)
-    ablation = sub.add_parser("ablation", help="render loop without the mask pass / persistent data")
-    ablation.add_argument("--preset", default="preview")
-    ablation.add_argument("--frames", type=int, default=6)
-    ablation.add_argument("--repeats", type=int, default=2)
-    ablation.set_defaults(func=bench_ablation_cmd)
+    loop = sub.add_parser("loop", help="this tree's render loop against a git ref's")
+    loop.add_argument("--preset", default="preview")
+    loop.add_argument("--frames", type=int, default=6)
+    loop.add_argument("--videos", type=int, default=1)
+    loop.add_argument("--repeats", type=int, default=2)
+    loop.add_argument("--ref", default=PREVIOUS_DESIGN,
+                      help="commit, tag or branch to compare with (default: before the one loop)")
+    loop.set_defaults(func=bench_loop_cmd)
     outputs = sub.add_parser("outputs", help="s/frame and bytes/frame of each extra output")
     outputs.add_argument("--preset", default="preview")
     outputs.add_argument("--frames", type=int, default=4)

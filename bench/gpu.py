@@ -7,9 +7,11 @@ Three measurements (each its own table):
   cache (``--cold``: on a GPU without cached kernels that is the ~5-minute compilation), ``warm``
   with the cache the cold run filled (what the second worker of a host pays).
 - **throughput**: ``--videos`` videos (>= 8) of ``--preset`` cut to ``--frames`` frames, per
-  configuration ``design:renders`` (``oneshot``: a fresh Blender process per video and masks
-  encoded between renders, the previous design; ``server``: long-lived render processes;
-  ``renders`` at a time on the device), through ``--path``:
+  configuration ``design:renders`` (``oneshot``: the previous design, a fresh Blender process per
+  video, a render call per frame and masks encoded between renders: the code of
+  ``bench.baseline.PREVIOUS_DESIGN``, exported with ``git archive`` and run from its own tree;
+  ``server``: this tree, long-lived render processes; ``renders`` at a time on the device),
+  through ``--path``:
   ``task`` = the real worker path (scheduler enqueue -> Redis -> Celery worker -> render -> S3
   upload -> marker; local redis-server and moto's S3 server, like ``bench farm``), ``render`` =
   the render path of ``worker render`` (no services), or both. Reported: videos per hour of the
@@ -30,7 +32,6 @@ No timing is asserted anywhere (tests run it at toy sizes); BENCHMARKS.md holds 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import statistics
@@ -43,20 +44,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from bench.baseline import PREVIOUS_DESIGN, env_in, previous_design_env, tree, worker_render
 from bench.render import bench_spec, render_bench
-from farm.assets.procedural import default_pack
 from farm.generate.sampling import video_id
-from farm.io.layout import IMAGES, MANIFESTS, video_keys
+from farm.io.layout import IMAGES, video_keys
 from farm.model.spec import VideoSpec, save_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-# The previous design: a fresh process per video, a render call per frame, masks encoded
-# between two renders, the previous per-frame settings (the same pixels and masks:
-# tests/worker/process/test_server.py).
-OLD = {"FARM_RENDER_PROCESS": "oneshot",
-       "FARM_BENCH_ABLATE": "per-frame-calls,serial-masks,previous-settings"}
-NEW = {"FARM_RENDER_PROCESS": "server"}
-DESIGN_ENV = {"oneshot": OLD, "server": NEW}
+DESIGNS = ("oneshot", "server")  # the previous design (a git ref's code), this tree's
+
+
+def design_code(design: str, folder: Path) -> tuple[Path, dict[str, str]]:
+    """(the tree a design's commands run from, their extra environment): ``oneshot`` is the
+    previous design's code (the same pixels and masks: tests/worker/process/test_server.py)."""
+    if design == "oneshot":
+        where = tree(PREVIOUS_DESIGN, folder)
+        return where, previous_design_env(where)
+    return ROOT, {"FARM_RENDER_PROCESS": "server"}
 
 
 class GpuSampler(threading.Thread):
@@ -124,7 +128,7 @@ def configs(text: str) -> list[tuple[str, int]]:
     out = []
     for item in text.split(","):
         design, _, renders = item.strip().partition(":")
-        if design not in DESIGN_ENV:
+        if design not in DESIGNS:
             raise ValueError(f"unknown design {design!r} (oneshot or server)")
         out.append((design, int(renders or 1)))
     return out
@@ -187,35 +191,36 @@ def _render_path(specs: list[VideoSpec], design: str, renders: int, folder: Path
     """(seconds from the start, each video's done time from the start, manifests)."""
     from worker.process.pool import RenderPool
 
-    env = DESIGN_ENV[design]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the one-shot processes read it through render_env()
+    if design == "oneshot":  # the previous design's code: its own ``worker render``
+        where, env = design_code(design, folder.parent)
+        files = []
+        for spec in specs:
+            files.append(folder / "specs" / f"{spec.id}.yaml")
+            save_spec(spec, files[-1])
+        t0 = time.time()
+        wall, manifests = worker_render(where, files, folder / "out",
+                                        {**env, "FARM_RENDERS_PER_GPU": str(renders)})
+        shutil.rmtree(folder / "out", ignore_errors=True)
+        return wall, sorted(m["created_at"] - t0 for m in manifests), manifests
+    _, env = design_code(design, folder.parent)
     done: list[float] = []
     manifests: list[dict] = []
     lock = threading.Lock()
     t0 = time.perf_counter()
+    pool = RenderPool(renders, env=env)
+
+    def one(spec: VideoSpec) -> None:
+        out = render_bench(spec, folder, pool=pool)
+        shutil.rmtree(out.staging, ignore_errors=True)
+        with lock:
+            done.append(time.perf_counter() - t0)
+            manifests.append(out.manifest)
+
     try:
-        pool = RenderPool(renders, env=env) if design == "server" else None
-
-        def one(spec: VideoSpec) -> None:
-            out = render_bench(spec, folder, pool=pool)
-            shutil.rmtree(out.staging, ignore_errors=True)
-            with lock:
-                done.append(time.perf_counter() - t0)
-                manifests.append(out.manifest)
-
-        try:
-            with ThreadPoolExecutor(renders) as ex:
-                list(ex.map(one, specs))
-        finally:
-            if pool:
-                pool.close()
+        with ThreadPoolExecutor(renders) as ex:
+            list(ex.map(one, specs))
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        pool.close()
     return time.perf_counter() - t0, sorted(done), manifests
 
 
@@ -227,17 +232,23 @@ def _task_path(svc, specs: list[VideoSpec], design: str, renders: int, name: str
     """(seconds from the enqueue, each video's done time from the enqueue, manifests, worker
     start-up seconds until its health file said ready)."""
     from bench.farm import BUCKET  # noqa: F401 - the bucket the services created
-    from devtools.local import start_worker
-    from devtools.processes import stop
+    from devtools.processes import spawn, stop
 
     folder = svc.folder / name
     folder.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         save_spec(spec, folder / f"{spec.id}.yaml")
-    env = {**svc.env, **DESIGN_ENV[design], "FARM_RENDERS_PER_GPU": str(renders)}
-    health = Path(svc.env["FARM_SCRATCH"]) / name / "worker-ready.json"
+    where, extra = design_code(design, svc.folder)
+    scratch = Path(svc.env["FARM_SCRATCH"]) / name
+    env = {**env_in(where, {**svc.env, **extra}), "FARM_RENDERS_PER_GPU": str(renders),
+           "FARM_SCRATCH": str(scratch)}
+    health = scratch / "worker-ready.json"
     t_start = time.perf_counter()
-    worker = start_worker(env, name, svc.folder / f"{name}.log", concurrency=renders)
+    # devtools.local.start_worker's command, from the design's tree
+    worker = spawn([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q",
+                    "render", "-c", str(renders), "-E", "--loglevel=INFO", "-n", f"{name}@%h",
+                    "--without-gossip", "--without-mingle"], svc.folder / f"{name}.log",
+                   env=env, cwd=where)
     try:
         while not health.exists():
             if worker.poll() is not None or time.perf_counter() - t_start > 1800:
@@ -325,14 +336,8 @@ def path_tracing_s(jpg: Path) -> float | None:
 def _farm_render(files: list[Path], design: str, out: Path) -> tuple[float, list[dict]]:
     """One ``worker render`` call: (wall seconds, manifests, each with ``path_tracing_s`` per
     frame read from its JPEGs)."""
-    models, textures = default_pack()
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "worker", "-q", "render", "--spec", *map(str, files),
-                    "--out", str(out), "--models", str(models), "--textures", str(textures)],
-                   check=True, cwd=ROOT, capture_output=True,
-                   env={**os.environ, **DESIGN_ENV[design], "FARM_RENDERS_PER_GPU": "1"})
-    wall = time.perf_counter() - t0
-    manifests = [json.loads(p.read_text()) for p in sorted((out / MANIFESTS).glob("*.json"))]
+    where, env = design_code(design, out.parent)
+    wall, manifests = worker_render(where, files, out, {**env, "FARM_RENDERS_PER_GPU": "1"})
     for m in manifests:
         m["path_tracing_s"] = [path_tracing_s(p) for p in
                                sorted((out / IMAGES / m["video"]).glob("*.jpg"))]

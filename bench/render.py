@@ -1,4 +1,5 @@
-"""Render benchmarks: seconds per frame per preset and device, and ablations of the render loop.
+"""Render benchmarks: seconds per frame per preset and device (``bench loop``, in bench/baseline.py,
+compares the render loop with a git ref's).
 
 Every render runs in a fresh Blender process exactly as on a worker (``worker.process.runner``). The
 first frame also pays the scene sync (BVH build, texture upload), so steady-state s/frame is the
@@ -19,9 +20,6 @@ from farm.model.presets import find_preset, load_preset
 from farm.model.spec import VideoSpec
 from worker.attempts import RenderOutcome, render_attempts
 from worker.process.environment import discover_gpus
-
-ABLATIONS = {"full (RGB + one-pass mask)": "", "RGB alone (no index pass, no masks)": "no-mask",
-             "no persistent data (re-sync every frame)": "no-persistent"}
 
 
 def devices(requested: str) -> list[str]:
@@ -79,28 +77,4 @@ def bench_render(presets: list[str], frames: int, videos: int, device_list: list
                              "adaptive": spec.render.adaptive_threshold,
                              "prefilter": spec.render.denoise_prefilter, "frames": spec.frames,
                              **timing_row(manifest)})
-    return rows
-
-
-def bench_ablation(preset: str, frames: int, repeats: int, device: str = "AUTO") -> list[dict]:
-    """The render loop with and without the mask pass and persistent data, interleaved."""
-    spec = bench_spec(preset, 0, frames, device)
-    runs: dict[str, list[dict]] = {name: [] for name in ABLATIONS}
-    for _ in range(repeats):
-        for name, ablate in ABLATIONS.items():
-            runs[name].append(timing_row(render_once(spec, {"FARM_BENCH_ABLATE": ablate})))
-    full = runs[next(iter(ABLATIONS))]
-    base = statistics.median(r["s_per_frame"] for r in full)
-    best_base = min(r["s_per_frame"] for r in full)
-    rows = []
-    for name, results in runs.items():
-        s = statistics.median(r["s_per_frame"] for r in results)
-        best = min(r["s_per_frame"] for r in results)
-        rows.append({"bench": "ablation", "variant": name, "preset": preset,
-                     "resolution": "x".join(map(str, spec.resolution)), "frames": frames,
-                     "repeats": repeats, "s_per_frame": round(s, 3),
-                     "vs_full": f"{100 * (s / base - 1):+.1f}%", "best_s_per_frame": best,
-                     "best_vs_full": f"{100 * (best / best_base - 1):+.1f}%",
-                     "mask_encode_ms": statistics.median(r["encode_ms"] for r in results),
-                     "scene_build_s": statistics.median(r["scene_build_s"] for r in results)})
     return rows

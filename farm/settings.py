@@ -108,9 +108,6 @@ VARS = {v.name: v for v in (
         "`OPTIX`, comma-separated)"),
     Var("FARM_HEALTH_FILE", "", "written once the worker is warm and consumes (default "
         "`$FARM_SCRATCH/worker-ready.json`)"),
-    Var("FARM_BENCH_ABLATE", "", "benchmarks only: `no-mask` (RGB alone), `no-persistent` "
-        "(re-sync every frame), `per-frame-calls`, `serial-masks` and `previous-settings` (the "
-        "previous render loop and its per-frame settings)"),
     Var("FARM_AWS_CLI", "", "benchmarks only: the `aws` executable the upload benchmark compares "
         "against (default `.venv-aws/bin/aws`)"),
 )}

@@ -32,9 +32,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# output kind -> folder (farm/io/outputs.py documents the extra outputs' formats)
-FOLDERS = {"rgb": "JPEGImages", "masks": "Annotations", "depth": "Depth", "flow": "Flow",
-           "normals": "Normals", "camera": "Camera", "amodal": "AmodalAnnotations"}
+from farm.io.output_kinds import KINDS
+
+# output kind -> folder: each kind's entry in the registry (farm/io/output_kinds.py)
+FOLDERS = {name: kind.folder for name, kind in KINDS.items()}
 IMAGES, MASKS = FOLDERS["rgb"], FOLDERS["masks"]
 SPECS, MANIFESTS, MARKERS, ENQUEUED = "specs", "manifests", "done", "enqueued"
 META = "meta.json"

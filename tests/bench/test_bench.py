@@ -26,14 +26,17 @@ def bench(tmp_path, *args: str) -> list[dict]:
     return json.loads(out.read_text())
 
 
-def test_render_and_ablation(tmp_path):
+def test_render_and_loop_against_a_git_ref(tmp_path):
     rows = bench(tmp_path, "render", "--presets", "tiny", "--frames", "2", "--videos", "1",
                  "--devices", "CPU")
     assert [(r["preset"], r["device"], r["frames"]) for r in rows] == [("tiny", "CPU", 2)]
     assert rows[0]["s_per_frame"] > 0 and rows[0]["peak_rss_mb"] > 100
-    rows = bench(tmp_path, "ablation", "--preset", "tiny", "--frames", "2", "--repeats", "1")
-    masks = {r["variant"]: r["mask_encode_ms"] for r in rows}
-    assert len(masks) == 3 and masks["RGB alone (no index pass, no masks)"] == 0
+    from bench.baseline import PREVIOUS_DESIGN
+
+    rows = bench(tmp_path, "loop", "--preset", "tiny", "--frames", "2", "--repeats", "1")
+    assert [r["code"] for r in rows] == ["this tree", f"ref {PREVIOUS_DESIGN}"]
+    assert all(r["s_per_frame"] > 0 and r["encode_ms"] > 0 and r["frames"] == 2 for r in rows)
+    assert rows[1]["vs_ref"] == "+0.0%"
 
 
 def test_outputs_bench_costs_each_output(tmp_path):

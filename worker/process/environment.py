@@ -26,7 +26,7 @@ CUDA_CACHE_BYTES = str(4 << 30)
 # images, so no credentials, broker URL or storage settings reach it.
 RENDER_ENV_NAMES = {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
                     "PYTHONHASHSEED", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_CACHE_HOME",
-                    "FARM_CACHE_DIR", "FARM_CONFIGS", "FARM_BENCH_ABLATE", "FARM_RENDER_SANDBOX",
+                    "FARM_CACHE_DIR", "FARM_CONFIGS", "FARM_RENDER_SANDBOX",
                     "OCIO"}
 RENDER_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "OPTIX_", "OMP_", "OPENBLAS_", "MKL_",
                        "BLENDER_", "CYCLES_")

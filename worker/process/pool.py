@@ -262,8 +262,8 @@ class RenderPool:
     """``size`` render processes, each rendering one video at a time; ``run`` takes a free one
     (waiting if none is), replaces it when it died or wore out, and gives it back.
 
-    ``env`` is added to every process's environment; a job with another ``env`` (the
-    benchmarks' ablations) restarts its process with it.
+    ``env`` is added to every process's environment; a job with another ``env`` restarts its
+    process with it.
     """
 
     def __init__(self, size: int = 1, env: dict | None = None, start: bool = True,

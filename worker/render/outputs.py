@@ -1,20 +1,28 @@
-"""The extra outputs inside Blender: render passes, amodal view layers, compositor file outputs.
+"""The Blender side of the output kinds: which render pass each kind needs and how it is set up.
 
-Depth, normals and optical flow come from the main view layer's Depth, Normal and Vector passes
-(the same Cycles render as the RGB and the mask): the compositor writes them as uncompressed
-float EXRs on scratch (``/dev/shm``), which are read back here and encoded by ``farm.io.outputs``.
-Amodal masks come from one extra view layer per object holding only that object (the other
-objects and the background excluded), rendered with 1 sample and no denoising in the same
-``render()`` call; the compositor writes each layer's object-index pass as an 8-bit PNG, like the
-visible mask. The camera comes from Blender's camera object per frame. Reading and encoding a
-frame's files needs no bpy, so it runs in a thread while Blender renders the next frame (Blender
-releases the GIL while it renders).
+``farm/io/output_kinds.py`` holds every kind's pure part (folder, files, encoding, units, how it
+is written from its raw data and read back); here each kind that needs more than the RGB and the
+mask (which ``worker.render.frames`` writes) has one entry in ``BLENDER``:
+
+- a ``RawPass`` (depth, normals, flow): a pass of the main view layer, which the compositor
+  writes as an uncompressed float EXR on scratch (``/dev/shm``) in the same render as the RGB and
+  the mask; read back here, shaped, and handed to the kind's writer;
+- ``AmodalLayers``: one extra view layer per object holding only that object (the other objects
+  and the background excluded), rendered with 1 sample and no denoising in the same ``render()``
+  call; the compositor writes each layer's object-index pass as an 8-bit PNG like the visible mask;
+- ``CameraPath``: Blender's camera per frame (no pass).
+
+Reading and encoding a frame's files needs no bpy, so it runs in a thread while Blender renders
+the next frame (Blender releases the GIL while it renders).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bpy
 import numpy as np
@@ -25,7 +33,99 @@ from farm.io.codecs import read_exr
 from farm.model.spec import VideoSpec
 
 BACKGROUND_COLLECTION = "farm_background"
-PASS_OUTPUT = {"depth": "depth", "normal": "normals", "vector": "flow"}
+STILL_PREFIX, ANIMATION_PREFIX = "f{frame:05d}_", "f_"  # compositor file names (pass_file)
+
+
+def pass_file(scratch: Path, item: str, frame: int, ext: str) -> Path:
+    """The compositor's file of ``item`` at ``frame``: ``f00007_<item>.ext`` from a still render
+    (named per frame by us), ``f_<item>0007.ext`` from an animation render (numbered by Blender)."""
+    found = [p for p in (scratch / f"{STILL_PREFIX.format(frame=frame)}{item}{ext}",
+                         scratch / f"{ANIMATION_PREFIX}{item}{frame:04d}{ext}") if p.is_file()]
+    if len(found) != 1:
+        raise RuntimeError(f"the compositor did not write {item} of frame {frame} in {scratch} "
+                           f"({sorted(p.name for p in scratch.iterdir())[:5]})")
+    return found[0]
+
+
+def take(path: Path) -> np.ndarray:
+    """Read a compositor file (float EXR: channels stacked; PNG: one channel) and delete it."""
+    try:
+        if path.suffix == ".exr":
+            channels = read_exr(path)
+            for order in (("R", "G", "B", "A"), ("X", "Y", "Z", "A")):
+                names = [c for c in order if c in channels]
+                if len(names) >= 3:
+                    return np.stack([channels[c] for c in names], axis=-1)
+            return np.stack([channels[c] for c in sorted(channels)], axis=-1)
+        ids = np.asarray(Image.open(path))
+        return ids if ids.ndim == 2 else ids[..., 0]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def index_over_255(tree: bpy.types.NodeTree, socket: bpy.types.NodeSocket) -> bpy.types.NodeSocket:
+    """Object index / 255: an 8-bit BW PNG then holds the ids exactly."""
+    div = tree.nodes.new("ShaderNodeMath")
+    div.operation = "DIVIDE"
+    div.inputs[1].default_value = 255.0
+    tree.links.new(socket, div.inputs[0])
+    return div.outputs[0]
+
+
+@dataclass
+class Setup:
+    """What an entry's setup gets: the scene, its compositor, and the file output nodes."""
+
+    scene: bpy.types.Scene
+    spec: VideoSpec
+    tree: bpy.types.NodeTree
+    layers: bpy.types.Node  # the main view layer's render-layers node
+    index_node: bpy.types.Node  # writes the visible mask (8-bit PNGs)
+    scratch: Path
+    raw_node: bpy.types.Node | None = None  # float EXRs of the main layer's passes
+
+    def exr_node(self) -> bpy.types.Node:
+        if self.raw_node is None:
+            node = self.tree.nodes.new("CompositorNodeOutputFile")
+            node.format.media_type = "IMAGE"
+            node.format.file_format = "OPEN_EXR"
+            node.format.color_depth = "32"
+            node.format.exr_codec = "NONE"  # on tmpfs: cheapest to write and to read back
+            node.save_as_render = False
+            node.directory = str(self.scratch)
+            self.raw_node = node
+        return self.raw_node
+
+
+@dataclass(frozen=True)
+class RawPass:
+    """A pass of the main view layer written as a float EXR; ``shape`` makes the kind's raw
+    array from the file's stacked channels."""
+
+    flag: str  # the view layer's use_pass_* switch
+    socket: str  # the render-layers node's output
+    item: str  # the EXR's name on scratch
+    mode: str  # BW, RGB or RGBA
+    shape: Callable[[np.ndarray], np.ndarray]
+    prepare: Callable[[bpy.types.Scene], None] | None = None
+
+    def setup(self, s: Setup) -> None:
+        if self.prepare:
+            self.prepare(s.scene)
+        setattr(s.scene.view_layers[0], self.flag, True)
+        node = s.exr_node()
+        item = node.file_output_items.new(
+            {"RGBA": "RGBA", "BW": "FLOAT"}.get(self.mode, "VECTOR"), self.item)
+        item.override_node_format = True
+        item.format.media_type = "IMAGE"
+        item.format.file_format = "OPEN_EXR"
+        item.format.color_depth = "32"
+        item.format.exr_codec = "NONE"
+        item.format.color_mode = self.mode
+        s.tree.links.new(s.layers.outputs[self.socket], node.inputs[self.item])
+
+    def take(self, scratch: Path, frame: int, _objects: int) -> np.ndarray:
+        return self.shape(take(pass_file(scratch, self.item, frame, ".exr")))
 
 
 def _object_collection(k: int) -> str:
@@ -45,57 +145,17 @@ def _gather(scene: bpy.types.Scene, pass_index: int, name: str) -> bpy.types.Col
     return coll
 
 
-class ExtraOutputs:
-    """Set up at scene build; ``name_frame`` before each render, then ``camera_now`` and
-    ``write`` after it, ``finish`` at the end."""
+class AmodalLayers:
+    """One index-only view layer per object; raw data: per object id, its layer's index pass."""
 
-    def __init__(self, scene: bpy.types.Scene, spec: VideoSpec, tree: bpy.types.NodeTree,
-                 layers: bpy.types.Node, index_node: bpy.types.Node, scratch: Path) -> None:
-        self.scene, self.spec, self.scratch = scene, spec, scratch
-        self.outs = set(spec.render.outputs)
-        self.index_node = index_node
-        self.raw = None
-        self.passes: list[str] = []
-        main = scene.view_layers[0]
-        wanted = (("depth", "use_pass_z", "Depth", "depth", "BW"),
-                  ("normals", "use_pass_normal", "Normal", "normal", "RGB"),
-                  ("flow", "use_pass_vector", "Vector", "vector", "RGBA"))
-        if self.outs & {"depth", "normals", "flow"}:
-            if "flow" in self.outs:
-                scene.render.use_motion_blur = False  # Cycles has no Vector pass with blur on
-            self.raw = tree.nodes.new("CompositorNodeOutputFile")
-            self.raw.format.media_type = "IMAGE"
-            self.raw.format.file_format = "OPEN_EXR"
-            self.raw.format.color_depth = "32"
-            self.raw.format.exr_codec = "NONE"  # on tmpfs: cheapest to write and to read back
-            self.raw.save_as_render = False
-            self.raw.directory = str(scratch)
-            for output, flag, socket, item_name, mode in wanted:
-                if output not in self.outs:
-                    continue
-                setattr(main, flag, True)
-                item = self.raw.file_output_items.new("RGBA" if mode == "RGBA" else "FLOAT"
-                                                      if mode == "BW" else "VECTOR", item_name)
-                item.override_node_format = True
-                item.format.media_type = "IMAGE"
-                item.format.file_format = "OPEN_EXR"
-                item.format.color_depth = "32"
-                item.format.exr_codec = "NONE"
-                item.format.color_mode = mode
-                tree.links.new(layers.outputs[socket], self.raw.inputs[item_name])
-                self.passes.append(item_name)
-        self.objects = list(range(1, len(spec.objects) + 1)) if "amodal" in self.outs else []
-        if self.objects:
-            self._amodal_layers(tree)
-        self.camera_matrices: list[np.ndarray] = []
-
-    def _amodal_layers(self, tree: bpy.types.NodeTree) -> None:
-        scene = self.scene
-        for k in self.objects:
+    @staticmethod
+    def setup(s: Setup) -> None:
+        scene, objects = s.scene, range(1, len(s.spec.objects) + 1)
+        for k in objects:
             _gather(scene, k, _object_collection(k))
         _gather(scene, 0, BACKGROUND_COLLECTION)
         main = scene.view_layers[0]
-        for k in self.objects:
+        for k in objects:
             layer = scene.view_layers.new(f"amodal_{k:02d}")
             layer.use_pass_object_index = True
             layer.pass_alpha_threshold = main.pass_alpha_threshold
@@ -103,69 +163,93 @@ class ExtraOutputs:
             layer.cycles.use_denoising = False
             for child in layer.layer_collection.children:
                 child.exclude = child.collection.name != _object_collection(k)
-            node = tree.nodes.new("CompositorNodeRLayers")
+            node = s.tree.nodes.new("CompositorNodeRLayers")
             node.layer = layer.name
-            div = tree.nodes.new("ShaderNodeMath")
-            div.operation = "DIVIDE"
-            div.inputs[1].default_value = 255.0
-            tree.links.new(node.outputs["Object Index"], div.inputs[0])
             name = f"amodal_{k:02d}"
-            self.index_node.file_output_items.new("FLOAT", name)
-            tree.links.new(div.outputs[0], self.index_node.inputs[name])
+            s.index_node.file_output_items.new("FLOAT", name)
+            s.tree.links.new(index_over_255(s.tree, node.outputs["Object Index"]),
+                             s.index_node.inputs[name])
 
-    def name_frame(self, i: int, prefix: str) -> None:
-        if self.raw is not None:
-            self.raw.file_name = prefix
+    @staticmethod
+    def take(scratch: Path, frame: int, objects: int) -> dict[int, np.ndarray]:
+        return {k: take(pass_file(scratch, f"amodal_{k:02d}", frame, ".png"))
+                for k in range(1, objects + 1)}
 
-    def _take(self, path: Path) -> np.ndarray:
-        if not path.is_file():
-            raise RuntimeError(f"the compositor did not write {path.name}")
-        try:
-            if path.suffix == ".exr":
-                channels = read_exr(path)
-                for order in (("R", "G", "B", "A"), ("X", "Y", "Z", "A")):
-                    names = [c for c in order if c in channels]
-                    if len(names) >= 3:
-                        return np.stack([channels[c] for c in names], axis=-1)
-                return np.stack([channels[c] for c in sorted(channels)], axis=-1)
-            ids = np.asarray(Image.open(path))
-            return ids if ids.ndim == 2 else ids[..., 0]
-        finally:
-            path.unlink(missing_ok=True)
 
-    def camera_now(self) -> np.ndarray:
-        """Blender's camera-to-world matrix at the current frame (call from the main thread)."""
-        cam = np.array(self.scene.camera.matrix_world, dtype=float)
-        self.camera_matrices.append(cam)
-        return cam
+class CameraPath:
+    """No pass: the kind's data is Blender's camera, which every frame's writer gets anyway."""
 
-    def write(self, i: int, prefix: str, cam: np.ndarray, objects: list[dict], staging: Path,
+    @staticmethod
+    def setup(_s: Setup) -> None:
+        return None
+
+    take = None
+
+
+def _no_motion_blur(scene: bpy.types.Scene) -> None:
+    scene.render.use_motion_blur = False  # Cycles has no Vector pass with blur on
+
+
+# kind -> its Blender side (rgb and masks: worker.render.frames); the order: the passes' setup
+BLENDER: dict[str, Any] = {
+    "depth": RawPass("use_pass_z", "Depth", "depth", "BW", lambda a: a[..., 0]),
+    "normals": RawPass("use_pass_normal", "Normal", "normal", "RGB", lambda a: a[..., :3]),
+    "flow": RawPass("use_pass_vector", "Vector", "vector", "RGBA", lambda a: a,
+                    prepare=_no_motion_blur),
+    "amodal": AmodalLayers(),
+    "camera": CameraPath(),
+}
+RENDER_LOOP = ("rgb", "masks")  # written by the render loop itself
+
+
+class ExtraOutputs:
+    """Every extra output of a spec: set up at scene build (``__init__``), ``name_frame`` before
+    a still render, ``write`` per rendered frame (in a thread), ``finish`` at the end."""
+
+    def __init__(self, scene: bpy.types.Scene, spec: VideoSpec, tree: bpy.types.NodeTree,
+                 layers: bpy.types.Node, index_node: bpy.types.Node, scratch: Path) -> None:
+        self.scene, self.spec, self.scratch = scene, spec, scratch
+        outs = set(spec.render.outputs)
+        self.kinds = [name for name in BLENDER if name in outs]
+        self.setup = Setup(scene, spec, tree, layers, index_node, scratch)
+        for name in self.kinds:
+            BLENDER[name].setup(self.setup)
+        # Blender's camera at every frame, read before rendering (the render loop's handlers
+        # cannot: an animation render does not update the scene's objects).
+        self.camera_matrices: list[np.ndarray] = []
+        if any(fo.KINDS[name].needs_camera for name in self.kinds):
+            for i in range(spec.frames):
+                scene.frame_set(i)
+                self.camera_matrices.append(np.array(scene.camera.matrix_world, dtype=float))
+
+    @property
+    def any(self) -> bool:
+        return bool(self.kinds)
+
+    def name_files(self, prefix: str) -> None:
+        if self.setup.raw_node is not None:
+            self.setup.raw_node.file_name = prefix
+
+    def write(self, i: int, objects: list[dict], staging: Path,
               timings: dict[str, float]) -> dict:
         """Read frame ``i``'s raw passes and write its encoded outputs; returns the manifest's
         per-frame additions (and adds amodal statistics to ``objects``). No bpy here: it runs in
         a thread while Blender renders the next frame."""
-        def take(name: str, output: str) -> np.ndarray:
+        raw = {}
+        for name in self.kinds:
+            if BLENDER[name].take is None:
+                continue
             t0 = time.thread_time()  # reading the raw pass counts towards its output's cost
-            array = self._take(self.scratch / name)
-            timings[output] = timings.get(output, 0.0) + time.thread_time() - t0
-            return array
+            raw[name] = BLENDER[name].take(self.scratch, i, len(self.spec.objects))
+            timings[name] = timings.get(name, 0.0) + time.thread_time() - t0
+        cam = self.camera_matrices[i] if self.camera_matrices else None
+        return fo.write_frame(staging, self.spec.id, i, self.spec.frames, self.spec.render, raw,
+                              camera_to_world=cam, objects=objects, timings=timings)
 
-        raw = {name: take(f"{prefix}{name}.exr", PASS_OUTPUT[name]) for name in self.passes}
-        amodal = {k: take(f"{prefix}amodal_{k:02d}.png", "amodal") for k in self.objects}
-        return fo.write_frame(
-            staging, self.spec.id, i, self.spec.frames, self.spec.render,
-            depth=raw["depth"][..., 0] if "depth" in raw else None,
-            vector=raw.get("vector"),
-            normal_world=raw["normal"][..., :3] if "normal" in raw else None,
-            camera_to_world=cam, amodal_ids=amodal or None, objects=objects, timings=timings)
-
-    def finish(self, staging: Path) -> dict | None:
-        """Write the camera JSON; returns the camera record for the manifest."""
-        if "camera" not in self.outs:
-            return None
+    def finish(self, staging: Path) -> dict:
+        """The per-video files (the camera JSON); returns the manifest's additions."""
         data = self.scene.camera.data
         width, height = self.spec.resolution
-        record = fo.camera_record(data.angle, width, height, self.camera_matrices,
-                                  (data.clip_start, data.clip_end))
-        fo.write_camera(staging, self.spec.id, record)
-        return record
+        return fo.finish_video(staging, self.spec.id, self.spec.render, {
+            "fov_rad": data.angle, "width": width, "height": height,
+            "matrices": self.camera_matrices, "clip": (data.clip_start, data.clip_end)})

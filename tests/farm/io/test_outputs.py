@@ -256,9 +256,9 @@ def fake_video(root: Path, settings, frames: int = 3, k: int = 2, size=(24, 32))
         c2w = np.eye(4)
         c2w[:3, 3] = [0.1 * i, -5, 0]
         mats.append(c2w)
-        records.append(fo.write_frame(root, video, i, frames, settings, depth=depth,
-                                      vector=vector, normal_world=normal, camera_to_world=c2w,
-                                      amodal_ids=amodal, objects=stats))
+        records.append(fo.write_frame(root, video, i, frames, settings,
+                                      {"depth": depth, "flow": vector, "normals": normal,
+                                       "amodal": amodal}, camera_to_world=c2w, objects=stats))
         objects.append(stats)
         fwd, bwd = fo.flow_from_vector(vector)
         truth["depth"].append(np.where(fo.valid_depth(depth), depth, np.inf))

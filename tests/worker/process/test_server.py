@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -57,20 +58,30 @@ def test_one_process_renders_many_videos_like_fresh_processes(library, tiny, tmp
 def test_animation_render_loop_writes_what_the_per_frame_loop_wrote(library, tiny, tmp_path):
     """Frames 1.. now come from one animation render with masks encoded beside it; the previous
     loop (a render call per frame, masks encoded between them, the image through the
-    compositor's group output, the Z pass, glibc's default trimming) is kept as a benchmark
-    ablation: both write the same pixels, masks and manifest frames."""
+    compositor's group output, the Z pass, glibc's default trimming) is the code of
+    bench.baseline.PREVIOUS_DESIGN (run from its own exported tree): both write the same
+    pixels, masks and manifest frames."""
+    from bench.baseline import PREVIOUS_DESIGN, previous_design_env, tree, worker_render
+    from farm.model.spec import save_spec
+
     spec = replace(generate_spec(library, tiny, 0, 21, 2021), frames=6)
     roots = (library.models_root, library.textures_root)
     new = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "new", resample=False)
-    old = render_attempts(spec, find_preset(spec.preset), *roots, tmp_path / "old", resample=False,
-                      env={"FARM_BENCH_ABLATE": "per-frame-calls,serial-masks,previous-settings"})
+    try:
+        previous = tree(PREVIOUS_DESIGN, tmp_path / "trees")
+    except (OSError, subprocess.CalledProcessError) as exc:  # no git, or a copy without history
+        pytest.skip(f"the previous design's commit is not available: {exc}")
+    save_spec(spec, tmp_path / "spec.yaml")
+    _, (old_manifest,) = worker_render(previous, [tmp_path / "spec.yaml"], tmp_path / "old",
+                                       previous_design_env(previous), roots,
+                                       keep_gate_failures=True)
     rgb_new, masks_new, names_new = _frames(new.staging, spec.id)
-    rgb_old, masks_old, names_old = _frames(old.staging, spec.id)
+    rgb_old, masks_old, names_old = _frames(tmp_path / "old", spec.id)
     assert names_new == names_old and len(names_new) == 12
     for a, b in zip(rgb_new + masks_new, rgb_old + masks_old, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert new.manifest["frames"] == old.manifest["frames"]
-    for manifest in (new.manifest, old.manifest):
+    assert new.manifest["frames"] == old_manifest["frames"]
+    for manifest in (new.manifest, old_manifest):
         t = manifest["timings"]
         assert len(t["render_s"]) == len(t["frame_s"]) == len(t["encode_s"]) == 6
 

@@ -270,3 +270,14 @@ def test_movi_like_video_renders_locally_with_every_output(library, tmp_path):
     depth_png = Image.open(out / "Depth" / spec.id / "00000.png")
     assert depth_png.mode in ("I;16", "I") and depth_png.size == (64, 48)
     assert got["world_to_camera"].shape == (3, 4, 4)
+
+
+def test_every_output_kind_has_its_blender_side():
+    """A kind's raw data comes from the render loop itself (RGB, masks) or from its one entry in
+    worker.render.outputs.BLENDER, which reads a pass for every kind that writes per frame."""
+    from farm.io.output_kinds import KINDS
+    from worker.render.outputs import BLENDER, RENDER_LOOP
+
+    assert set(BLENDER) | set(RENDER_LOOP) == set(KINDS) and not set(BLENDER) & set(RENDER_LOOP)
+    for name in BLENDER:
+        assert (BLENDER[name].take is None) == (KINDS[name].write is None), name

@@ -212,19 +212,3 @@ def test_scratch_is_cleaned(rendered):
     out, _, _ = rendered
     assert not (out / ".scratch").exists()
     assert not list(Path(out).rglob("*.tmp"))
-
-
-def test_benchmark_ablation_renders_rgb_alone(library, tiny, tmp_path):
-    """FARM_BENCH_ABLATE=no-mask (the mask-cost benchmark) renders the JPEGs and writes no masks;
-    an unknown ablation is refused."""
-    spec = generate_spec(library, tiny, 0, 5, 2021)
-    out = render_attempts(spec, find_preset(spec.preset),
-                          library.models_root, library.textures_root, tmp_path / "a",
-                      env={"FARM_BENCH_ABLATE": "no-mask,no-persistent"})
-    assert len(list((out.staging / "JPEGImages" / spec.id).glob("*.jpg"))) == spec.frames
-    assert not list((out.staging / "Annotations" / spec.id).glob("*.png"))
-    assert len(out.manifest["timings"]["render_s"]) == spec.frames
-    with pytest.raises(Exception, match="FARM_BENCH_ABLATE: unknown"):
-        render_attempts(spec, find_preset(spec.preset),
-                        library.models_root, library.textures_root, tmp_path / "b",
-                    env={"FARM_BENCH_ABLATE": "no-denoise"})
