@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test test-stack lint farm-local bench clean
+.PHONY: setup system-deps demo test check test-stack lint farm-local bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11), "bpy 5.0.1 needs Python 3.11"'
@@ -35,6 +35,12 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The fast loop (about a minute on 2 cores): lint, the architecture test and every test that
+# needs no service, no render and no cluster.
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not render and not services and not stack and not slurm"
 
 # Every test but the container stack's; with CI=true the stack test follows (CI runs it always).
 test: setup system-deps lint

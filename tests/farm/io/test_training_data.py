@@ -1,4 +1,4 @@
-"""Training-ready output, read the way third-party VOS code reads it: the index files of a local
+"""Training-ready output (real renders), read as third-party VOS code reads it: the index files of a local
 render (meta.json, ImageSets, empty masks, first-appearance annotations), the DAVIS toolkit's
 and YouTube-VOS's layouts, shards read by the real ``webdataset`` package, the clip reader,
 pack -> unpack byte for byte, and verification that notices a changed byte."""
@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 
 from farm.io.dataset import (
-    SplitOptions,
     first_appearances,
     missing_at_first_frame,
-    parse_val,
     split_videos,
 )
+
+pytestmark = pytest.mark.render
 
 VIDEOS = 4
 FRAMES = 10  # the tiny-clips preset: longer than the trainers' 8-frame clips
@@ -52,25 +52,6 @@ def rendered(pack, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert "ImageSets/2017/train.txt, ImageSets/2017/val.txt (train 3, val 1)" in proc.stdout
     return out
-
-
-def test_splits_are_seeded_stable_and_sized():
-    videos = [f"a{i:05d}" for i in range(2000)]
-    a = split_videos(videos, 0.1, seed=7)
-    assert 150 < len(a["val"]) < 250  # a fraction: each video's own draw
-    assert set(a["val"]) | set(a["train"]) == set(videos) and not set(a["val"]) & set(a["train"])
-    assert split_videos(list(reversed(videos)), 0.1, seed=7) == a  # order does not matter
-    assert split_videos(videos, 0.1, seed=8)["val"] != a["val"]
-    # growing the segment never moves an earlier video to the other split
-    grown = split_videos(videos + [f"a{i:05d}" for i in range(2000, 4000)], 0.1, seed=7)
-    assert set(a["val"]) <= set(grown["val"]) and set(a["train"]) <= set(grown["train"])
-    # a count: exactly that many
-    assert len(split_videos(videos, 20, seed=7)["val"]) == 20
-    assert len(split_videos(videos[:5], 20, seed=7)["val"]) == 5
-    assert parse_val("0.25") == 0.25 and parse_val("12") == 12
-    for bad in ("-1", "1.5", "half"):
-        with pytest.raises(ValueError, match="--val"):
-            parse_val(bad)
 
 
 def test_meta_json_imagesets_and_empty_masks_of_a_local_render(rendered):
@@ -315,19 +296,6 @@ def test_the_dataset_card(rendered):
     assert card["content_sha256"] in page and "python -m farm verify" in page
 
 
-def test_the_cards_libraries_carry_the_licences_their_manifests_declare():
-    from farm.view.card import libraries
-
-    objects = [{"library": "khronos", "license": "CC-BY-4.0", "model": "duck"},
-               {"library": "khronos", "license": "CC0-1.0", "model": "box"},
-               {"library": "robots", "model": "arm"}, {"model": "02691156/model003"}]
-    assert libraries({"a00000": {"objects": objects[:2]}, "a00001": {"objects": objects[2:]}}) == [
-        {"name": "khronos", "objects": 2, "licence": "CC-BY-4.0, CC0-1.0"},
-        {"name": "robots", "objects": 1, "licence": "unknown"},
-        {"name": "shapenet-layout", "objects": 1,
-         "licence": "not declared (ShapeNet-layout models root)"}]
-
-
 def test_bad_input_is_one_clear_line(tmp_path, rendered):
     for args, message in [
         (("pack", str(tmp_path / "none"), str(tmp_path / "x")), "no finished videos"),
@@ -339,7 +307,3 @@ def test_bad_input_is_one_clear_line(tmp_path, rendered):
         proc = farm(*args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, \
             (args, proc.stderr)
-
-
-def test_split_options_default():
-    assert SplitOptions().val == 0.1 and SplitOptions().year == "2017"
