@@ -37,6 +37,7 @@ from devtools.local import farm_env, start_reconciler, start_redis, start_s3, st
 from devtools.processes import ROOT, free_port, stop
 from farm.io.layout import marker_video, segment_base, staged_video
 from farm.io.storage import S3Storage
+from farm.model.validate import spec_from_dict
 from farm.queue.state import FarmState, connect
 
 SEGMENT = 7
@@ -412,14 +413,13 @@ def _resent(log_file: Path) -> int:
 def _check(report: Report, state: FarmState, storage: S3Storage, monitor: RenderMonitor,
            env: dict) -> None:
     from farm.generate.sampling import video_id
-    from farm.model.spec import VideoSpec
     from scheduler.finalize import check_videos
 
     base = segment_base(SEGMENT)
     expected = {video_id(SEGMENT, i) for i in range(report.videos)}
     markers = {v for v in map(marker_video, storage.list(base)) if v}
     report.lost = sorted(expected - markers)
-    held = {v: VideoSpec.from_dict(spec).digest() for v in markers
+    held = {v: spec_from_dict(spec).digest() for v in markers
             if (spec := state.spec(SEGMENT, v)) is not None}
     # names and MD5s against each marker, each marker against the spec the farm holds
     problems = check_videos(storage, base, markers, held)

@@ -21,7 +21,8 @@ from farm.assets.library import AssetError, read_denylist
 from farm.cli import split_options, split_opts
 from farm.io.storage import StorageError
 from farm.model.presets import load_preset, preset_from_data
-from farm.model.spec import SpecError, VideoSpec, load_spec
+from farm.model.spec import SpecError, VideoSpec
+from farm.model.validate import load_spec, spec_from_dict
 from farm.queue.state import BrokerUnavailable
 from farm.settings import ConfigError, load_settings
 from farm.view.card import describe_dataset, write_dataset
@@ -185,7 +186,7 @@ def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
             if stored is None:
                 print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
                 continue
-            spec = VideoSpec.from_dict(stored)
+            spec = spec_from_dict(stored)
             info = ctx.state.video(video)
             preset = ctx.state.preset(video)
             if preset is not None:

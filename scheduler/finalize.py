@@ -10,7 +10,7 @@ import sys
 from farm.io.dataset import read_manifests
 from farm.io.layout import FOLDERS, join, video_keys
 from farm.io.storage import Storage, remove_frames, verify_video
-from farm.model.spec import VideoSpec
+from farm.model.validate import spec_from_dict
 from scheduler.context import Context
 from scheduler.publish import held_presets, send
 
@@ -69,7 +69,7 @@ def held_digests(ctx: Context, segment: int, videos: set[str]) -> dict[str, str]
     for video in videos:
         stored = ctx.state.spec(segment, video)
         if stored is not None:
-            held[video] = VideoSpec.from_dict(stored).digest()
+            held[video] = spec_from_dict(stored).digest()
     return held
 
 
@@ -84,7 +84,7 @@ def requeue_broken(ctx: Context, segment: int, videos: list[str]) -> int:
             print(f"warning: no stored spec for {video}; enqueue it again", file=sys.stderr)
             continue
         storage.delete([video_keys(ctx.base(segment), video)["marker"]])
-        specs.append(VideoSpec.from_dict(stored))
+        specs.append(spec_from_dict(stored))
     send(ctx, specs, None, held=held_presets(ctx, [s.id for s in specs]))
     return len(specs)
 

@@ -8,6 +8,7 @@ import time
 from farm.io.outputs import estimate_space
 from farm.model.presets import Preset, load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec
+from farm.model.validate import spec_from_dict
 from farm.queue import metrics
 from farm.queue.app import TASK_NAME, VISIBILITY_TIMEOUT, app, task_id
 from farm.queue.broker import broker_task_ids
@@ -140,7 +141,7 @@ def reconcile_once(ctx: Context, segments: list[int], min_age_s: float = 0.0) ->
         for video, since in sorted(stranded.items()):
             spec = ctx.state.spec(segment, video)
             if spec and now - since >= min_age_s:
-                resend.append(VideoSpec.from_dict(spec))
+                resend.append(spec_from_dict(spec))
     send(ctx, resend, None, held=held_presets(ctx, [s.id for s in resend]))
     metrics.record_reconcile(ctx.state.r, len(resend))
     return [s.id for s in resend]

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from farm.io.layout import MARKERS, join, marker_video, video_keys
 from farm.io.storage import Storage, StorageError
-from farm.model.spec import SpecError, VideoSpec, parse_spec_text
+from farm.model.spec import SpecError
+from farm.model.validate import parse_spec_text, spec_from_dict
 from farm.queue.state import PREFIX, STATES, FarmState, unpack_spec
 from farm.view.figures import (
     DEFINITIONS,
@@ -136,7 +137,7 @@ def read_video(storage: Storage, base: str, video: str, packed: str | None = Non
     spec = None
     try:
         if packed:
-            spec = VideoSpec.from_dict(unpack_spec(packed))
+            spec = spec_from_dict(unpack_spec(packed))
             if spec.digest() != manifest.get("spec_digest"):
                 spec = None
         if spec is None:

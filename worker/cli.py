@@ -32,7 +32,8 @@ from farm.io.dataset import finished_videos
 from farm.io.layout import IMAGES, MASKS
 from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
-from farm.model.spec import VideoSpec, load_spec
+from farm.model.spec import VideoSpec
+from farm.model.validate import load_spec
 from farm.settings import integer
 from farm.view.preview import open_source, write_preview
 from worker.attempts import GateFailed, render_attempts

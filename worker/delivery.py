@@ -46,6 +46,7 @@ from farm.io.storage import (
 )
 from farm.model.presets import Preset
 from farm.model.spec import SpecError, VideoSpec
+from farm.model.validate import spec_from_dict
 from farm.queue import metrics
 from farm.queue.state import BrokerUnavailable, FarmState, Lease
 from farm.settings import Settings
@@ -162,7 +163,7 @@ def enqueued_digest(job: Job) -> str | None:
     """The digest of the spec the scheduler enqueued (what Redis and the bucket's enqueue record
     hold): a recipe carries it, a whole spec is hashed."""
     if job.spec:
-        return VideoSpec.from_dict(job.spec).digest()
+        return spec_from_dict(job.spec).digest()
     return (job.recipe or {}).get("digest")
 
 
@@ -263,7 +264,7 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
            gpu=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     spec = None
     try:
-        spec = (VideoSpec.from_dict(job.spec) if job.spec
+        spec = (spec_from_dict(job.spec) if job.spec
                 else regenerate(settings, job.segment, job.recipe or {}, job.preset))
         if spec.id != video or spec.segment != job.segment:
             raise SpecError("id", f"task for {video} (segment {job.segment}) carries spec "
@@ -430,7 +431,7 @@ def _reuse_staging(staging: Path, spec: VideoSpec) -> RenderOutcome | None:
         return None
     if saved.get("input_digest") != spec.digest():
         return None
-    return RenderOutcome(VideoSpec.from_dict(saved["spec"]), saved["manifest"], staging)
+    return RenderOutcome(spec_from_dict(saved["spec"]), saved["manifest"], staging)
 
 
 def _render(settings: Settings, spec: VideoSpec, preset: Preset | None, timeout: float | None,

@@ -15,15 +15,8 @@ import yaml
 
 from farm.assets.library import AssetError, AssetLibrary, resolve_under
 from farm.model.presets import Preset
-from farm.model.spec import (
-    BackgroundSpec,
-    CameraSpec,
-    LightSpec,
-    ObjectSpec,
-    SpecError,
-    VideoSpec,
-    asset_path,
-)
+from farm.model.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, SpecError, VideoSpec
+from farm.model.validate import asset_path, spec_from_dict
 
 NAME_RE = re.compile(r"^([a-z]?)(\d+)$")
 
@@ -98,7 +91,7 @@ def convert(data: Any, origin: str, library: AssetLibrary, preset: Preset) -> Vi
         generation={"original": {"file": origin, "object_seeds": [
             r["config"].get("seed") for r in traj["object_runners"]]}},
     )
-    spec = VideoSpec.from_dict(spec.to_dict())  # full validation of the converted values
+    spec = spec_from_dict(spec.to_dict())  # full validation of the converted values
     for i, obj in enumerate(spec.objects):
         if obj.texture:
             resolve_under(library.textures_root, obj.texture, f"object {i + 1} texture")

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from farm.model.spec import RenderSettings, SpecError, VideoSpec, _parse_render
+from farm.model.spec import RenderSettings, SpecError, VideoSpec
+from farm.model.validate import parse_render
 from farm.settings import text
 
 CONFIG_DIR = Path(text("FARM_CONFIGS") or Path(__file__).resolve().parents[2] / "configs")
@@ -136,7 +137,7 @@ def preset_from_data(data: Any) -> Preset:
             name=str(data["name"]),
             frames=int(data["frames"]),
             resolution=(int(data["resolution"][0]), int(data["resolution"][1])),
-            render=_parse_render(data.get("render", {})),
+            render=parse_render(data.get("render", {})),
             quality_gate=QualityGate(**gate),
             seconds_per_frame=float(limits.get("seconds_per_frame", 20)),
             overhead_seconds=float(limits.get("overhead_seconds", 120)),

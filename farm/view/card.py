@@ -28,7 +28,8 @@ from farm.io.dataset import (
 )
 from farm.io.layout import CARD, CARD_PAGE, META, join, video_keys
 from farm.io.storage import Storage, StorageError, verify_video
-from farm.model.spec import SpecError, VideoSpec, parse_spec_text
+from farm.model.spec import SpecError, VideoSpec
+from farm.model.validate import parse_spec_text
 from farm.view.figures import dataset_figures, summary, video_figures
 
 FORMAT = "bl30k-dataset-card"

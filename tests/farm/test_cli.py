@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from farm.assets.library import AssetLibrary
-from farm.model.spec import load_spec
+from farm.model.validate import load_spec
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -412,7 +412,7 @@ def test_render_process_dies_with_its_worker(library, tiny, tmp_path):
 
     spec = generate_spec(library, tiny, 0, 3, 2021)
     save_spec(spec, tmp_path / "spec.yaml")
-    code = ("import sys; from pathlib import Path; from farm.model.spec import load_spec;"
+    code = ("import sys; from pathlib import Path; from farm.model.validate import load_spec;"
             "from worker.attempts import render_attempts;"
             f"render_attempts(load_spec({str(tmp_path / 'spec.yaml')!r}), None, "
             f"{str(library.models_root)!r},"

@@ -48,7 +48,8 @@ def run_job(job: RenderJob, progress: Callable[[int, int], None] | None = None
     from farm.assets.library import AssetError
     from farm.model.gate import mask_gate
     from farm.model.presets import QualityGate
-    from farm.model.spec import SpecError, load_spec
+    from farm.model.spec import SpecError
+    from farm.model.validate import load_spec
 
     try:
         spec = load_spec(job.spec)

@@ -20,7 +20,8 @@ from farm.assets.library import AssetError, AssetLibrary, read_libraries
 from farm.assets.manifest import ManifestError, ManifestRow, read_manifest, write_manifest
 from farm.generate.sampling import generate_spec, pick_model
 from farm.io.dataset import model_licenses
-from farm.model.spec import SpecError, VideoSpec, parse_spec_text
+from farm.model.spec import SpecError
+from farm.model.validate import parse_spec_text, spec_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +211,7 @@ def test_old_objects_and_new_fields_in_spec_files(mixed, tiny):
     bad = text.replace(f"file: {spec.objects[0].file}", "file: model.dae", 1)
     with pytest.raises(SpecError, match=r"objects\[0\].file: 'model.dae' is not a mesh file"):
         parse_spec_text(bad)
-    assert VideoSpec.from_dict(json.loads(spec.to_json())) == spec
+    assert spec_from_dict(json.loads(spec.to_json())) == spec
 
 
 def test_licences_for_meta_json(mixed, tiny):

@@ -12,7 +12,8 @@ from services import ORIGINAL_YAML
 
 from farm.assets.library import AssetLibrary
 from farm.assets.original import import_file
-from farm.model.spec import SpecError, load_spec
+from farm.model.spec import SpecError
+from farm.model.validate import load_spec
 
 
 def _original(path):

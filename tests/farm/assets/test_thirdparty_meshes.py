@@ -18,7 +18,8 @@ import farm.assets.library as assets
 from farm.assets.check import check_library, check_obj
 from farm.assets.library import AssetError, AssetLibrary, LibraryDeclaration, read_declaration
 from farm.generate.sampling import generate_spec
-from farm.model.spec import VideoSpec, load_spec
+from farm.model.spec import VideoSpec
+from farm.model.validate import load_spec
 from worker.cli import write_videos
 
 VIDEOS = range(8)  # generated videos rendered from each tree (segment 0, seed 2021)

@@ -24,7 +24,8 @@ from farm.io.codecs import (
 from farm.io.storage import FrameStreamer, LocalStorage, remove_frames, upload_video
 from farm.model.camera import look_at_rotation, project
 from farm.model.presets import load_preset
-from farm.model.spec import OUTPUTS, SpecError, VideoSpec, parse_spec_text
+from farm.model.spec import OUTPUTS, SpecError
+from farm.model.validate import parse_spec_text, spec_from_dict
 
 ALL = list(OUTPUTS)
 
@@ -53,18 +54,18 @@ def test_outputs_are_validated(library, bl30k, value, problem):
     data = generate_spec(library, bl30k, 1, 7, 2021).to_dict()
     data["render"]["outputs"] = value
     with pytest.raises(SpecError) as err:
-        VideoSpec.from_dict(data)
+        spec_from_dict(data)
     assert err.value.field == "render.outputs" and problem in err.value.problem
     data["render"]["outputs"] = ["rgb", "masks"]
     data["render"]["flow_format"] = "exr"
     with pytest.raises(SpecError, match="render.flow_format"):
-        VideoSpec.from_dict(data)
+        spec_from_dict(data)
 
 
 def test_outputs_come_back_in_canonical_order(library, bl30k):
     data = generate_spec(library, bl30k, 1, 7, 2021).to_dict()
     data["render"]["outputs"] = ["amodal", "masks", "depth", "rgb"]
-    assert VideoSpec.from_dict(data).render.outputs == ("rgb", "masks", "depth", "amodal")
+    assert spec_from_dict(data).render.outputs == ("rgb", "masks", "depth", "amodal")
 
 
 def test_presets_select_outputs():

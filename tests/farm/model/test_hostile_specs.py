@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from farm.generate.sampling import generate_spec
 from farm.model.presets import load_preset
-from farm.model.spec import SpecError, VideoSpec, parse_spec_text
+from farm.model.spec import SpecError
+from farm.model.validate import parse_spec_text, spec_from_dict
 from scheduler.cli import load_spec_files
 
 LEAVES = st.one_of(
@@ -75,7 +76,7 @@ def _only_validation_errors(fn, *args):
 @given(data=st.data())
 def test_mutated_specs_give_only_validation_errors(valid, data):
     doc = _mutate(valid, data)
-    spec = _only_validation_errors(VideoSpec.from_dict, doc)
+    spec = _only_validation_errors(spec_from_dict, doc)
     if spec is not None:  # whatever passes validation is sane and round-trips
         assert parse_spec_text(spec.to_yaml()) == spec
         assert all(math.isfinite(v) for o in spec.objects for row in o.location_poly for v in row)
@@ -121,7 +122,7 @@ def test_asset_paths_cannot_escape_their_roots(valid, bad):
     doc = copy.deepcopy(valid)
     doc["background"]["image"] = bad
     with pytest.raises(SpecError, match="background.image"):
-        VideoSpec.from_dict(doc)
+        spec_from_dict(doc)
 
 
 @pytest.mark.parametrize(("field", "value"), [("frames", 100_000), ("resolution", [100_000, 10]),
@@ -130,7 +131,7 @@ def test_absurd_sizes_are_rejected(valid, field, value):
     doc = copy.deepcopy(valid)
     doc[field] = value
     with pytest.raises(SpecError, match=field):
-        VideoSpec.from_dict(doc)
+        spec_from_dict(doc)
 
 
 def test_celery_accepts_json_only():

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from farm.generate.sampling import generate_spec
-from farm.model.spec import SpecError, VideoSpec, parse_spec_text
+from farm.model.spec import SpecError
+from farm.model.validate import parse_spec_text, spec_from_dict
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_validation_names_field_and_problem(spec_dict, mutate, field, problem):
     data = copy.deepcopy(spec_dict)
     mutate(data)
     with pytest.raises(SpecError) as err:
-        VideoSpec.from_dict(data)
+        spec_from_dict(data)
     assert err.value.field == field
     assert problem in err.value.problem
 
@@ -78,7 +79,7 @@ def test_specs_without_normalisation_fields_render_files_as_they_are(spec_dict):
     data = copy.deepcopy(spec_dict)
     for obj in data["objects"]:
         del obj["normalize"], obj["up_axis"]
-    for obj in VideoSpec.from_dict(data).objects:
+    for obj in spec_from_dict(data).objects:
         assert obj.normalize is False and obj.up_axis == "Y"
 
 
@@ -87,7 +88,7 @@ def test_fast_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
     text as yaml.safe_dump, for generated specs and for awkward values."""
     import yaml
 
-    from farm.model.spec import dump_yaml, load_yaml
+    from farm.model.spec_yaml import dump_yaml, load_yaml
 
     assert yaml.__with_libyaml__  # the C loader and emitter are what the speed path uses
     for preset in (bl30k, tiny):
@@ -106,7 +107,7 @@ def test_fast_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
 
 
 def test_direct_yaml_writer_is_safe_dump_byte_for_byte(library, bl30k, tiny):
-    """VideoSpec.to_yaml writes common specs without libyaml (farm.spec._block_mapping) and
+    """VideoSpec.to_yaml writes common specs without libyaml (farm/model/spec_yaml.py's block writer) and
     everything else through dump_yaml: either way the text is yaml.safe_dump's."""
     from dataclasses import replace
 
@@ -137,7 +138,7 @@ def test_fast_yaml_loader_still_refuses_aliases(spec_dict):
     and still reads specs whose strings hold a '*'."""
     import yaml
 
-    from farm.model.spec import dump_yaml
+    from farm.model.spec_yaml import dump_yaml
 
     doc = copy.deepcopy(spec_dict)
     doc["objects"][0]["category"] = "star *x and &y"

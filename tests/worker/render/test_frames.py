@@ -16,15 +16,8 @@ from farm.generate.sampling import generate_spec
 from farm.io.masks import PALETTE
 from farm.model.camera import focal_pixels, look_at_rotation, project
 from farm.model.presets import apply_preset, find_preset
-from farm.model.spec import (
-    BackgroundSpec,
-    CameraSpec,
-    LightSpec,
-    ObjectSpec,
-    VideoSpec,
-    eval_poly,
-    load_spec,
-)
+from farm.model.spec import BackgroundSpec, CameraSpec, LightSpec, ObjectSpec, VideoSpec, eval_poly
+from farm.model.validate import load_spec
 from worker.attempts import render_attempts
 from worker.cli import write_videos
 from worker.process.runner import PermanentRenderError
