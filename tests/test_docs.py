@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
 CLIS = {"farm": "farm.cli", "worker": "worker.cli", "scheduler": "scheduler.cli",
         "devtools": "devtools.cli", "bench": "bench.__main__"}
-COMMAND = re.compile(r"python -m ([a-z_.]+)((?: [a-z][a-z-]*)*)")
+COMMAND = re.compile(r"python -m ([a-z][a-z_.]*[a-z])((?: [a-z][a-z-]*)*)")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
