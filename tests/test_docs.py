@@ -63,13 +63,40 @@ def test_the_commands_check_can_fail():
     assert help_exit("farm", ("no-such-command",))[0] != 0
 
 
+def anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lower case, punctuation
+    dropped, spaces as hyphens, repeats numbered), outside code blocks."""
+    found: set[str] = set()
+    fenced = False
+    for line in doc.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not line.startswith("#"):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        name, n = slug, 0
+        while name in found:
+            n += 1
+            name = f"{slug}-{n}"
+        found.add(name)
+    return found
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
-def test_every_linked_file_exists(doc):
+def test_every_linked_file_and_heading_exists(doc):
     missing = []
     for target in LINK.findall(doc.read_text()):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
-            continue  # a URL or an anchor
-        path = (doc.parent / target.split("#", 1)[0]).resolve()
-        if not path.exists():
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
             missing.append(target)
     assert not missing, missing
+
+
+def test_the_link_check_can_fail(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("# A page\n\n## Its part\n\nsee [here](#its-part), [there](#no-part)\n")
+    assert anchors(doc) == {"a-page", "its-part"}
+    assert [t for t in LINK.findall(doc.read_text()) if t.lstrip("#") not in anchors(doc)] == ["#no-part"]
