@@ -254,7 +254,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    """Every FARM_* variable with its default and meaning (the README's table)."""
+    """Every FARM_* variable with its default and meaning (docs/configuration.md's table)."""
     print(markdown_table(), end="")
     return 0
 

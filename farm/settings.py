@@ -33,9 +33,9 @@ class Var:
     meaning: str
 
 
-# Every FARM_* variable the code reads, in README order (``python -m farm settings`` prints this
-# table; tests/farm/test_settings.py checks the README holds it and that no module reads a FARM_*
-# variable but through this one).
+# Every FARM_* variable the code reads (``python -m farm settings`` prints this table;
+# tests/farm/test_settings.py checks docs/configuration.md holds it and that no module reads a
+# FARM_* variable but through this one).
 VARS = {v.name: v for v in (
     Var("FARM_REDIS_URL", "redis://127.0.0.1:6379/0",
         "broker, result backend and farm state (`redis://host:6379/0`)"),
@@ -162,7 +162,7 @@ def run_command(main: Callable[[], int]) -> NoReturn:
 
 
 def markdown_table() -> str:
-    """The README's table of every variable."""
+    """docs/configuration.md's table of every variable."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for var in VARS.values():
         default = f"`{var.default}`" if var.default else ""

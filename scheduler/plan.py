@@ -95,7 +95,7 @@ def engines(nodes: int, per_node: int) -> dict[str, str]:
     workers = nodes * per_node
     return {
         "compose": f"on each of {nodes} host{'s' if nodes != 1 else ''}: docker compose up -d "
-                   f"--scale worker={per_node} (workers on other hosts: README, scale-out)",
+                   f"--scale worker={per_node} (workers on other hosts: docs/operations.md, scale-out)",
         "slurm": f"python -m scheduler slurm --workers {workers} --submit (array 0-{workers - 1}, "
                  f"--gres=gpu:1 each: {per_node} per {per_node}-GPU node)",
         "kubernetes": f"KEDA scales Deployment farm-worker up to {workers} pods of nvidia.com/gpu: 1 "

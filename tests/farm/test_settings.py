@@ -1,5 +1,5 @@
 """Settings: every FARM_* variable is declared once (farm/settings.py), read only through it, and
-the README's table is the one the registry prints."""
+docs/configuration.md's table is the one the registry prints."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _direct_reads(path: Path) -> list[str]:
 
 
 def test_readme_table_is_the_registry():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     assert BEGIN in readme and END in readme
     table = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip() + "\n"
     assert table == settings.markdown_table()

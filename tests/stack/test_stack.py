@@ -6,7 +6,7 @@ Debian base image locally (docker/offline/: no registry is reachable here). Comp
 the order COMPOSE_FILE lists them: docker-compose.yml (the farm), docker-compose.cpu.yml (no
 GPU), docker/offline/compose.yml (local stand-ins for the pulled images) and
 tests/stack/compose.test.yml (short lease and visibility timeouts, so that a SIGKILLed worker's
-video comes back in seconds). The commands are the README's, in its order; the test observes
+video comes back in seconds). The commands are docs/operations.md's, in its order; the test observes
 the farm's Redis and the bucket from the host through the loopback ports compose publishes.
 
 The tests of this module run in order and share one stack: build, up, render, faults, down/up.
