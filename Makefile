@@ -36,7 +36,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# The fast loop (about a minute on 2 cores): lint, the architecture test and every test that
+# The fast loop (80 s on 2 cores): lint, the architecture test and every test that
 # needs no service, no render and no cluster.
 check: setup
 	$(BIN)/ruff check .
