@@ -147,6 +147,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
 MpiDefault=none
 KillWait={self.kill_wait_s}

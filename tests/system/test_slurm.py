@@ -154,9 +154,9 @@ def test_workers_as_a_slurm_job_array_survive_a_requeue_mid_render(cluster, farm
              logs)
         exit_s = time.monotonic() - requeued
         # a requeued job waits 120 s before it is eligible again: make it eligible now
-        wait("the job pending again", lambda: cluster.jobs().get(victim) == "PENDING", 60, logs)
+        wait("the job pending again", lambda: cluster.jobs().get(victim) == "PENDING", 120, logs)
         cluster.run("scontrol", "update", f"JobId={victim}", "StartTime=now")
-        wait("the job's restart", lambda: "restart 1)" in log.read_text(), 60, logs)
+        wait("the job's restart", lambda: "restart 1)" in log.read_text(), 120, logs)
         restart_s = time.monotonic() - requeued
 
         status = farm.wait_for(segment, done=4, timeout=300)
