@@ -152,12 +152,18 @@ def finished_videos(storage: Storage, base: str) -> list[str]:
     return sorted(v for v in map(marker_video, storage.list(join(base, MARKERS) + "/")) if v)
 
 
-def read_manifests(storage: Storage, base: str, videos: list[str]) -> dict[str, dict]:
-    def one(video: str) -> tuple[str, dict]:
-        return video, json.loads(storage.get_bytes(video_keys(base, video)["manifest"]) or b"{}")
+def read_each(storage: Storage, base: str, videos: list[str], kind: str) -> dict[str, bytes | None]:
+    """video -> the bytes of its ``kind`` file (``video_keys``: manifest, marker, spec), or None;
+    read 16 at a time."""
+    def one(video: str) -> tuple[str, bytes | None]:
+        return video, storage.get_bytes(video_keys(base, video)[kind])
 
     with ThreadPoolExecutor(16) as pool:
         return dict(pool.map(one, videos))
+
+
+def read_manifests(storage: Storage, base: str, videos: list[str]) -> dict[str, dict]:
+    return {v: json.loads(body or b"{}") for v, body in read_each(storage, base, videos, "manifest").items()}
 
 
 @dataclass
@@ -165,6 +171,7 @@ class DatasetFiles:
     """What ``write_dataset_files`` wrote: key -> bytes of each index file, and the split."""
 
     files: dict[str, bytes]
+    options: SplitOptions
     splits: dict[str, list[str]]
     first_frame_incomplete: dict[str, list[int]]  # video -> ids missing at frame 0
     first_appearance_masks: int = 0
@@ -195,7 +202,7 @@ def dataset_files(manifests: dict[str, dict], options: SplitOptions,
     # Cutie's format (its load_empty_masks): every video, [] when none is empty
     empties = {v: meta["videos"][v]["empty_frames"] for v in sorted(manifests)}
     files[EMPTY_MASKS] = json.dumps(empties).encode()
-    return DatasetFiles(files, splits, incomplete)
+    return DatasetFiles(files, options, splits, incomplete)
 
 
 def first_appearance_masks(storage: Storage, base: str, video: str, manifest: dict) -> dict[str, bytes]:

@@ -372,19 +372,21 @@ def upload_video(storage: Storage, base: str, staging: Path, video: str, spec_ya
     t0 = time.perf_counter()
     files = _frame_files(staging, video, base)
     streamed = streamed or {}
-    todo = [] if archive else [(k, p) for k, p in files
-                               if p not in streamed or streamed[p] != _signature(p)]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda kp: storage.put_file(*kp), todo))
-        digests = dict(zip((k for k, _ in files), pool.map(lambda kp: file_md5(kp[1]), files),
-                           strict=True))
-    archive_fields = {}
+    archive_fields, todo = {}, []
     if archive:  # one PUT (put_object: its ETag is the MD5 that finalize compares)
-        body = tar_bytes([(member_name(video, k[len(base):].lstrip("/")), p.read_bytes())
-                          for k, p in files], int(time.time()))
+        contents = {k: p.read_bytes() for k, p in files}  # each staged file read once
+        digests = {k: hashlib.md5(b).hexdigest() for k, b in contents.items()}
+        body = tar_bytes([(member_name(video, k[len(base):].lstrip("/")), b)
+                          for k, b in contents.items()], int(time.time()))
         storage.put_bytes(keys["archive"], body)
         archive_fields = {"archive": keys["archive"][len(base):].lstrip("/"),
                           "archive_md5": hashlib.md5(body).hexdigest(), "archive_bytes": len(body)}
+    else:
+        todo = [(k, p) for k, p in files if p not in streamed or streamed[p] != _signature(p)]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(lambda kp: storage.put_file(*kp), todo))
+            digests = dict(zip((k for k, _ in files), pool.map(lambda kp: file_md5(kp[1]), files),
+                               strict=True))
     storage.put_bytes(keys["spec"], spec_yaml.encode())
     body = json.dumps(manifest, indent=1).encode()
     storage.put_bytes(keys["manifest"], body)

@@ -17,16 +17,16 @@ import hashlib
 import json
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 from farm.io.dataset import (
     DatasetFiles,
     SplitOptions,
     content_digest,
     finished_videos,
+    read_each,
     write_dataset_files,
 )
-from farm.io.layout import CARD, CARD_PAGE, META, join, video_keys
+from farm.io.layout import CARD, CARD_PAGE, META, join
 from farm.io.storage import Storage, StorageError, verify_video
 from farm.model.spec import SpecError, VideoSpec
 from farm.model.validate import parse_spec_text
@@ -36,23 +36,17 @@ FORMAT = "bl30k-dataset-card"
 
 
 def read_markers(storage: Storage, base: str, videos: list[str]) -> dict[str, bytes]:
-    def one(video: str) -> tuple[str, bytes]:
-        return video, storage.get_bytes(video_keys(base, video)["marker"]) or b""
-
-    with ThreadPoolExecutor(16) as pool:
-        return dict(pool.map(one, videos))
+    return {v: body or b"" for v, body in read_each(storage, base, videos, "marker").items()}
 
 
 def read_specs(storage: Storage, base: str, videos: list[str]) -> dict[str, VideoSpec | None]:
-    def one(video: str) -> tuple[str, VideoSpec | None]:
-        text = storage.get_bytes(video_keys(base, video)["spec"])
+    def parse(video: str, text: bytes | None) -> VideoSpec | None:
         try:
-            return video, parse_spec_text(text, video) if text else None
+            return parse_spec_text(text, video) if text else None
         except SpecError:
-            return video, None
+            return None
 
-    with ThreadPoolExecutor(16) as pool:
-        return dict(pool.map(one, videos))
+    return {v: parse(v, text) for v, text in read_each(storage, base, videos, "spec").items()}
 
 
 def libraries(manifests: dict[str, dict]) -> list[dict]:
@@ -89,7 +83,7 @@ def build_card(manifests: dict[str, dict], specs: dict[str, VideoSpec | None],
         "frames": sum(m["num_frames"] for m in manifests.values()),
         "objects": figures["objects"],
         "splits": {s: len(v) for s, v in files.splits.items()},
-        "split_seed": json.loads(files.files["meta.json"])["splits"]["seed"],
+        "split_seed": files.options.seed,
         "segments": sorted({m["segment"] for m in manifests.values()}),
         "seeds": seeds,
         "presets": dict(Counter(m.get("preset") for m in manifests.values()).most_common()),
