@@ -21,6 +21,7 @@ from farm.assets.library import AssetLibrary
 from farm.assets.procedural import default_pack
 from farm.generate.specgen import generate_many
 from farm.model.presets import load_preset
+from farm.settings import run_command
 
 
 def bench_specs(args: argparse.Namespace) -> list[dict]:
@@ -247,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

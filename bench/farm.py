@@ -29,7 +29,7 @@ from farm.io.layout import IMAGES, MASKS, frame_name, video_keys
 from farm.io.storage import S3Storage, upload_video
 from farm.model.spec import save_spec
 from farm.queue.state import FarmState, connect
-from farm.settings import text
+from farm.settings import current
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = PASSWORD = "bench"  # S3 bucket; Redis password of the throwaway server
@@ -54,7 +54,7 @@ def local_services(folder: Path) -> Iterator[Services]:
              start_s3(s3_port, folder / "s3.log")]
     try:
         env = {**os.environ, **farm_env(redis_port, PASSWORD, s3_port, BUCKET, folder / "scratch"),
-               "FARM_GPUS": text("FARM_GPUS")}
+               "FARM_GPUS": current().gpus}
         storage = S3Storage(BUCKET, endpoint_url=env["FARM_S3_ENDPOINT"],
                             access_key=env["AWS_ACCESS_KEY_ID"],
                             secret_key=env["AWS_SECRET_ACCESS_KEY"])
@@ -148,7 +148,7 @@ def _overhead_row(mode: str, spec, info: dict, manifest: dict, bare: dict) -> di
 
 def aws_cli() -> str | None:
     """The AWS CLI: FARM_AWS_CLI, ``aws`` on PATH, or the one ``make bench`` installs."""
-    for candidate in (text("FARM_AWS_CLI"), shutil.which("aws"),
+    for candidate in (current().aws_cli, shutil.which("aws"),
                       str(ROOT / ".venv-aws" / "bin" / "aws")):
         if candidate and Path(candidate).exists():
             return candidate

@@ -1,17 +1,16 @@
 """One GPU machine's measurements in a fixed time budget: ``python -m bench.gpu_session --out DIR``.
 
-For a GPU machine prepared with the offline bundle (/work/shared/gpu-bundle: Python 3.11 + bpy
-5.0.1 + the project's dependencies, no network), from the repository root:
+On a GPU machine with Python 3.11, bpy 5.0.1 and the project's dependencies installed, from the
+repository root:
 
-    bash .gpu-bundle/setup.sh && source /tmp/opt/env.sh && \\
-        python -m bench.gpu_session --out "$OUT/gpu" --budget 480
+    python -m bench.gpu_session --out gpu-results --budget 480
 
 Steps, each a subprocess whose output (tables as Markdown) lands in ``DIR/<step>.txt`` and rows
 in ``DIR/<step>.json``; ``DIR/summary.md`` collects them with the time each took:
 
 1. ``warmup-cold``: ``python -m worker.warmup --devices OPTIX`` with an empty kernel cache: the
-   kernel compilation a fresh host pays once (~290 s on an H200 before this work), covering
-   every preset's device settings;
+   kernel compilation a fresh host pays once (~290 s measured on an H200 with an earlier render
+   design), covering every preset's device settings;
 2. ``warmup-warm``: the same in a new process, with the cache step 1 left (what the second and
    later workers of a host pay before they consume);
 3. ``throughput``: ``python -m bench gpu --path render`` on ``--videos`` bl30k videos, old
@@ -37,13 +36,14 @@ import time
 from pathlib import Path
 
 from bench.quality import SHORTLIST
-from farm.settings import text
+from farm.settings import current
 
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY_RESERVE_S = 75  # 3 references of 2048 samples + 12 candidate renders at 768x512, OptiX
 MARGIN_S = 15
-# From the H200 figures (issue 12): bl30k 0.089 s/frame; ~7 s per video outside Cycles in a
-# fresh process, ~1.5 s assumed in a long-lived one (upper bounds for sizing, not results).
+# From the H200 figures measured with an earlier design: bl30k 0.089 s/frame; ~7 s per video
+# outside Cycles in a fresh process, ~1.5 s assumed in a long-lived one (upper bounds for
+# sizing, not results).
 S_PER_FRAME, OLD_OVERHEAD_S, NEW_OVERHEAD_S = 0.1, 7.5, 1.5
 
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     shutil.rmtree(args.kernel_cache, ignore_errors=True)
     env = {"FARM_KERNEL_CACHE": str(args.kernel_cache),
-           "FARM_CACHE_DIR": text("FARM_CACHE_DIR") or "/tmp/farm-cache"}
+           "FARM_CACHE_DIR": str(current().cache_dir)}
     for key in ("OPTIX_CACHE_PATH", "CUDA_CACHE_PATH"):  # the session's own cache, cold
         os.environ.pop(key, None)
 

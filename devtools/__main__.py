@@ -1,5 +1,4 @@
-import sys
-
 from devtools.cli import main
+from farm.settings import run_command
 
-sys.exit(main())
+run_command(main)

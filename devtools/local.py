@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from devtools.processes import ROOT, spawn, stop, wait_port
-from farm.settings import text
+from farm.settings import current
 
 
 def start_redis(folder: Path, port: int, password: str) -> subprocess.Popen:
@@ -83,7 +83,7 @@ def farm_env(redis_port: int, redis_password: str, s3_port: int, bucket: str,
         "AWS_SECRET_ACCESS_KEY": "local-farm",
         "AWS_DEFAULT_REGION": "us-east-1",
         "FARM_SCRATCH": str(scratch),
-        "FARM_GPUS": text("FARM_GPUS"),
+        "FARM_GPUS": current().gpus,
     }
 
 

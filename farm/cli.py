@@ -20,7 +20,7 @@ from farm.io.dataset import SplitOptions, parse_val
 from farm.io.storage import Storage, StorageError, open_location
 from farm.model.presets import load_preset
 from farm.model.spec import SpecError, save_spec
-from farm.settings import ConfigError, integer, markdown_table
+from farm.settings import ConfigError, current, markdown_table
 
 
 def open_library(args: argparse.Namespace) -> AssetLibrary:
@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     specs.add_argument("--count", type=int, required=True)
     specs.add_argument("--start", type=int, default=0)
     specs.add_argument("--preset", default="bl30k")
-    specs.add_argument("--seed", type=int, default=integer("FARM_SEED"))
+    specs.add_argument("--seed", type=int, default=None,
+                       help="master seed (default: FARM_SEED)")
     specs.add_argument("--workers", type=int, default=None)
     specs.add_argument("--out", required=True)
     assets_opts(specs)
@@ -376,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--count", type=int, default=1000)
     stats.add_argument("--start", type=int, default=0)
     stats.add_argument("--preset", default="bl30k")
-    stats.add_argument("--seed", type=int, default=integer("FARM_SEED"))
+    stats.add_argument("--seed", type=int, default=None,
+                       help="master seed (default: FARM_SEED)")
     stats.add_argument("--json", action="store_true", help="rows as JSON")
     assets_opts(stats)
     stats.set_defaults(func=cmd_stats)
@@ -455,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: '{words[0]}' moved to the worker: python -m worker {' '.join(words)}",
               file=sys.stderr)
         return 2
-    return run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seed", 0) is None:
+        args.seed = current().seed
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Farm settings, from the environment only: every ``FARM_*`` variable is declared here (``VARS``,
-with its default and meaning) and read through ``text``/``number``/``integer``/``flag``;
-``load_settings`` gathers the farm-wide ones (Redis, storage, assets, retries) into ``Settings``.
+with its default and meaning) and read in one place, ``load_settings``, into one typed value,
+``Settings``. Each entry point reads it once at start (``current``; ``run_command`` makes a
+malformed setting its one-line error) and passes it down; no module reads the environment when
+it is imported.
 
 Secrets may be given directly or through a file named by ``<VAR>_FILE`` (Docker secrets), not both:
 ``REDIS_PASSWORD``/``REDIS_PASSWORD_FILE``, ``AWS_ACCESS_KEY_ID``/``AWS_ACCESS_KEY_ID_FILE``,
@@ -10,9 +12,11 @@ Secrets may be given directly or through a file named by ``<VAR>_FILE`` (Docker 
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -55,7 +59,6 @@ VARS = {v.name: v for v in (
         "`0,1,2`, `GPU-...`"),
     Var("FARM_GPU_CLAIM_TIMEOUT", "300", "seconds a starting worker tries to claim a GPU (Redis "
         "away, every GPU held) before it exits with code 69"),
-    Var("FARM_GPU_INDEX", "", "set by a worker for its children: the GPU it claimed (metrics)"),
     Var("FARM_NODE_NAME", "", "this host in logs and metrics, and in the lease keys of GPUs known "
         "only by index (default: the host name)"),
     Var("FARM_SCRATCH", "/tmp/farm-scratch", "scratch folder for renders before upload"),
@@ -113,47 +116,58 @@ VARS = {v.name: v for v in (
 )}
 
 
-def _given(name: str) -> str:
-    """What the environment gives the variable, stripped ("" when unset)."""
-    if name not in VARS:
-        raise KeyError(f"{name} is not declared in farm/settings.py VARS")
-    return os.environ.get(name, "").strip()
+class _Environment:
+    """Typed reads of the declared variables from one snapshot of the environment."""
 
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
 
-def text(name: str) -> str:
-    """The variable's value (stripped), or its default when unset or empty."""
-    return _given(name) or VARS[name].default
+    def given(self, name: str) -> str:
+        """What the environment gives the variable, stripped ("" when unset)."""
+        if name not in VARS:
+            raise KeyError(f"{name} is not declared in farm/settings.py VARS")
+        return self.environ.get(name, "").strip()
 
+    def text(self, name: str) -> str:
+        """The variable's value (stripped), or its default when unset or empty."""
+        return self.given(name) or VARS[name].default
 
-def is_set(name: str) -> bool:
-    """Whether the environment sets the variable (to something other than blanks)."""
-    return bool(_given(name))
+    def number(self, name: str) -> float:
+        raw = self.text(name)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
 
+    def integer(self, name: str) -> int:
+        raw = self.text(name)
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
 
-def number(name: str) -> float:
-    raw = text(name)
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    def optional_integer(self, name: str) -> int | None:
+        return self.integer(name) if self.given(name) else None
 
+    def flag(self, name: str) -> bool:
+        return self.text(name) not in ("", "0", "false", "no", "off")
 
-def integer(name: str) -> int:
-    raw = text(name)
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    def path(self, name: str) -> Path | None:
+        return Path(self.text(name)) if self.text(name) else None
 
-
-def flag(name: str) -> bool:
-    return text(name) not in ("", "0", "false", "no", "off")
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name).lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                              f"not {value!r}")
+        return value
 
 
 def run_command(main: Callable[[], int]) -> NoReturn:
-    """Exit with ``main()``'s code (a ``python -m`` entry point). A malformed setting is one
-    ``error:`` line and exit 2, also when ``main`` first imports a module that reads it."""
+    """Exit with ``main()``'s code (a ``python -m`` entry point), the settings read first: a
+    malformed one is one ``error:`` line and exit 2."""
     try:
+        current()
         code = main()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -181,20 +195,60 @@ def secret(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every ``FARM_*`` variable, typed: read once by an entry point (``load_settings``,
+    ``current``) and passed down. Field comments name the variable; ``VARS`` says more."""
+
+    # the farm: queue, storage, assets, seed
     redis_url: str
     storage_url: str
     s3_endpoint: str | None
     models: Path | None
     textures: Path | None
-    scratch: Path
+    denylist: Path | None  # assets spec generation skips (python -m farm assets check)
     seed: int
+    configs: Path  # FARM_CONFIGS: the preset folder
+    cache_dir: Path  # FARM_CACHE_DIR
+    calibration: Path | None  # FARM_CALIBRATION
+    # deliveries and retries
     max_deliveries: int  # deliveries of one video (worker lost, crash) before it is marked failed
     max_retries: int  # transient-error retries (storage, broker) per delivery
+    retry_backoff: int  # seconds, doubling
     retry_backoff_max: int  # seconds
     lease_ttl: int  # seconds a video/GPU lease lives without a heartbeat
-    denylist: Path | None = None  # assets spec generation skips (python -m farm assets check)
-    stream_upload: bool = True  # upload each frame while the rest of the video renders
-    upload_archive: bool = False  # a video's files as one tar object
+    visibility_timeout: int | None  # FARM_VISIBILITY_TIMEOUT; None: 2x the longest hard limit
+    short_visibility_ok: bool
+    stream_upload: bool  # upload each frame while the rest of the video renders
+    upload_archive: bool  # a video's files as one tar object
+    # scratch
+    scratch: Path
+    scratch_reserve_mb: int
+    scratch_size_mb: int
+    staging_max_age: float
+    scratch_full_limit: int
+    scratch_full_pause: float
+    # the worker
+    gpus: str  # FARM_GPUS: auto, none, or indices / UUIDs
+    gpu_claim_timeout: float
+    node_name: str  # FARM_NODE_NAME, else the host name
+    worker_failure_limit: int
+    unhealthy_file: Path | None
+    shutdown_force_s: float
+    renders_per_gpu: int | None  # None: the worker's default (2 on a GPU, 1 on a CPU)
+    warmup: str  # auto, full or off
+    warmup_devices: str
+    health_file: Path
+    # render processes
+    render_process: str  # server or oneshot
+    render_max_videos: int
+    render_max_growth_mb: float
+    render_max_rss_mb: float | str | None  # MB, "auto" or None (off)
+    render_sandbox: bool
+    render_boot_timeout: float
+    kernel_cache: Path
+    # benchmarks
+    aws_cli: str
+    # the declared variables the environment sets, as given (a Slurm job's env file copies them)
+    given: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def redis_url_with_password(self) -> str:
@@ -210,23 +264,85 @@ class Settings:
         return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
-def load_settings() -> Settings:
-    models, textures = text("FARM_MODELS"), text("FARM_TEXTURES")
+REPOSITORY_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Every setting from ``environ`` (default: this process's environment), checked: a
+    malformed one is a ``ConfigError`` naming the variable."""
+    environ = os.environ if environ is None else environ
+    env = _Environment(environ)
+    models, textures = env.path("FARM_MODELS"), env.path("FARM_TEXTURES")
     if bool(models) != bool(textures):
         raise ConfigError("set both FARM_MODELS and FARM_TEXTURES, or neither (procedural pack)")
+    cache_dir = env.path("FARM_CACHE_DIR") or Path(
+        environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "bl30k-farm"
+    scratch = Path(env.text("FARM_SCRATCH"))
+    rss = env.text("FARM_RENDER_MAX_RSS_MB").lower()
     return Settings(
-        redis_url=text("FARM_REDIS_URL"),
-        storage_url=text("FARM_STORAGE_URL"),
-        s3_endpoint=text("FARM_S3_ENDPOINT") or None,
-        models=Path(models) if models else None,
-        textures=Path(textures) if textures else None,
-        scratch=Path(text("FARM_SCRATCH")),
-        seed=integer("FARM_SEED"),
-        max_deliveries=integer("FARM_MAX_DELIVERIES"),
-        max_retries=integer("FARM_MAX_RETRIES"),
-        retry_backoff_max=integer("FARM_RETRY_BACKOFF_MAX"),
-        lease_ttl=integer("FARM_LEASE_TTL"),
-        denylist=Path(text("FARM_DENYLIST")) if text("FARM_DENYLIST") else None,
-        stream_upload=flag("FARM_STREAM_UPLOAD"),
-        upload_archive=flag("FARM_UPLOAD_ARCHIVE"),
+        redis_url=env.text("FARM_REDIS_URL"),
+        storage_url=env.text("FARM_STORAGE_URL"),
+        s3_endpoint=env.text("FARM_S3_ENDPOINT") or None,
+        models=models,
+        textures=textures,
+        denylist=env.path("FARM_DENYLIST"),
+        seed=env.integer("FARM_SEED"),
+        configs=env.path("FARM_CONFIGS") or REPOSITORY_CONFIGS,
+        cache_dir=cache_dir,
+        calibration=env.path("FARM_CALIBRATION"),
+        max_deliveries=env.integer("FARM_MAX_DELIVERIES"),
+        max_retries=env.integer("FARM_MAX_RETRIES"),
+        retry_backoff=env.integer("FARM_RETRY_BACKOFF"),
+        retry_backoff_max=env.integer("FARM_RETRY_BACKOFF_MAX"),
+        lease_ttl=env.integer("FARM_LEASE_TTL"),
+        visibility_timeout=env.optional_integer("FARM_VISIBILITY_TIMEOUT"),
+        short_visibility_ok=env.flag("FARM_SHORT_VISIBILITY_OK"),
+        stream_upload=env.flag("FARM_STREAM_UPLOAD"),
+        upload_archive=env.flag("FARM_UPLOAD_ARCHIVE"),
+        scratch=scratch,
+        scratch_reserve_mb=env.integer("FARM_SCRATCH_RESERVE_MB"),
+        scratch_size_mb=env.integer("FARM_SCRATCH_SIZE_MB"),
+        staging_max_age=env.number("FARM_STAGING_MAX_AGE"),
+        scratch_full_limit=env.integer("FARM_SCRATCH_FULL_LIMIT"),
+        scratch_full_pause=env.number("FARM_SCRATCH_FULL_PAUSE"),
+        gpus=env.text("FARM_GPUS"),
+        gpu_claim_timeout=env.number("FARM_GPU_CLAIM_TIMEOUT"),
+        node_name=env.text("FARM_NODE_NAME") or socket.gethostname(),
+        worker_failure_limit=env.integer("FARM_WORKER_FAILURE_LIMIT"),
+        unhealthy_file=env.path("FARM_UNHEALTHY_FILE"),
+        shutdown_force_s=env.number("FARM_SHUTDOWN_FORCE_S"),
+        renders_per_gpu=env.optional_integer("FARM_RENDERS_PER_GPU"),
+        warmup=env.choice("FARM_WARMUP", ("auto", "full", "off")),
+        warmup_devices=env.text("FARM_WARMUP_DEVICES"),
+        health_file=env.path("FARM_HEALTH_FILE") or (
+            scratch if env.given("FARM_SCRATCH") else Path(tempfile.gettempdir()))
+        / "worker-ready.json",
+        render_process=env.choice("FARM_RENDER_PROCESS", ("server", "oneshot")),
+        render_max_videos=env.integer("FARM_RENDER_MAX_VIDEOS"),
+        render_max_growth_mb=env.number("FARM_RENDER_MAX_GROWTH_MB"),
+        render_max_rss_mb=(None if rss in ("off", "none", "0") else "auto" if rss == "auto"
+                           else env.number("FARM_RENDER_MAX_RSS_MB")),
+        render_sandbox=env.flag("FARM_RENDER_SANDBOX"),
+        render_boot_timeout=env.number("FARM_RENDER_BOOT_TIMEOUT"),
+        kernel_cache=env.path("FARM_KERNEL_CACHE") or cache_dir / "kernels",
+        aws_cli=env.text("FARM_AWS_CLI"),
+        given={name: env.given(name) for name in VARS if env.given(name)},
     )
+
+
+_current: Settings | None = None
+
+
+def current() -> Settings:
+    """This process's settings: read from the environment at the first call (each entry point
+    makes it at start, so a malformed setting is its one-line error) and kept."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def use(settings: Settings | None) -> None:
+    """Make ``settings`` this process's (None: read the environment again at the next call)."""
+    global _current
+    _current = settings

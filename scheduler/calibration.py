@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from farm.model.presets import CONFIG_DIR
-from farm.settings import text
+from farm.model.presets import config_dir
+from farm.settings import Settings
 
-DEFAULT_FILE = CONFIG_DIR / "calibration.json"  # beside the presets (FARM_CONFIGS in images)
 FIELDS = ("s_per_frame", "overhead_s", "bytes_per_frame", "bytes_per_video")
 GPU_PREFERENCE = ("OPTIX", "CUDA", "HIP", "METAL", "ONEAPI", "CPU")
 
@@ -34,13 +33,18 @@ class CalibrationError(ValueError):
 LOCAL_FILE = Path("calibration.json")  # what ``bench calibrate`` writes by default
 
 
-def default_paths(extra: list[str] | None = None) -> list[Path]:
+def shipped_file() -> Path:
+    """The shipped figures, beside the presets (FARM_CONFIGS in images)."""
+    return config_dir() / "calibration.json"
+
+
+def default_paths(settings: Settings, extra: list[str] | None = None) -> list[Path]:
     """Files the planner reads, lowest priority first."""
-    paths = [DEFAULT_FILE]
-    if LOCAL_FILE.exists() and LOCAL_FILE.resolve() != DEFAULT_FILE.resolve():
+    paths = [shipped_file()]
+    if LOCAL_FILE.exists() and LOCAL_FILE.resolve() != paths[0].resolve():
         paths.append(LOCAL_FILE)
-    if text("FARM_CALIBRATION"):
-        paths.append(Path(text("FARM_CALIBRATION")))
+    if settings.calibration:
+        paths.append(settings.calibration)
     return paths + [Path(p) for p in extra or []]
 
 

@@ -24,7 +24,7 @@ from farm.model.presets import load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec
 from farm.model.validate import load_spec, spec_from_dict
 from farm.queue.state import BrokerUnavailable
-from farm.settings import ConfigError, load_settings
+from farm.settings import ConfigError, current
 from farm.view.card import describe_dataset, write_dataset
 from scheduler.context import Context
 from scheduler.enqueued import read_record
@@ -311,7 +311,7 @@ def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
     from scheduler.plan import run
 
     try:
-        return run(args)
+        return run(ctx.settings, args)
     except CalibrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -320,7 +320,7 @@ def cmd_plan(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_slurm(ctx: Context, args: argparse.Namespace) -> int:
     from scheduler.slurm import run
 
-    return run(args)
+    return run(ctx.settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(Context(load_settings()), args)
+        return args.func(Context(current()), args)
     except (BrokerUnavailable, StorageError, ConfigError, SpecError, AssetError,
             OperationalError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ import json
 import math
 
 from farm.model.presets import load_preset
+from farm.settings import Settings
 from scheduler.calibration import CalibrationError, default_paths, load_all, select
 
 
@@ -117,14 +118,14 @@ def layout(gpus: int | None, nodes: int | None, per_node: int | None) -> tuple[i
     return nodes, per_node
 
 
-def run(args) -> int:
+def run(settings: Settings, args) -> int:
     """The ``plan`` command; a missing figure is a CalibrationError (one line, exit 2)."""
     nodes, per_node = layout(args.gpus, args.nodes, args.gpus_per_node)
     gpus = nodes * per_node
     if args.videos < 1 or gpus < 1:
         raise CalibrationError("--videos and --gpus must be at least 1")
     preset = load_preset(args.preset)  # an unknown preset is a SpecError naming it
-    paths = default_paths(args.calibration)
+    paths = default_paths(settings, args.calibration)
     entries = load_all(paths)
     entry = select(entries, args.preset, args.device, args.machine,
                    where=", ".join(str(p) for p in paths))

@@ -10,9 +10,9 @@ from farm.model.presets import Preset, load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec
 from farm.model.validate import spec_from_dict
 from farm.queue import metrics
-from farm.queue.app import TASK_NAME, VISIBILITY_TIMEOUT, app, task_id
+from farm.queue.app import TASK_NAME, app, task_id, visibility_timeout
 from farm.queue.broker import broker_task_ids
-from farm.settings import flag, integer
+from farm.settings import Settings
 from scheduler.context import Context
 from scheduler.enqueued import write_record
 
@@ -35,23 +35,24 @@ def task_kwargs(spec: VideoSpec, preset: dict, whole: bool = False) -> dict:
     return {"video": spec.id, "segment": spec.segment, "spec": spec.to_dict(), "preset": preset}
 
 
-def time_limits(spec: VideoSpec, preset: Preset) -> tuple[int, int]:
+def time_limits(settings: Settings, spec: VideoSpec, preset: Preset) -> tuple[int, int]:
     """The task's (soft, hard) limits; refused when the hard one outlasts the broker's visibility
     timeout (Redis would deliver the message again while its first delivery still renders)."""
     attempts = None if spec.source == "generated" else 1
     soft, hard = preset.time_limits(spec.frames, attempts)
-    if hard > VISIBILITY_TIMEOUT and not flag("FARM_SHORT_VISIBILITY_OK"):
+    timeout = visibility_timeout(settings)
+    if hard > timeout and not settings.short_visibility_ok:
         raise SpecError(spec.id, f"its time limit ({hard} s for {spec.frames} frames of "
                         f"{preset.name}) exceeds the broker's visibility timeout "
-                        f"({VISIBILITY_TIMEOUT} s); set FARM_VISIBILITY_TIMEOUT above {hard} on "
+                        f"({timeout} s); set FARM_VISIBILITY_TIMEOUT above {hard} on "
                         "every worker and the scheduler, or render fewer frames")
     return soft, hard
 
 
-def check_scratch(spec: VideoSpec) -> None:
+def check_scratch(settings: Settings, spec: VideoSpec) -> None:
     """Refused when its render cannot fit the workers' scratch (``FARM_SCRATCH_SIZE_MB``, with the
     ``FARM_SCRATCH_RESERVE_MB`` every worker keeps free): it would never render anywhere."""
-    size_mb, reserve_mb = integer("FARM_SCRATCH_SIZE_MB"), integer("FARM_SCRATCH_RESERVE_MB")
+    size_mb, reserve_mb = settings.scratch_size_mb, settings.scratch_reserve_mb
     need_mb = estimate_space(spec).scratch / 2**20
     if need_mb + reserve_mb > size_mb:
         raise SpecError(spec.id, f"its render needs about {need_mb:.0f} MB of scratch (+ "
@@ -89,10 +90,10 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
     presets of the videos' enqueue record (``held_presets``), so an edit of ``configs/`` after
     the enqueue changes nothing of an enqueued video."""
     presets = resolve_presets(specs, held)
-    limits = {spec.id: time_limits(spec, preset_from_data(presets[spec.id]))
+    limits = {spec.id: time_limits(ctx.settings, spec, preset_from_data(presets[spec.id]))
               for spec in specs}  # refuse before registering any
     for spec in specs:
-        check_scratch(spec)
+        check_scratch(ctx.settings, spec)
     by_segment: dict[int, list[VideoSpec]] = {}
     for spec in specs:
         by_segment.setdefault(spec.segment, []).append(spec)

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.secrets import SECRETS, SecretError, read_secret
-from farm.settings import VARS, ConfigError, is_set, text
+from farm.settings import VARS, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent  # the project, run from shared storage
 
 # Set per job by the script itself (the GPU, node and scratch Slurm gives the task).
-PER_JOB = ("FARM_GPUS", "FARM_NODE_NAME", "FARM_SCRATCH", "FARM_GPU_INDEX", "FARM_HEALTH_FILE")
+PER_JOB = ("FARM_GPUS", "FARM_NODE_NAME", "FARM_SCRATCH", "FARM_HEALTH_FILE")
 SECRET_FILES = {"REDIS_PASSWORD": "redis_password", "AWS_ACCESS_KEY_ID": "s3_access_key",
                 "AWS_SECRET_ACCESS_KEY": "s3_secret_key"}
 PLAIN = ("AWS_DEFAULT_REGION",)
@@ -133,19 +133,19 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def require_address() -> None:
+def require_address(settings: Settings) -> None:
     for name in ("FARM_REDIS_URL", "FARM_STORAGE_URL"):
-        if not is_set(name):
+        if name not in settings.given:
             raise ConfigError(f"{name} is not set: the workers need this farm's address "
                               "(or give --env-file)")
 
 
-def write_env_file(folder: Path) -> Path:
+def write_env_file(settings: Settings, folder: Path) -> Path:
     """``<folder>/farm.env`` from this environment's farm settings; secret values go to files
     under ``<folder>/secrets/`` (0600) named by ``*_FILE``. Both 0600."""
-    require_address()
-    lines = [f"{name}={shlex.quote(text(name))}" for name in VARS
-             if name not in PER_JOB and is_set(name)]
+    require_address(settings)
+    lines = [f"{name}={shlex.quote(value)}" for name, value in settings.given.items()
+             if name not in PER_JOB]
     secrets_dir = folder / "secrets"
     for name, file in SECRET_FILES.items():
         try:
@@ -241,7 +241,7 @@ def submit(script: Path) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(settings: Settings, args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     env_file = Path(args.env_file) if args.env_file else None
     job = Job(workers=args.workers, folder=folder, env_file=env_file or folder / "farm.env",
@@ -255,11 +255,11 @@ def run(args: argparse.Namespace) -> int:
     if env_file is not None:
         read_env_file(env_file)
     else:
-        require_address()
+        require_address(settings)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
     if env_file is None:
-        read_env_file(write_env_file(folder))
+        read_env_file(write_env_file(settings, folder))
     script = folder / "workers.sbatch"
     script.write_text(batch_script(job))
     script.chmod(0o750)

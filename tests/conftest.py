@@ -22,6 +22,17 @@ def _isolated_cache(tmp_path_factory):
     os.environ["FARM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def _settings_of_this_test():
+    """Each test's process settings are read from the environment as the test sets it (a
+    ``monkeypatch.setenv`` before the first use); none outlives the test."""
+    from farm import settings
+
+    settings.use(None)
+    yield
+    settings.use(None)
+
+
 @pytest.fixture(scope="session")
 def pack(tmp_path_factory) -> Pack:
     from farm.assets.procedural import synthesize

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from farm.queue.state import PREFIX, UNHEALTHY, FarmState
-from farm.settings import integer
+from farm.settings import current
 from worker import scratch
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ HANDED_BACK_UNHEALTHY = "handed back: worker unhealthy"
 
 
 def failure_limit() -> int:
-    return integer("FARM_WORKER_FAILURE_LIMIT")
+    return current().worker_failure_limit
 
 
 def _failures_key(node: str) -> str:

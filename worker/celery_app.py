@@ -13,8 +13,8 @@ import sys
 
 from celery import signals
 
-from farm.queue.app import app, settings
-from farm.settings import integer, is_set
+from farm.queue.app import app
+from farm.settings import current
 from worker import shutdown
 
 app.conf.include = ["worker.tasks"]
@@ -52,6 +52,7 @@ def _pin_gpu(sender=None, **_kwargs) -> None:
         shutdown.stop_worker(gpu.EXIT_GPU_LOST, reason)
 
     try:
+        settings = current()  # the worker's settings, read once when it starts
         _gpu_lease = gpu.pin_worker(lambda: FarmState(connect(settings.redis_url_with_password)),
                                     ttl_s=settings.lease_ttl, on_lost=lost)
     except gpu.NoGpu as exc:
@@ -74,9 +75,6 @@ def _release_gpu(**_kwargs) -> None:
 
 
 # --- Render warm-up and long-lived render processes (worker/warmup.py, worker/process/pool.py) ---------
-# Videos at once per worker (= per GPU): FARM_RENDERS_PER_GPU (compose: 2), unless -c is given.
-app.conf.worker_concurrency = integer("FARM_RENDERS_PER_GPU") if is_set("FARM_RENDERS_PER_GPU") else 1
-
 # worker_init runs in the main process before the pool and the consumer exist, after _pin_gpu
 # above (receivers run in the order they were connected): the warm-up compiles and caches the
 # render kernels and checks the device before any message is taken, outside every task's time
@@ -90,7 +88,7 @@ def _warm_up_render(**_kwargs) -> None:
     from worker.warmup import warm_up_worker
 
     try:
-        warm_up_worker()
+        warm_up_worker(current())
     except Exception as exc:
         log.critical("render warm-up failed, not consuming: %s", exc, exc_info=True)
         raise SystemExit(1) from exc
@@ -119,7 +117,7 @@ def _mark_ready(sender=None, **_kwargs) -> None:
     from worker.warmup import write_health
 
     try:  # a restarted worker is healthy until it fails again (worker/blackhole.py)
-        blackhole.clear(FarmState(connect(settings.redis_url_with_password)),
+        blackhole.clear(FarmState(connect(current().redis_url_with_password)),
                         getattr(sender, "hostname", "") or "")
     except (BrokerUnavailable, redis.RedisError) as exc:
         log.warning("cannot clear this worker's failure record: %s", exc)

@@ -34,7 +34,7 @@ from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
 from farm.model.spec import VideoSpec
 from farm.model.validate import load_spec
-from farm.settings import integer
+from farm.settings import current
 from farm.view.preview import open_source, write_preview
 from worker.attempts import GateFailed, render_attempts
 from worker.process.pool import RenderPool, render_design, renders_per_device
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=3)
     demo.add_argument("--segment", type=int, default=0)
     demo.add_argument("--preset", default="preview")
-    demo.add_argument("--seed", type=int, default=integer("FARM_SEED"))
+    demo.add_argument("--seed", type=int, default=None,
+                      help="master seed (default: FARM_SEED)")
     assets_opts(demo)
     split_opts(demo)
     demo.set_defaults(func=cmd_demo)
@@ -177,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv), errors=(RenderError,))
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seed", 0) is None:
+        args.seed = current().seed
+    return run(args, errors=(RenderError,))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,7 @@ from farm.model.validate import spec_from_dict
 from farm.queue import metrics
 from farm.queue.state import BrokerUnavailable, FarmState, Lease
 from farm.settings import Settings
-from farm.settings import integer as settings_integer
-from worker import scratch, shutdown
+from worker import gpu, scratch, shutdown
 from worker.attempts import GateFailed, RenderOutcome, render_attempts
 from worker.process.pool import worker_pool
 from worker.process.protocol import Progress
@@ -63,8 +62,6 @@ from worker.process.runner import (
 )
 
 log = logging.getLogger(__name__)
-# free scratch kept beyond a render's own need (FARM_SCRATCH_RESERVE_MB)
-SCRATCH_MARGIN = settings_integer("FARM_SCRATCH_RESERVE_MB") * 2**20
 HANDED_BACK_SCRATCH_FULL = "handed back: scratch full"
 HANDED_BACK_STOPPING = "handed back: worker stopping"
 TRANSIENT = (StorageError, BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
@@ -271,7 +268,7 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
                             f"{spec.id}")
         scratch.remove_stale(settings.scratch, video,
                              leased=lambda other: state.holder(f"video:{other}") is not None)
-        _check_scratch(settings.scratch, spec)
+        _check_scratch(settings.scratch, spec, settings.scratch_reserve_mb * 2**20)
         # A marker of another spec (an earlier enqueue) must not stand while its frames are
         # replaced, and frames of an earlier, unfinished delivery must not mix with this one's.
         marker_key = video_keys(job.base, video)["marker"]
@@ -331,7 +328,8 @@ def _deliver_leased(job: Job, farm: Farm, lease: Lease,
            wall_s=timings["wall_s"], upload_s=upload["upload_s"], streamed=upload["streamed"],
            finished_at=time.time(), device=outcome.manifest["device"],
            attempt=outcome.spec.attempt)
-    metrics.record_video(state.r, job.worker, outcome, upload)
+    metrics.record_video(state.r, job.worker, outcome, upload, farm.settings.node_name,
+                         gpu.claimed_index() or "none")
     return {"video": video, "status": "done", "frames": outcome.spec.frames,
             "device": outcome.manifest["device"], "render_s": timings["render_total_s"],
             "upload_s": upload["upload_s"]}
@@ -460,9 +458,10 @@ class NeverFits(PermanentRenderError):
     """The render is larger than the whole scratch filesystem: no hand-back can help."""
 
 
-def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
+def _check_scratch(scratch: Path, spec: VideoSpec, margin: int) -> None:
     """Fail a render larger than the whole scratch filesystem (it can never fit on this worker);
-    hand back one that cannot fit now (the disk is full for the moment)."""
+    hand back one that cannot fit now, with ``margin`` bytes (FARM_SCRATCH_RESERVE_MB) to spare
+    (the disk is full for the moment)."""
     scratch.mkdir(parents=True, exist_ok=True)
     need = estimate_space(spec).scratch
     usage = shutil.disk_usage(scratch)
@@ -472,9 +471,9 @@ def _check_scratch(scratch: Path, spec: VideoSpec) -> None:
                         f"({usage.total / 2**30:.1f} GiB): it can never fit; enqueue it with "
                         "fewer frames, a lower resolution or fewer outputs, or give the workers "
                         "a larger scratch")
-    if usage.free < need + SCRATCH_MARGIN:
+    if usage.free < need + margin:
         raise ScratchFull(f"{spec.id}: scratch {scratch} has {usage.free / 2**20:.0f} MB free, "
-                          f"the render needs about {(need + SCRATCH_MARGIN) / 2**20:.0f} MB")
+                          f"the render needs about {(need + margin) / 2**20:.0f} MB")
 
 
 def _attempt_budget(preset: Preset | None, spec: VideoSpec, soft: float | None) -> float | None:

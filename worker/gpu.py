@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import redis
 
 from farm.queue.state import PREFIX, BrokerUnavailable, FarmState
-from farm.settings import number, text
+from farm.settings import current
 from worker.process.environment import Gpu, discover_gpus, say
 
 EXIT_NO_GPU = 69  # EX_UNAVAILABLE: no GPU could be claimed within FARM_GPU_CLAIM_TIMEOUT
@@ -40,7 +40,15 @@ EXIT_GPU_LOST = 75  # EX_TEMPFAIL: the GPU lease was lost; restart and claim aga
 def node_name() -> str:
     """This host's name in GPU lease keys and metrics: FARM_NODE_NAME, else the host name
     (never a shared constant: two hosts with one name would compete for index-keyed leases)."""
-    return text("FARM_NODE_NAME") or socket.gethostname()
+    return current().node_name
+
+
+_claimed: str | None = None  # the index of the GPU this worker claimed (forked children share it)
+
+
+def claimed_index() -> str | None:
+    """The GPU this worker claimed (``pin_worker``), None on a CPU."""
+    return _claimed
 
 
 @dataclass
@@ -124,7 +132,7 @@ class NoGpu(RuntimeError):
 
 
 def claim_timeout() -> float:
-    return number("FARM_GPU_CLAIM_TIMEOUT")
+    return current().gpu_claim_timeout
 
 
 def pin_worker(connect: Callable[[], FarmState], ttl_s: float = 90.0,
@@ -136,9 +144,10 @@ def pin_worker(connect: Callable[[], FarmState], ttl_s: float = 90.0,
     ``NoGpu`` after ``timeout_s`` (FARM_GPU_CLAIM_TIMEOUT, 300 s) without a claim: Redis
     unreachable, or every GPU held by other workers.
     """
+    global _claimed
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # fail closed: nothing visible until claimed
-    os.environ.pop("FARM_GPU_INDEX", None)
-    gpus = discover_gpus()
+    _claimed = None
+    gpus = discover_gpus(current().gpus)
     if not gpus:
         return None
     timeout_s = claim_timeout() if timeout_s is None else timeout_s
@@ -157,7 +166,7 @@ def pin_worker(connect: Callable[[], FarmState], ttl_s: float = 90.0,
             # nvidia-smi numbers GPUs by PCI bus; make CUDA (and Cycles) agree with it
             os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
-            os.environ["FARM_GPU_INDEX"] = gpu.index
+            _claimed = gpu.index
             return lease
         left = deadline - time.monotonic()
         if left <= 0:
@@ -169,7 +178,7 @@ def pin_worker(connect: Callable[[], FarmState], ttl_s: float = 90.0,
 def describe_claim(lease: GpuLease | None) -> str:
     if lease is None:
         return "CPU (no GPU visible)"
-    index = text("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    index = _claimed or os.environ.get("CUDA_VISIBLE_DEVICES")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     label = f"GPU {index}" + (f" ({visible})" if visible and visible != index else "")
     return f"{label} of node {node_name()} (lease {lease.key})"

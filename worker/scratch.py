@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 from farm.io.layout import staged_video
-from farm.settings import integer, number, text
+from farm.settings import current
 
 log = logging.getLogger(__name__)
 
 
 def max_age_s() -> float:
-    return number("FARM_STAGING_MAX_AGE")
+    return current().staging_max_age
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -81,14 +81,14 @@ _full_in_a_row = 0
 
 
 def full_limit() -> int:
-    return integer("FARM_SCRATCH_FULL_LIMIT")
+    return current().scratch_full_limit
 
 
 def health_file(nodename: str | None = None) -> Path:
     """Where an unhealthy worker says so: FARM_UNHEALTHY_FILE, else one per Celery node name."""
-    path = text("FARM_UNHEALTHY_FILE")
+    path = current().unhealthy_file
     if path:
-        return Path(path)
+        return path
     safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in nodename or "worker")
     return Path(tempfile.gettempdir()) / f"farm-worker-{safe}.unhealthy"
 

@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from farm.settings import number
+from farm.settings import current
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def stop_worker(exitcode: int, reason: str) -> None:
     print(f"worker stopping: {reason}", file=sys.__stderr__, flush=True)
     pids = hand_back_active()
     state.should_stop = exitcode  # warm shutdown: the event loop raises WorkerShutdown(exitcode)
-    force = number("FARM_SHUTDOWN_FORCE_S")
+    force = current().shutdown_force_s
 
     def _force() -> None:
         for pid in pids + active_task_pids():

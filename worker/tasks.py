@@ -1,7 +1,9 @@
 """The render task: a thin Celery adapter over ``worker.delivery`` (one task per video).
 
-Retries: storage and broker errors retry with exponential backoff and jitter (caught here, so
-that the retry's ETA is computed by Redis's clock; ``autoretry_for`` covers what fails before);
+Retries: storage and broker errors retry with exponential backoff and jitter (caught in the
+delivery, so that the retry's ETA is computed by Redis's clock; one that happens before or after
+it retries after the same backoff, counted down here); the limits come from the worker's settings
+(FARM_MAX_RETRIES, FARM_RETRY_BACKOFF, FARM_RETRY_BACKOFF_MAX), read when it starts;
 a crashed render retries after a pause (``RetryLater``); a deferred or handed-back video is
 published again (``Requeue``) without counting as a retry. Every ETA is Redis's clock plus the
 delay, never this host's clock alone.
@@ -19,9 +21,9 @@ from celery.utils.time import get_exponential_backoff_interval
 from farm.io.layout import segment_base
 from farm.io.storage import open_storage
 from farm.model.presets import Preset, find_preset, preset_from_data
-from farm.queue.app import TASK_NAME, app, settings
+from farm.queue.app import TASK_NAME, app
 from farm.queue.state import FarmState, connect
-from farm.settings import integer, number
+from farm.settings import Settings, current
 from worker import blackhole, scratch
 from worker.delivery import (
     HANDED_BACK_SCRATCH_FULL,
@@ -36,14 +38,9 @@ from worker.delivery import (
 )
 
 log = logging.getLogger(__name__)
-SCRATCH_FULL_PAUSE_S = number("FARM_SCRATCH_FULL_PAUSE")
-RETRY_BACKOFF = integer("FARM_RETRY_BACKOFF")
 
 
-@app.task(bind=True, name=TASK_NAME, autoretry_for=TRANSIENT,
-          retry_backoff=RETRY_BACKOFF,
-          retry_backoff_max=settings.retry_backoff_max, retry_jitter=True,
-          max_retries=settings.max_retries)
+@app.task(bind=True, name=TASK_NAME)
 def render_video(self, video: str, segment: int, spec: dict | None = None, index: int | None = None,
                  seed: int | None = None, preset: dict | str | None = None,
                  digest: str | None = None, first_attempt: int = 0,
@@ -51,13 +48,29 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
     """Render one video. ``spec`` is the whole spec, or (index, seed, digest and the first gate
     attempt) its recipe; ``preset`` the spec's preset resolved by the scheduler (a name in
     messages of earlier versions); ``generation`` the enqueue it belongs to."""
+    settings = current()
     recipe = None if spec else {"index": index, "seed": seed, "digest": digest,
                                 "first_attempt": first_attempt}
+    try:
+        return _render(self, settings, video, segment, spec, recipe, preset, generation)
+    except TRANSIENT as exc:  # storage or broker, outside the delivery: retried after a backoff
+        raise self.retry(exc=exc, countdown=_backoff(settings, self.request.retries),
+                         max_retries=settings.max_retries) from None
+
+
+def _backoff(settings: Settings, retries: int) -> float:
+    """Seconds before the next transient-error retry: exponential, with full jitter."""
+    return get_exponential_backoff_interval(settings.retry_backoff, retries,
+                                            settings.retry_backoff_max, full_jitter=True)
+
+
+def _render(self, settings: Settings, video: str, segment: int, spec: dict | None,
+            recipe: dict | None, preset: dict | str | None, generation: int | None) -> dict:
     request = self.request
     job = Job(video=video, segment=segment, base=segment_base(segment),
               preset=_preset(preset, spec), spec=spec,
               recipe=recipe, generation=generation, retries=request.retries,
-              max_retries=self.max_retries,
+              max_retries=settings.max_retries,
               soft_limit=request.timelimit[1] if request.timelimit else None,
               worker=request.hostname or "")
     farm = Farm(FarmState(connect(settings.redis_url_with_password)), open_storage(settings),
@@ -65,7 +78,7 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
     node = request.hostname or ""
     if blackhole.unhealthy(farm.state, node):  # stopped itself; a message it still held
         _requeue(self, farm.state, 0)
-        time.sleep(SCRATCH_FULL_PAUSE_S)
+        time.sleep(settings.scratch_full_pause)
         return {"video": video, "status": blackhole.HANDED_BACK_UNHEALTHY}
     try:
         result = deliver(job, farm, interrupts=(SoftTimeLimitExceeded,))
@@ -76,23 +89,24 @@ def render_video(self, video: str, segment: int, spec: dict | None = None, index
             scratch.note_full(app, request.hostname, queue, f"{video} {again.status}")
         _requeue(self, farm.state, again.countdown)
         if full:
-            time.sleep(SCRATCH_FULL_PAUSE_S)  # let another worker take it
+            time.sleep(settings.scratch_full_pause)  # let another worker take it
         return {"video": video, "status": again.status}
     except RetryLater as later:  # a crash, counted against the video
         _note_failure(self, farm, job, "crash", crashed=True)
-        raise self.retry(exc=later.cause, eta=farm.state.eta(later.countdown)) from None
+        raise self.retry(exc=later.cause, eta=farm.state.eta(later.countdown),
+                         max_retries=settings.max_retries) from None
     except VideoFailed as failed:
         if failed.host_suspect:
             _note_failure(self, farm, job, "failed", crashed=failed.crashed)
         raise
     except TRANSIENT as exc:  # storage or broker: retried with backoff, an ETA by Redis's clock
-        countdown = get_exponential_backoff_interval(RETRY_BACKOFF, request.retries,
-                                                     settings.retry_backoff_max, full_jitter=True)
+        countdown = _backoff(settings, request.retries)
         try:
             eta = farm.state.eta(countdown)
         except redis.RedisError:  # Redis itself is away: this host's clock will do
-            raise self.retry(exc=exc, countdown=countdown) from None
-        raise self.retry(exc=exc, eta=eta) from None
+            raise self.retry(exc=exc, countdown=countdown,
+                             max_retries=settings.max_retries) from None
+        raise self.retry(exc=exc, eta=eta, max_retries=settings.max_retries) from None
     except LeaseLost as exc:
         # Another worker took the video (this one stalled past its lease), a later generation
         # superseded this one, or it was cancelled: this message is acknowledged, nothing more.

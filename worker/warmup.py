@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from farm.settings import is_set, text
+from farm.settings import Settings, current
 from worker.process.environment import gpu_visible, kernel_cache_dir
 
 log = logging.getLogger(__name__)
@@ -146,36 +146,28 @@ def warm_up(pool, devices: list[str] | None = None, settings: list[dict] | None 
             "first_frame_s": round(first[0] - t0, 3) if first else None}
 
 
-def warmup_mode() -> str:
-    """FARM_WARMUP: ``auto`` (default: every preset's settings on a GPU, one render on a CPU,
-    where nothing compiles), ``full`` (every setting anyway) or ``off``."""
-    value = text("FARM_WARMUP").lower()
-    if value not in ("auto", "full", "off"):
-        raise ValueError(f"FARM_WARMUP must be auto, full or off, not {value!r}")
-    return value
-
-
 _report: dict = {}
 
 
-def warm_up_worker() -> dict:
+def warm_up_worker(settings: Settings) -> dict:
     """The worker's warm-up (Celery ``worker_init``, before the pool and the consumer start):
-    render kernels compiled and cached, device checked; logged, kept for the health file."""
+    render kernels compiled and cached, device checked; logged, kept for the health file.
+    FARM_WARMUP: ``auto`` (every preset's settings on a GPU, one render on a CPU, where nothing
+    compiles), ``full`` (every setting anyway) or ``off``."""
     from worker.process.pool import RenderPool
 
-    mode = warmup_mode()
+    mode = settings.warmup
     if mode == "off":
         log.warning("render warm-up: off (FARM_WARMUP=off)")
         _report.update(seconds=0.0, mode=mode)
         return _report
     gpu = gpu_visible()
-    devices = [d.strip() for d in text("FARM_WARMUP_DEVICES").split(",")
-               if d.strip()]
-    settings = kernel_settings() if (gpu or mode == "full") else kernel_settings(["tiny"])
+    devices = [d.strip() for d in settings.warmup_devices.split(",") if d.strip()]
+    kernels = kernel_settings() if (gpu or mode == "full") else kernel_settings(["tiny"])
     t0 = time.perf_counter()
     with host_lock(gpu) as waited, RenderPool(size=1) as pool:
-        report = warm_up(pool, devices, settings, time.perf_counter())
-    report.update(mode=mode, lock_wait_s=round(waited, 3), kernel_cache=str(kernel_cache_dir()),
+        report = warm_up(pool, devices, kernels, time.perf_counter())
+    report.update(mode=mode, lock_wait_s=round(waited, 3), kernel_cache=str(settings.kernel_cache),
                   seconds=round(time.perf_counter() - t0, 3))
     log.warning("render warm-up: %d render(s) on %s in %.1f s (first frame %.1f s after the "
                 "render process started; waited %.1f s for another worker's warm-up; kernel "
@@ -187,17 +179,9 @@ def warm_up_worker() -> dict:
     return report
 
 
-def health_file() -> Path:
-    value = text("FARM_HEALTH_FILE")
-    if value:
-        return Path(value)
-    folder = text("FARM_SCRATCH") if is_set("FARM_SCRATCH") else tempfile.gettempdir()
-    return Path(folder) / "worker-ready.json"
-
-
 def write_health(**info) -> None:
     """Mark this worker ready (after its warm-up, once it consumes)."""
-    path = health_file()
+    path = current().health_file
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -210,12 +194,12 @@ def write_health(**info) -> None:
 
 def clear_health() -> None:
     with contextlib.suppress(OSError):
-        health_file().unlink()
+        current().health_file.unlink()
 
 
 def check_health(path: Path | None = None) -> tuple[bool, str]:
     """Ready: the health file exists and the process that wrote it is alive."""
-    path = path or health_file()
+    path = path or current().health_file
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -234,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true",
                     help="exit 0 if this container's worker is ready (the healthcheck)")
-    ap.add_argument("--devices", default=text("FARM_WARMUP_DEVICES"),
+    ap.add_argument("--devices", default=current().warmup_devices,
                     help="comma list: AUTO, CPU, CUDA, OPTIX")
     ap.add_argument("--presets", help="only these presets' settings (default: every preset)")
     ap.add_argument("--json", type=Path, help="write the timings here")

@@ -35,7 +35,7 @@ from farm.assets.errors import AssetError
 from farm.assets.formats import mesh_format, obj_bounds
 from farm.assets.manifest import ManifestRow, file_digest, find_manifest, read_manifest
 from farm.model.spec import LIBRARY_RE, UP_AXES
-from farm.settings import text
+from farm.settings import current
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tga", ".tif", ".tiff", ".exr", ".hdr"}
 INDEX_VERSION = 3
@@ -134,9 +134,8 @@ def _json_bounds(path: Path) -> list[list[float]] | None:
 
 
 def default_cache_dir() -> Path:
-    base = text("FARM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bl30k-farm")
-    return Path(base)
+    """FARM_CACHE_DIR, else ``$XDG_CACHE_HOME/bl30k-farm``."""
+    return current().cache_dir
 
 
 def resolve_under(root: Path, rel: str, what: str) -> Path:

@@ -510,7 +510,7 @@ def open_location(location: str) -> Storage:
     if location.startswith("s3://"):
         from dataclasses import replace
 
-        from farm.settings import load_settings
+        from farm.settings import current
 
-        return open_storage(replace(load_settings(), storage_url=location))
+        return open_storage(replace(current(), storage_url=location))
     return LocalStorage(Path(location.removeprefix("file://")))

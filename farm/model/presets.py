@@ -12,9 +12,12 @@ import yaml
 
 from farm.model.spec import RenderSettings, SpecError, VideoSpec
 from farm.model.validate import parse_render
-from farm.settings import text
+from farm.settings import current
 
-CONFIG_DIR = Path(text("FARM_CONFIGS") or Path(__file__).resolve().parents[2] / "configs")
+
+def config_dir() -> Path:
+    """The preset folder (FARM_CONFIGS, else the repository's ``configs/``)."""
+    return current().configs
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Preset:
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
 
 
 STEP_CLAMPS = ("one-sided", "symmetric")
@@ -82,7 +85,7 @@ def _read(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """A preset file's data with its ``base:`` preset (by name, in the same folder) merged under."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = config_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise SpecError("preset", f"no preset {name_or_path!r} (available: {', '.join(available())})")
     data = yaml.safe_load(path.read_text())

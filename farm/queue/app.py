@@ -9,11 +9,10 @@ from celery import Celery
 
 from farm.model.presets import available, load_preset
 from farm.queue import compat
-from farm.settings import integer, is_set, load_settings
+from farm.settings import Settings, current
 
 compat.apply()
 
-settings = load_settings()
 TASK_NAME = "farm.render_video"
 
 
@@ -23,18 +22,40 @@ def task_id(video: str, generation: int) -> str:
     return f"render-{video}-{generation}"
 
 
-# The longest hard time limit of any preset (tasks carry their own limits, see scheduler).
-MAX_HARD_LIMIT = max(load_preset(name).time_limits()[1] for name in available())
-# A Redis message that is not acknowledged within the visibility timeout is delivered again, even
-# while its first delivery is still rendering (celery#5935). It must outlast the longest task.
-VISIBILITY_TIMEOUT = (integer("FARM_VISIBILITY_TIMEOUT") if is_set("FARM_VISIBILITY_TIMEOUT")
-                      else 2 * MAX_HARD_LIMIT)
+def max_hard_limit() -> int:
+    """The longest hard time limit of any preset (tasks carry their own limits, see scheduler)."""
+    return max(load_preset(name).time_limits()[1] for name in available())
+
+
+def visibility_timeout(settings: Settings) -> int:
+    """A Redis message that is not acknowledged within the visibility timeout is delivered again,
+    even while its first delivery is still rendering (celery#5935): it must outlast the longest
+    task. FARM_VISIBILITY_TIMEOUT, else twice the longest hard limit."""
+    return settings.visibility_timeout or 2 * max_hard_limit()
+
+
+def _settings_config() -> dict:
+    """What the app takes from the settings: read when its configuration is first used (the
+    broker URL carries the Redis password, a secret file), never at import."""
+    settings = current()
+    url, timeout = settings.redis_url_with_password, visibility_timeout(settings)
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        # Set the visibility timeout everywhere Celery/kombu read it: broker transport, result
+        # backend transport, and the top-level setting older code paths consult.
+        "broker_transport_options": {"visibility_timeout": timeout,
+                                     "priority_steps": list(range(10)), "sep": ":",
+                                     "queue_order_strategy": "priority"},
+        "result_backend_transport_options": {"visibility_timeout": timeout},
+        "visibility_timeout": timeout,
+        # Videos at once per worker (= per GPU): FARM_RENDERS_PER_GPU (compose: 2), unless -c.
+        "worker_concurrency": settings.renders_per_gpu or 1,
+    }
+
 
 app = Celery("bl30k")
-# The broker URL carries the Redis password (a secret file): read when the configuration is first
-# used, so a bad secret is the command's one-line error, not an import-time traceback.
-app.add_defaults(lambda: {"broker_url": settings.redis_url_with_password,
-                          "result_backend": settings.redis_url_with_password})
+app.add_defaults(_settings_config)
 app.conf.update(
     # JSON only: a pickle payload from the queue would be code execution on every worker.
     task_serializer="json",
@@ -50,16 +71,6 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     # Reserve one task at a time: a worker busy for minutes must not hoard videos others could run.
     worker_prefetch_multiplier=1,
-    # Set the visibility timeout everywhere Celery/kombu read it: broker transport, result
-    # backend transport, and the top-level setting older code paths consult.
-    broker_transport_options={
-        "visibility_timeout": VISIBILITY_TIMEOUT,
-        "priority_steps": list(range(10)),
-        "sep": ":",
-        "queue_order_strategy": "priority",
-    },
-    result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
-    visibility_timeout=VISIBILITY_TIMEOUT,
     task_default_queue="render",
     task_default_priority=5,
     # Events for Flower: sent/started/succeeded/failed/retried.

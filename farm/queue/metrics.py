@@ -24,13 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
 from dataclasses import dataclass
 
 import redis
-
-from farm.settings import text
 
 log = logging.getLogger(__name__)
 PREFIX = "farm:metrics:"
@@ -120,17 +116,6 @@ def device_class(device: str | None) -> str:
     return backend if backend in DEVICES else "CPU"
 
 
-def node_name() -> str:
-    """The physical host (as worker.gpu.node_name: replicas of one host share it)."""
-    return text("FARM_NODE_NAME") or socket.gethostname()
-
-
-def gpu_label() -> str:
-    """The GPU index this worker claimed (worker/gpu.py; CUDA_VISIBLE_DEVICES may hold its
-    UUID), ``none`` when on CPU."""
-    return text("FARM_GPU_INDEX") or os.environ.get("CUDA_VISIBLE_DEVICES") or "none"
-
-
 # --- writing ---------------------------------------------------------------------------------------
 
 
@@ -159,15 +144,17 @@ def _execute(pipe, what: str) -> None:
         log.warning("metrics: could not record %s: %s", what, exc)
 
 
-def record_video(r: redis.Redis, worker: str, outcome, upload: dict) -> None:
+def record_video(r: redis.Redis, worker: str, outcome, upload: dict, node: str, gpu: str
+                 ) -> None:
     """A delivered video: frames, per-frame render times, upload bytes and time.
 
     ``outcome`` is the worker's RenderOutcome (final spec, manifest), ``upload`` what
-    ``farm.io.storage.upload_video`` returned.
+    ``farm.io.storage.upload_video`` returned, ``node`` the physical host (replicas of one host
+    share it), ``gpu`` the GPU index the worker claimed (``none`` on a CPU).
     """
     spec, manifest = outcome.spec, outcome.manifest
     device = device_class(manifest.get("device"))
-    renderer = {"worker": worker, "node": node_name(), "gpu": gpu_label(), "preset": spec.preset,
+    renderer = {"worker": worker, "node": node, "gpu": gpu, "preset": spec.preset,
                 "device": device}
     pipe = r.pipeline(transaction=False)
     inc(pipe, FRAMES, renderer, spec.frames)

@@ -70,20 +70,64 @@ def test_the_direct_read_check_can_fail(tmp_path):
     assert _direct_reads(probe) == ["FARM_SEED", "FARM_GPUS"]
 
 
-def test_values_defaults_and_errors(monkeypatch):
-    monkeypatch.delenv("FARM_LEASE_TTL", raising=False)
-    assert settings.integer("FARM_LEASE_TTL") == int(VARS["FARM_LEASE_TTL"].default) == 90
-    monkeypatch.setenv("FARM_LEASE_TTL", " 30 ")
-    assert settings.integer("FARM_LEASE_TTL") == 30
-    monkeypatch.setenv("FARM_LEASE_TTL", "soon")
+def test_values_defaults_and_errors():
+    load = settings.load_settings
+    assert load({}).lease_ttl == int(VARS["FARM_LEASE_TTL"].default) == 90
+    assert load({"FARM_LEASE_TTL": " 30 "}).lease_ttl == 30
     with pytest.raises(ConfigError, match="FARM_LEASE_TTL='soon' is not an integer"):
-        settings.load_settings()
-    monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", "")  # empty: the default
-    assert settings.text("FARM_RENDER_MAX_RSS_MB") == "auto"
-    monkeypatch.setenv("FARM_STREAM_UPLOAD", "0")
-    assert settings.flag("FARM_STREAM_UPLOAD") is False
-    with pytest.raises(KeyError):
-        settings.text("FARM_NOT_A_SETTING")
+        load({"FARM_LEASE_TTL": "soon"})
+    assert load({"FARM_RENDER_MAX_RSS_MB": ""}).render_max_rss_mb == "auto"  # empty: the default
+    assert load({"FARM_RENDER_MAX_RSS_MB": "off"}).render_max_rss_mb is None
+    assert load({"FARM_STREAM_UPLOAD": "0"}).stream_upload is False
+    assert load({}).visibility_timeout is None and load({}).renders_per_gpu is None
+    with pytest.raises(ConfigError, match="FARM_WARMUP must be auto, full or off, not 'warm'"):
+        load({"FARM_WARMUP": "warm"})
+    with pytest.raises(ConfigError, match="FARM_RENDER_PROCESS must be server or oneshot"):
+        load({"FARM_RENDER_PROCESS": "fork"})
+    with pytest.raises(ConfigError, match="set both FARM_MODELS and FARM_TEXTURES"):
+        load({"FARM_MODELS": "/m"})
+    # defaults derived from other settings
+    assert load({"FARM_CACHE_DIR": "/c"}).kernel_cache == Path("/c/kernels")
+    assert load({"FARM_SCRATCH": "/s"}).health_file == Path("/s/worker-ready.json")
+    assert load({"XDG_CACHE_HOME": "/x"}).cache_dir == Path("/x/bl30k-farm")
+    assert load({"FARM_SEED": "7", "FARM_GPUS": " "}).given == {"FARM_SEED": "7"}
+
+
+def test_the_process_settings_are_read_once(monkeypatch):
+    monkeypatch.setenv("FARM_SEED", "7")
+    assert settings.current().seed == 7
+    monkeypatch.setenv("FARM_SEED", "8")  # read at the first use only
+    assert settings.current().seed == 7
+    settings.use(None)
+    assert settings.current().seed == 8
+
+
+def test_nothing_reads_the_environment_at_import():
+    """Every module of the product and its tooling imports with every number-valued setting
+    malformed: the environment is read by entry points, not by imports (bpy-side modules aside,
+    which run only in a render process)."""
+    names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in CODE
+                   + list((ROOT / "devtools").rglob("*.py"))
+                   if p.name != "__main__.py" and "render" not in p.relative_to(ROOT).parts
+                   and p.name != "server.py")
+    bad = {name: "soon" for name, var in VARS.items() if var.default.isdigit()}
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+    proc = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **bad, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(names) > 60
+
+
+def test_only_the_settings_module_reads_the_variables():
+    """No module calls a reader of single variables: they are private to farm/settings.py."""
+    for path in CODE:
+        if path.name != "settings.py":
+            tree = ast.parse(path.read_text())
+            imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                        and n.module == "farm.settings" for a in n.names}
+            assert imported <= {"Settings", "ConfigError", "VARS", "current", "use",
+                                "load_settings", "run_command", "markdown_table", "secret",
+                                "REPOSITORY_CONFIGS"}, (path, imported)
 
 
 @pytest.mark.parametrize("command, name", [

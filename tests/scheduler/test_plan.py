@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.calibration import DEFAULT_FILE, load
+from scheduler.calibration import load, shipped_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def plan(*args: str) -> dict:
 
 
 def shipped(preset: str, device: str) -> dict:
-    return next(e for e in load(DEFAULT_FILE) if (e["preset"], e["device"]) == (preset, device))
+    return next(e for e in load(shipped_file()) if (e["preset"], e["device"]) == (preset, device))
 
 
 def test_plan_follows_the_shipped_h200_figures():

@@ -26,9 +26,11 @@ pytestmark = [pytest.mark.services, pytest.mark.render]
 def direct(redis_service, pack, tiny, tmp_path, monkeypatch):
     """What a delivery works with: a clean Redis database of the real server, a local storage,
     the procedural pack; renders in a fresh process each (no render pool to clean up)."""
+    from dataclasses import replace
+
     from farm.io.storage import LocalStorage
     from farm.queue.state import FarmState, connect
-    from farm.settings import Settings
+    from farm.settings import load_settings
     from worker.delivery import Farm
 
     monkeypatch.setenv("FARM_RENDER_PROCESS", "oneshot")
@@ -36,10 +38,10 @@ def direct(redis_service, pack, tiny, tmp_path, monkeypatch):
     url = f"redis://:{password}@127.0.0.1:{port}/5"
     state = FarmState(connect(url))
     state.r.flushdb()
-    settings = Settings(redis_url=url, storage_url=str(tmp_path / "store"), s3_endpoint=None,
-                        models=pack.models, textures=pack.textures, scratch=tmp_path / "scratch",
-                        seed=2021, max_deliveries=3, max_retries=8, retry_backoff_max=600,
-                        lease_ttl=30)
+    settings = replace(load_settings(), redis_url=url, storage_url=str(tmp_path / "store"),
+                       s3_endpoint=None, models=pack.models, textures=pack.textures,
+                       scratch=tmp_path / "scratch", seed=2021, max_deliveries=3,
+                       max_retries=8, retry_backoff_max=600, lease_ttl=30)
     return Farm(state, LocalStorage(tmp_path / "store"), settings)
 
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.settings import text
+from farm.settings import current
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: where render processes run
 CUDA_CACHE_BYTES = str(4 << 30)
@@ -40,10 +40,8 @@ def render_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def kernel_cache_dir() -> Path:
-    from farm.assets.library import default_cache_dir
-
-    value = text("FARM_KERNEL_CACHE")
-    return Path(value) if value else default_cache_dir() / "kernels"
+    """FARM_KERNEL_CACHE, else ``$FARM_CACHE_DIR/kernels``."""
+    return current().kernel_cache
 
 
 def kernel_cache_env(environ: dict | None = None) -> dict[str, str]:
@@ -114,7 +112,7 @@ def discover_gpus(spec: str | None = None) -> list[Gpu]:
 
     Listed indices get their UUIDs from nvidia-smi when it is there.
     """
-    spec = (spec if spec is not None else text("FARM_GPUS")).strip()
+    spec = (spec if spec is not None else current().gpus).strip()
     if spec.lower() in ("none", "cpu", ""):
         return []
     listed = _nvidia_smi()

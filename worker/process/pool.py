@@ -42,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm.settings import integer, is_set, number, text
+from farm.settings import current
 from worker.process.environment import ROOT, gpu_visible, kernel_cache_env, render_env
 from worker.process.protocol import (
     DONE,
@@ -62,13 +62,14 @@ TITLE_SPACE = 2048  # worker.process.server.TITLE_SPACE (not imported: that modu
 
 def recycle_limits() -> tuple[int, float]:
     """(videos per process, MB of growth) before a render process is replaced."""
-    return integer("FARM_RENDER_MAX_VIDEOS"), number("FARM_RENDER_MAX_GROWTH_MB")
+    settings = current()
+    return settings.render_max_videos, settings.render_max_growth_mb
 
 
 def boot_timeout() -> float:
     """Seconds a render process may take to start (import bpy); not the kernel compilation,
     which happens in the first render and counts against that render's limit."""
-    return number("FARM_RENDER_BOOT_TIMEOUT")
+    return current().render_boot_timeout
 
 
 @dataclass
@@ -349,18 +350,16 @@ def renders_per_device() -> int:
     process path-traces while the other does its CPU part: scene sync, compositing, image and
     mask encoding, scene build between videos; measured at ~45 % GPU use for one alone) and 1
     on a CPU (Cycles already uses every core)."""
-    if is_set("FARM_RENDERS_PER_GPU"):
-        return max(1, integer("FARM_RENDERS_PER_GPU"))
+    renders = current().renders_per_gpu
+    if renders is not None:
+        return max(1, renders)
     return 2 if gpu_visible() else 1
 
 
 def render_design() -> str:
     """FARM_RENDER_PROCESS: ``server`` (default: long-lived render processes) or ``oneshot``
     (a fresh process per video, the previous design; benchmarks compare the two)."""
-    value = text("FARM_RENDER_PROCESS").lower()
-    if value not in ("server", "oneshot"):
-        raise ValueError(f"FARM_RENDER_PROCESS must be server or oneshot, not {value!r}")
-    return value
+    return current().render_process
 
 
 def worker_pool() -> RenderPool | None:

@@ -27,7 +27,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from farm.settings import flag
+from farm.settings import current
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def confine_to_job(job) -> None:
     """Confine this render process's reads to the system, the project and ``job``'s folders
     (a long-lived process does it at its first job: the pool gives it only jobs of the same
     folders)."""
-    if not flag("FARM_RENDER_SANDBOX"):
+    if not current().render_sandbox:
         log.warning("render process not confined (FARM_RENDER_SANDBOX=0)")
         return
     folders = [*job_folders(job), *cache_folders()]

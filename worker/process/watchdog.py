@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from farm.settings import integer, is_set, number, text
+from farm.settings import Settings, current
 from worker.process.environment import discover_gpus
 
 Abort = Callable[[], str | None]  # polled while rendering: a reason to stop, or None
@@ -44,16 +44,14 @@ def auto_max_rss_mb(limit: int | None, host: int, workers_on_host: int, renders:
     return round(MEMORY_SHARE * memory / max(1, renders) / 2**20)
 
 
-def max_rss_mb() -> float | None:
+def max_rss_mb(settings: Settings | None = None) -> float | None:
     """FARM_RENDER_MAX_RSS_MB: resident-memory cap of one render process in MB; ``auto`` (the
     default) derives it from the memory this worker may use, ``off`` sets none."""
-    raw = text("FARM_RENDER_MAX_RSS_MB").lower()
-    if raw in ("off", "none", "0"):
-        return None
-    if raw != "auto":
-        return number("FARM_RENDER_MAX_RSS_MB")
-    renders = integer("FARM_RENDERS_PER_GPU") if is_set("FARM_RENDERS_PER_GPU") else 1
-    return auto_max_rss_mb(*_memory_facts(), renders)
+    settings = settings or current()
+    cap = settings.render_max_rss_mb
+    if cap != "auto":
+        return cap
+    return auto_max_rss_mb(*_memory_facts(), settings.renders_per_gpu or 1)
 
 
 @functools.cache

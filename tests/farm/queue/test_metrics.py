@@ -50,11 +50,9 @@ def redis_url(redis_service) -> str:
     return url
 
 
-def test_exporter_values_after_two_done_videos(redis_url, library, tiny, monkeypatch):
+def test_exporter_values_after_two_done_videos(redis_url, library, tiny):
     from farm.generate.sampling import generate_spec
 
-    monkeypatch.setenv("FARM_NODE_NAME", "node-a")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     state = FarmState(connect(redis_url))
     specs = [generate_spec(library, tiny, 0, i, 2021) for i in range(3)]
     state.register(0, specs)
@@ -64,7 +62,8 @@ def test_exporter_values_after_two_done_videos(redis_url, library, tiny, monkeyp
     for spec in specs[:2]:
         outcome = SimpleNamespace(spec=spec, manifest={
             "device": "OPTIX: NVIDIA H200", "timings": {"render_s": [0.2, 0.3, 7.0]}})
-        metrics.record_video(state.r, "w1@host", outcome, {"bytes": 1000, "upload_s": 0.4})
+        metrics.record_video(state.r, "w1@host", outcome, {"bytes": 1000, "upload_s": 0.4},
+                             "node-a", "1")
     from worker.attempts import GateFailed
     from worker.process.runner import RenderCrash
 

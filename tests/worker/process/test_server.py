@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from farm import settings
 from farm.generate.sampling import generate_spec
 from farm.model.presets import find_preset
 from worker.attempts import render_attempts
@@ -158,6 +159,7 @@ def test_memory_cap_kills_the_video_not_the_next(library, pack, tiny, tmp_path, 
             peak = render_attempts(healthy, find_preset(healthy.preset),
                                    *roots, tmp_path, pool=pool).manifest["peak_rss_mb"]
             monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", str(peak + 150))
+            settings.use(None)  # this process's settings read again, with the cap
             poison = generate_spec(library, tiny, 0, 18, 2021)
             poison = replace(poison, objects=[replace(poison.objects[0], texture=str(
                 bomb.relative_to(pack.textures))), *poison.objects[1:]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.settings import ConfigError
+from farm.settings import ConfigError, load_settings
 from worker.process import watchdog
 
 
@@ -29,15 +29,11 @@ def test_auto_cap_shares_the_worker_memory_among_its_renders():
     assert watchdog.auto_max_rss_mb(None, 16 * gib, 0, 1) == round(0.8 * 16 * 1024)  # CPU host
 
 
-def test_the_setting(monkeypatch):
-    monkeypatch.delenv("FARM_RENDER_MAX_RSS_MB", raising=False)
-    monkeypatch.setenv("FARM_RENDERS_PER_GPU", "2")
+def test_the_setting():
     limit, host, gpus = watchdog._memory_facts()
-    assert watchdog.max_rss_mb() == watchdog.auto_max_rss_mb(limit, host, gpus, 2) > 0
-    monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", "off")
-    assert watchdog.max_rss_mb() is None
-    monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", "2048")
-    assert watchdog.max_rss_mb() == 2048
-    monkeypatch.setenv("FARM_RENDER_MAX_RSS_MB", "lots")
-    with pytest.raises(ConfigError, match="not a number"):
-        watchdog.max_rss_mb()
+    auto = load_settings({"FARM_RENDERS_PER_GPU": "2"})
+    assert watchdog.max_rss_mb(auto) == watchdog.auto_max_rss_mb(limit, host, gpus, 2) > 0
+    assert watchdog.max_rss_mb(load_settings({"FARM_RENDER_MAX_RSS_MB": "off"})) is None
+    assert watchdog.max_rss_mb(load_settings({"FARM_RENDER_MAX_RSS_MB": "2048"})) == 2048
+    with pytest.raises(ConfigError, match="FARM_RENDER_MAX_RSS_MB='lots' is not a number"):
+        load_settings({"FARM_RENDER_MAX_RSS_MB": "lots"})
