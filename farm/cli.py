@@ -318,7 +318,10 @@ def split_options(args: argparse.Namespace) -> SplitOptions:
 
 def run(args: argparse.Namespace, errors: tuple[type[Exception], ...] = ()) -> int:
     """Run the chosen command: bad input (spec, asset, storage, setting) is one ``error:`` line
-    and exit 2; ``errors`` more exceptions reported the same way with exit 3."""
+    and exit 2; ``errors`` more exceptions reported the same way with exit 3. A ``--seed`` not
+    given is the settings' (FARM_SEED)."""
+    if getattr(args, "seed", 0) is None:
+        args.seed = current().seed
     try:
         return args.func(args)
     except (SpecError, AssetError, StorageError, ConfigError) as exc:
@@ -457,10 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: '{words[0]}' moved to the worker: python -m worker {' '.join(words)}",
               file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
-    if getattr(args, "seed", 0) is None:
-        args.seed = current().seed
-    return run(args)
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
 from farm.model.spec import VideoSpec
 from farm.model.validate import load_spec
-from farm.settings import current
 from farm.view.preview import open_source, write_preview
 from worker.attempts import GateFailed, render_attempts
 from worker.process.pool import RenderPool, render_design, renders_per_device
@@ -178,10 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "seed", 0) is None:
-        args.seed = current().seed
-    return run(args, errors=(RenderError,))
+    return run(build_parser().parse_args(argv), errors=(RenderError,))
 
 
 if __name__ == "__main__":
