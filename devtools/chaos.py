@@ -219,20 +219,40 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
         services.append(start_reconciler(env, folder / "reconciler.log", every_s=3.0,
                                          min_age_s=lease_ttl + 5))
         monitor.start()
-        scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(videos), "--preset", preset)
-        log(f"chaos: {videos} videos, {workers} workers, state in {folder}")
+        # A reserve of videos is held back until the mid-render faults are in, or until the
+        # farm runs out of work before one landed: however slow or loaded the machine, there is
+        # a render to kill, freeze and enqueue again (the waits below are per fault).
+        first = max(1, videos - max(1, videos // 4))
+        scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(first), "--preset", preset)
+        log(f"chaos: {videos} videos ({videos - first} held back), {workers} workers, "
+            f"state in {folder}")
+        reserve = [videos - first]
+
+        def release_reserve() -> None:
+            if reserve[0]:
+                scheduler("enqueue", "--segment", str(SEGMENT), "--start", str(first),
+                          "--count", str(reserve[0]), "--preset", preset)
+                log(f"chaos: enqueued the {reserve[0]} held-back videos ({done()} done)")
+                reserve[0] = 0
+
+        def rendering_or_release(probe):
+            def wait_probe():
+                found = probe()
+                if not found and reserve[0] and _out_of_work(state):
+                    release_reserve()
+                return found
+            return wait_probe
 
         queued = sorted(v for v, st in state.states(SEGMENT).items() if st == "queued")[-2:]
         if queued:
             log(f"chaos: cancel + re-enqueue {' '.join(queued)} while queued")
             scheduler("cancel", "--segment", str(SEGMENT), "--video", *queued)
-            scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(videos), "--preset",
+            scheduler("enqueue", "--segment", str(SEGMENT), "--count", str(first), "--preset",
                       preset)
             report.faults["cancel_reenqueue"] += 1
 
-
-        video = _wait_for(lambda: _running_video(state, folder / "scratch", rendering),
-                         timeout_s / 4)
+        video = _wait_for(rendering_or_release(
+            lambda: _running_video(state, folder / "scratch", rendering)), timeout_s / 4)
         if video:  # enqueue --force of a running video with another seed
             index = state.spec(SEGMENT, video)["index"]
             log(f"chaos: re-enqueue {video} with another seed while it renders ({done()} done)")
@@ -241,21 +261,19 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
             report.faults["reenqueue_other_seed"] += 1
 
         # the fault schedule, driven by progress so every fault lands mid-run
-        killed = 0
-        while killed < kills and time.monotonic() - started < timeout_s / 2:
-            victim = rendering()
-            if victim:
-                os.killpg(pool[victim].pid, signal.SIGKILL)
-                pool[victim].wait()
-                report.faults["worker_kill9"] += 1
-                killed += 1
-                log(f"chaos: kill -9 {victim} mid-render ({done()} done)")
-                time.sleep(1.0)
-                start(victim)  # like a container restart
-                time.sleep(2.0)
-            time.sleep(0.1)
+        for _ in range(kills):
+            victim = _wait_for(rendering_or_release(rendering), timeout_s / 4)
+            if not victim:
+                break
+            os.killpg(pool[victim].pid, signal.SIGKILL)
+            pool[victim].wait()
+            report.faults["worker_kill9"] += 1
+            log(f"chaos: kill -9 {victim} mid-render ({done()} done)")
+            time.sleep(1.0)
+            start(victim)  # like a container restart
+            time.sleep(2.0)
 
-        victim = _wait_for(rendering, timeout_s / 4)
+        victim = _wait_for(rendering_or_release(rendering), timeout_s / 4)
         if victim:
             running = [v for v, st in state.states(SEGMENT).items() if st == "running"]
             log(f"chaos: freezing {victim} for {lease_ttl + 3:.0f} s (lease {lease_ttl:.0f} s)"
@@ -267,6 +285,7 @@ def run_chaos(videos: int = 12, workers: int = 3, kills: int = 2, preset: str = 
             time.sleep(lease_ttl + 3)
             os.killpg(pool[victim].pid, signal.SIGCONT)
             report.faults["worker_freeze"] += 1
+        release_reserve()
 
         log(f"chaos: S3 answers 503 to HEAD for {s3_outage_s:.0f} s ({done()} done)")
         proxy.fail_heads = True
@@ -454,6 +473,15 @@ def _leftover(state: FarmState) -> list[str]:
     if found and state.r.exists("unacked_mutex"):
         found.append(f"kombu's unacked_mutex held, {state.r.ttl('unacked_mutex')} s left")
     return found
+
+
+def _out_of_work(state: FarmState) -> bool:
+    """No video queued, running or due for a retry: nothing left to fault mid-render."""
+    try:
+        counts = state.counts(SEGMENT)
+    except Exception:  # noqa: BLE001 - Redis may be restarting
+        return False
+    return not any(counts.get(st, 0) for st in ("queued", "running", "retrying"))
 
 
 def _queue_left(state: FarmState) -> int:

@@ -13,6 +13,7 @@ import boto3
 
 from devtools.local import farm_env, start_worker
 from devtools.processes import stop
+from farm.queue.state import STATES
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_YAML = ROOT / "tests" / "data" / "original_yaml"  # configs of the original generator
@@ -59,15 +60,24 @@ class Farm:
         return json.loads(self.cli("status", "--segment", str(segment), "--json").stdout)[0]
 
     def wait_for(self, segment: int, timeout: float = 180.0, **want: int) -> dict:
+        """Wait until the segment's counts are ``want``; returns ``status --json``'s row.
+
+        Polls the counts in Redis from this process (one ``scheduler status`` per poll would
+        cost ~0.6 CPU s a second); the CLI's status then confirms them.
+        """
+        state = self.state()
         deadline = time.monotonic() + timeout
         while True:
-            status = self.status(segment)
-            if all(status[k] == v for k, v in want.items()):
-                return status
+            counts = state.counts(segment)
+            seen = {**{s: counts.get(s, 0) for s in STATES}, "total": sum(counts.values())}
+            if all(seen[k] == v for k, v in want.items()):
+                status = self.status(segment)
+                if all(status[k] == v for k, v in want.items()):
+                    return status
             if time.monotonic() > deadline:
                 logs = "\n".join(self.log(f"w{i}")[-3000:] for i in range(1, 4))
-                raise AssertionError(f"timed out waiting for {want}: {status}\n{logs}")
-            time.sleep(1.0)
+                raise AssertionError(f"timed out waiting for {want}: {seen}\n{logs}")
+            time.sleep(0.5)
 
     def state(self):
         """The farm's Redis bookkeeping, as the workers see it."""
