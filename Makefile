@@ -42,9 +42,11 @@ check: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not render and not services and not stack and not slurm"
 
-# Every test but the container stack's; with CI=true the stack test follows (CI runs it always).
+# Every test but the container stack's, on TEST_WORKERS parallel workers (pytest-xdist; each
+# has its own redis-server and S3 server); with CI=true the stack test follows (CI runs it always).
+TEST_WORKERS ?= 3
 test: setup system-deps lint
-	$(BIN)/python -m pytest -q -m "not stack"
+	$(BIN)/python -m pytest -q -m "not stack" -n $(TEST_WORKERS) --dist worksteal
 	@if [ "$$CI" = true ]; then $(MAKE) --no-print-directory test-stack; else \
 		echo "test-stack not run (CI unset): 'make test-stack' builds the images and runs the stack"; fi
 

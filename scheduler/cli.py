@@ -248,13 +248,16 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     from farm.queue.app import app, task_id
 
     states = ctx.state.states(args.segment)
-    videos = args.video or [v for v, s in states.items() if s in ("queued", "retrying")]
-    for video in videos:
-        ctx.state.set_state(args.segment, video, "cancelled")
+    asked = args.video or [v for v, s in states.items() if s in ("queued", "retrying")]
+    was = {v: ctx.state.cancel(args.segment, v) for v in asked}
+    videos = [v for v, st in was.items() if st not in ("", "done")]
     # Tasks still in the queue are dropped; a later enqueue is a new generation (a new task id).
     app.control.revoke([task_id(v, ctx.state.generation(v)) for v in videos])
     print(f"cancelled {len(videos)} videos of segment {args.segment} (running ones finish; "
           "cancelled ones are skipped when a worker picks them up)")
+    for why, state in (("already done", "done"), (f"not in segment {args.segment}", "")):
+        if left := sorted(v for v, st in was.items() if st == state):
+            print(f"not cancelled, {why}: {' '.join(left)}")
     return 0
 
 

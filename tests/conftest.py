@@ -17,6 +17,16 @@ class Pack:
     textures: Path
 
 
+SLOW_MARKS = ("slurm", "services", "render")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start services, clusters or renders first (stable within each kind): on
+    parallel runs (``-n``) the long ones start early and the fast ones fill the end."""
+    items.sort(key=lambda item: next(
+        (i for i, mark in enumerate(SLOW_MARKS) if item.get_closest_marker(mark)), len(SLOW_MARKS)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     os.environ["FARM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))

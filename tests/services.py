@@ -32,7 +32,11 @@ class Farm:
                     "FARM_MODELS": str(models), "FARM_TEXTURES": str(textures),
                     "FARM_GPUS": "none", "FARM_RETRY_BACKOFF": "1",
                     "FARM_RETRY_BACKOFF_MAX": "4", "FARM_LEASE_TTL": "6",
-                    "FARM_SEED": "2021", "PYTHONUNBUFFERED": "1"}
+                    "FARM_SEED": "2021", "PYTHONUNBUFFERED": "1",
+                    # each test's own temporary folder: health files and render logs named
+                    # after a worker (w1, w2) never meet another test's on parallel runs
+                    "TMPDIR": str(folder / "tmp")}
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
         self.workers: list[subprocess.Popen] = []
         self.s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
                                aws_access_key_id="test", aws_secret_access_key="test")

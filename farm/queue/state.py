@@ -41,6 +41,15 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then " \
            "return redis.call('del', KEYS[1]) else return 0 end"
 
 
+# Cancel a video of the segment unless it is done. KEYS: segment state hash; ARGV: video.
+# Returns the state it had ("" for a video the segment does not hold: nothing changed).
+_CANCEL = """
+local was = redis.call('hget', KEYS[1], ARGV[1])
+if not was then return '' end
+if was ~= 'done' then redis.call('hset', KEYS[1], ARGV[1], 'cancelled') end
+return was
+"""
+
 # Change a video's state and fields only while the given lease token holds its lease (a worker
 # that lost the lease, frozen or partitioned, must not overwrite the new holder's state), while
 # the delivery's generation is the video's current one (a re-enqueue supersedes it) and never over
@@ -159,6 +168,12 @@ class FarmState:
 
     def generation(self, video: str) -> int:
         return int(self.r.hget(f"{PREFIX}video:{video}", "generation") or 0)
+
+    def cancel(self, segment: int, video: str) -> str:
+        """Mark the video cancelled unless it is done, in one step (a video that finished a
+        moment ago keeps its state, so finalize --prune never removes a delivered video).
+        Returns the state it had; "" for a video the segment does not hold (left alone)."""
+        return str(self.r.eval(_CANCEL, 1, f"{PREFIX}seg:{segment}:state", video))
 
     def set_state(self, segment: int, video: str, state: str, **fields) -> None:
         pipe = self.r.pipeline(transaction=False)

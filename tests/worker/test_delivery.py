@@ -490,6 +490,22 @@ def test_finalize_prune_removes_frames_of_failed_and_cancelled_videos(farm, pack
     assert not [k for k in farm.keys("bl30k/15/") if "/JPEGImages/" in k]
 
 
+def test_cancel_of_a_video_that_is_done_keeps_it_and_prune_keeps_its_frames(farm):
+    """A cancel that arrives after the video finished (the operator listed it while it was
+    queued) leaves it done: its state stays done and finalize --prune never removes it."""
+    farm.start_worker("w1")
+    farm.cli("enqueue", "--segment", "25", "--count", "1", "--preset", "tiny")
+    farm.wait_for(25, done=1, timeout=120)
+    frames = farm.keys("bl30k/25/JPEGImages/")
+    out = farm.cli("cancel", "--segment", "25", "--video", "z00000", "z00009").stdout
+    assert "cancelled 0 videos" in out and "not cancelled, already done: z00000" in out
+    assert "not cancelled, not in segment 25: z00009" in out  # a typo creates no video
+    assert farm.state().states(25) == {"z00000": "done"}
+    out = farm.cli("finalize", "--segment", "25", "--prune").stdout
+    assert "pruned the frames of 0 failed or cancelled videos" in out
+    assert farm.keys("bl30k/25/JPEGImages/") == frames and len(frames) == 3
+
+
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     from devtools.local import start_reconciler
 
