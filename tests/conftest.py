@@ -17,12 +17,13 @@ class Pack:
     textures: Path
 
 
-SLOW_MARKS = ("slurm", "services", "render")
+SLOW_MARKS = ("long", "slurm", "services", "render")
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that start services, clusters or renders first (stable within each kind): on
-    parallel runs (``-n``) the long ones start early and the fast ones fill the end."""
+    """The longest tests, then those that start clusters, services or renders, first (stable
+    within each kind): on parallel runs (``-n``) the long ones start early and the fast ones
+    fill the end."""
     items.sort(key=lambda item: next(
         (i for i, mark in enumerate(SLOW_MARKS) if item.get_closest_marker(mark)), len(SLOW_MARKS)))
 

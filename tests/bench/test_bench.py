@@ -51,6 +51,7 @@ def test_outputs_bench_costs_each_output(tmp_path):
     assert by["all (movi-like)"]["encode_ms_per_frame"] > by["depth"]["encode_ms_per_frame"] > 0
 
 
+@pytest.mark.long
 def test_farm_bench_streams_uploads_and_compares_with_the_aws_cli(tmp_path):
     rows = bench(tmp_path, "farm", "--enqueue", "20", "--preset", "tiny", "--frames", "2",
                  "--format-videos", "2")

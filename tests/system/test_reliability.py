@@ -21,6 +21,7 @@ from farm.model.presets import load_preset
 pytestmark = [pytest.mark.services, pytest.mark.render]
 
 
+@pytest.mark.long
 def test_chaos_ci_sized(tmp_path):
     """kill -9 and a freeze past the lease mid-render, duplicate messages, cancel + re-enqueue,
     HEAD 503s, a Redis restart, SIGTERM redeploys, an S3 outage, a full scratch disk, a

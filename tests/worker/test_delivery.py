@@ -506,6 +506,7 @@ def test_cancel_of_a_video_that_is_done_keeps_it_and_prune_keeps_its_frames(farm
     assert farm.keys("bl30k/25/JPEGImages/") == frames and len(frames) == 3
 
 
+@pytest.mark.long
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     from devtools.local import start_reconciler
 
