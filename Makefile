@@ -44,6 +44,7 @@ check: setup
 
 # Every test but the container stack's, on TEST_WORKERS parallel workers (pytest-xdist; each
 # has its own redis-server and S3 server); with CI=true the stack test follows (CI runs it always).
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 3
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q -m "not stack" -n $(TEST_WORKERS) --dist worksteal
