@@ -34,7 +34,7 @@ from pathlib import Path
 
 from devtools.faults import HttpFaultProxy
 from devtools.local import farm_env, start_reconciler, start_redis, start_s3, start_worker
-from devtools.processes import ROOT, free_port, stop
+from devtools.processes import ROOT, free_port, render_processes, stop
 from farm.io.layout import marker_video, segment_base, staged_video
 from farm.io.storage import S3Storage
 from farm.model.validate import spec_from_dict
@@ -101,12 +101,8 @@ class RenderMonitor(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(0.1):
             live = Counter()
-            for proc in Path("/proc").iterdir():
-                try:
-                    args = (proc / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if b"worker.process.main" in args and b"--spec" in args and _running(proc):
+            for pid, args in render_processes().items():
+                if b"--spec" in args and _running(Path(f"/proc/{pid}")):
                     spec = Path(args[args.index(b"--spec") + 1].decode())
                     if spec.is_relative_to(self.root):
                         live[staged_video(spec.parent) or spec.parent.name] += 1
@@ -132,12 +128,11 @@ def _rendering_worker(workers: dict[str, subprocess.Popen]) -> str | None:
     for name, proc in workers.items():
         if proc.poll() is not None:
             continue
-        for child in Path("/proc").iterdir():
+        for pid in render_processes():
             try:
-                if b"worker.process.main" in (child / "cmdline").read_bytes() and \
-                        os.getpgid(int(child.name)) == proc.pid:
+                if os.getpgid(pid) == proc.pid:
                     return name
-            except (OSError, ValueError):
+            except OSError:
                 continue
     return None
 

@@ -45,3 +45,23 @@ def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def render_processes() -> dict[int, list[bytes]]:
+    """Live render processes (pid: command line) as ``ps`` shows them, whichever design runs.
+
+    A render process's vfork child (Blender runs ``sh -c xdg-user-dir`` at each factory reset)
+    shows its parent's command line until it execs: it is left out, or one render would look
+    like two.
+    """
+    found: dict[int, tuple[int, list[bytes]]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"worker.process.main" in args:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(proc.name)] = (ppid, args)
+        except (OSError, ValueError, IndexError):
+            continue
+    return {pid: args for pid, (ppid, args) in found.items()
+            if found.get(ppid, (0, None))[1] != args}

@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 
 from devtools.local import farm_env, start_worker
+from devtools.processes import render_processes as live_renders
 from devtools.processes import stop
 from farm.queue.state import STATES
 
@@ -101,12 +102,5 @@ class Farm:
 
 def render_processes(marker: str) -> list[Path]:
     """/proc entries of render processes whose command line contains ``marker``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"worker.process.main" in cmd and marker.encode() in cmd:
-            found.append(proc)
-    return found
+    return [Path(f"/proc/{pid}") for pid, args in live_renders().items()
+            if marker.encode() in b"\0".join(args)]

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +45,34 @@ def test_chaos_ci_sized(tmp_path):
     assert report.mixed == {} and report.stranded == []
     assert report.incomplete == {} and report.failed == {} and report.queue_left == 0
     assert not report.black_hole_running
+
+
+def test_a_render_process_forked_child_is_not_a_second_render(tmp_path):
+    """Blender vforks ``sh`` at each factory reset: until it execs, the child shows its parent's
+    command line. The chaos monitor counts one render there, and two processes of one video as
+    two."""
+    from devtools.processes import render_processes
+
+    args = ["worker.process.main", "--spec", str(tmp_path / "h00001.staging" / "spec.yaml")]
+    forks = "import os, time\nos.fork()\ntime.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, *args])
+             for code in (forks, "import time; time.sleep(60)")]
+    children = Path(f"/proc/{procs[0].pid}/task/{procs[0].pid}/children")
+    try:
+        deadline = time.monotonic() + 20
+        while not children.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(children.read_text().split()[0])
+        renders = {pid: cmd for pid, cmd in render_processes().items()
+                   if str(tmp_path).encode() in b"\0".join(cmd)}
+        assert Path(f"/proc/{child}/cmdline").read_bytes() == \
+            Path(f"/proc/{procs[0].pid}/cmdline").read_bytes()  # it looks like a render
+        assert set(renders) == {p.pid for p in procs}
+    finally:
+        for pid in [int(c) for c in children.read_text().split()] + [p.pid for p in procs]:
+            os.kill(pid, signal.SIGKILL)
+        for p in procs:
+            p.wait()
 
 
 def test_poison_video_fails_after_bounded_retries_and_the_worker_keeps_serving(farm, pack):

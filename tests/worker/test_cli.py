@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from farm.assets.library import AssetLibrary
 from farm.model.validate import load_spec
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def run(*args: str, package: str = "worker") -> subprocess.CompletedProcess:
+
+def run(*args: str, package: str = "worker", cwd: Path | None = None
+        ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", package, "-q", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)} if cwd else None)
 
 
-def test_render_command_with_preset(pack, tmp_path):
+def test_render_command_with_preset_and_paths_relative_to_the_caller(pack, tmp_path):
     spec_dir = tmp_path / "specs"
     assert run("specs", "--segment", "0", "--count", "1", "--out", str(spec_dir), "--models",
                str(pack.models), "--textures", str(pack.textures), package="farm").returncode == 0
     out = tmp_path / "out"
-    proc = run("render", "--spec", str(spec_dir / "a00000.yaml"), "--preset", "tiny", "--out",
-               str(out), "--models", str(pack.models), "--textures", str(pack.textures))
+    # every path relative to the working directory (the render process runs elsewhere)
+    models, textures = (os.path.relpath(p, tmp_path) for p in (pack.models, pack.textures))
+    proc = run("render", "--spec", "specs/a00000.yaml", "--preset", "tiny", "--out", "out",
+               "--models", models, "--textures", textures, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(list((out / "JPEGImages" / "a00000").glob("*.jpg"))) == 3
     assert load_spec(out / "specs" / "a00000.yaml").preset == "tiny"

@@ -42,6 +42,12 @@ class RenderJob:
     gate_mode: str = "record"
     gate: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # the render process runs in the project's folder: a path relative to the caller's
+        # working directory would name another file there
+        for name in ("spec", "models", "textures", "staging"):
+            object.__setattr__(self, name, Path(getattr(self, name)).absolute())
+
     def to_json(self) -> str:
         data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         return json.dumps({"op": "render", **data})
