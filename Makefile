@@ -36,7 +36,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# The fast loop (80 s on 2 cores): lint, the architecture test and every test that
+# The fast loop (60-100 s on 2 cores): lint, the architecture test and every test that
 # needs no service, no render and no cluster.
 check: setup
 	$(BIN)/ruff check .
@@ -45,7 +45,7 @@ check: setup
 # Every test but the container stack's, on TEST_WORKERS parallel workers (pytest-xdist; each
 # has its own redis-server and S3 server); with CI=true the stack test follows (CI runs it always).
 # TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q -m "not stack" -n $(TEST_WORKERS) --dist worksteal
 	@if [ "$$CI" = true ]; then $(MAKE) --no-print-directory test-stack; else \

@@ -405,7 +405,7 @@ def _publish_duplicate(broker: str, state: FarmState, video: str) -> None:
     """A second copy of the video's live message (same task id and generation)."""
     from celery import Celery
 
-    from farm.queue.app import TASK_NAME, task_id
+    from farm.queue.broker import TASK_NAME, task_id
 
     app = Celery("chaos", broker=broker)
     app.conf.broker_transport_options = {"priority_steps": list(range(10)), "sep": ":",

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from farm.assets.library import AssetError, AssetLibrary, read_denylist
 from farm.assets.roots import asset_roots, library_at
-from farm.io.dataset import SplitOptions, parse_val
+from farm.io.splits import SplitOptions, split_options, split_opts
 from farm.io.storage import Storage, StorageError, open_location
 from farm.model.presets import load_preset
 from farm.model.spec import SpecError, save_spec
@@ -292,28 +292,6 @@ def assets_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="ShapeNetCore.v2 root (default: procedural pack)")
     p.add_argument("--textures", help="folder holding texture/ and skybox/")
     p.add_argument("--denylist", help="file of model ids / image paths to skip")
-
-
-def val_size(text: str) -> float:
-    try:
-        return parse_val(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def split_opts(p: argparse.ArgumentParser) -> None:
-    """The options of the dataset's index files (farm/io/dataset.py)."""
-    p.add_argument("--val", type=val_size, default=SplitOptions.val,
-                   help="validation split: a fraction (default 0.1) or a number of videos")
-    p.add_argument("--split-seed", type=int, default=SplitOptions.seed,
-                   help="seed of the train/val split (stable as the segment grows)")
-    p.add_argument("--first-appearance", action="store_true",
-                   help="also write AnnotationsFirstAppearance/ for the validation videos (each "
-                   "object only in the frame it first appears: YouTube-VOS's validation protocol)")
-
-
-def split_options(args: argparse.Namespace) -> SplitOptions:
-    return SplitOptions(val=args.val, seed=args.split_seed, first_appearance=args.first_appearance)
 
 
 def run(args: argparse.Namespace, errors: tuple[type[Exception], ...] = ()) -> int:

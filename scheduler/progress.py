@@ -1,12 +1,13 @@
-"""A segment's progress: counts per state, rates, ETA and stranded videos (``scheduler status``)."""
+"""A segment's progress: counts per state, rates, ETA and stranded videos (``scheduler status``).
+Redis only: no Celery, no storage, no asset library."""
 
 from __future__ import annotations
 
 import time
 
+from farm.queue.broker import broker_task_ids, task_id
 from farm.queue.state import STATES
 from scheduler.context import Context
-from scheduler.publish import stranded_videos
 
 
 def segment_status(ctx: Context, segment: int, window: float, stranded_after: float = 120.0,
@@ -31,3 +32,17 @@ def segment_status(ctx: Context, segment: int, window: float, stranded_after: fl
         "eta_s": round(remaining / per_hour * 3600) if per_hour > 0 and remaining else None,
         "stranded": stranded,  # pending with no message and no lease for over stranded_after
     }
+
+
+def stranded_videos(ctx: Context, segments: list[int]) -> dict[int, dict[str, float]]:
+    """Pending videos (queued, retrying, running) with no message in Redis and no live lease,
+    with the time each was first found so: nothing renders them unless they are sent again."""
+    present = broker_task_ids(ctx.state.r)
+    found: dict[int, dict[str, float]] = {}
+    for segment in segments:
+        now = {video for video, st in ctx.state.states(segment).items()
+               if st in ("queued", "retrying", "running")
+               and task_id(video, ctx.state.generation(video)) not in present
+               and ctx.state.holder(f"video:{video}") is None}
+        found[segment] = ctx.state.stranded_since(segment, now)
+    return found

@@ -10,11 +10,12 @@ from farm.model.presets import Preset, load_preset, preset_from_data
 from farm.model.spec import SpecError, VideoSpec
 from farm.model.validate import spec_from_dict
 from farm.queue import metrics
-from farm.queue.app import TASK_NAME, app, task_id, visibility_timeout
-from farm.queue.broker import broker_task_ids
+from farm.queue.app import app, visibility_timeout
+from farm.queue.broker import TASK_NAME, task_id
 from farm.settings import Settings
 from scheduler.context import Context
 from scheduler.enqueued import write_record
+from scheduler.progress import stranded_videos
 
 BATCH = 500
 # Celery on Redis serves priority 0 first; a message sent without one would be 0 and jump ahead
@@ -116,20 +117,6 @@ def send(ctx: Context, specs: list[VideoSpec], priority: int | None, whole: bool
                 soft_time_limit=soft, time_limit=hard, ignore_result=True,
                 argsrepr="()", kwargsrepr=f"{{'video': '{spec.id}', 'segment': {spec.segment}}}",
             )
-
-
-def stranded_videos(ctx: Context, segments: list[int]) -> dict[int, dict[str, float]]:
-    """Pending videos (queued, retrying, running) with no message in Redis and no live lease,
-    with the time each was first found so: nothing renders them unless they are sent again."""
-    present = broker_task_ids(ctx.state.r)
-    found: dict[int, dict[str, float]] = {}
-    for segment in segments:
-        now = {video for video, st in ctx.state.states(segment).items()
-               if st in ("queued", "retrying", "running")
-               and task_id(video, ctx.state.generation(video)) not in present
-               and ctx.state.holder(f"video:{video}") is None}
-        found[segment] = ctx.state.stranded_since(segment, now)
-    return found
 
 
 def reconcile_once(ctx: Context, segments: list[int], min_age_s: float = 0.0) -> list[str]:

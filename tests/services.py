@@ -34,6 +34,9 @@ class Farm:
                     "FARM_GPUS": "none", "FARM_RETRY_BACKOFF": "1",
                     "FARM_RETRY_BACKOFF_MAX": "4", "FARM_LEASE_TTL": "6",
                     "FARM_SEED": "2021", "PYTHONUNBUFFERED": "1",
+                    # no warm-up render before consuming (tests/worker/test_warmup.py has its
+                    # own): on a CPU it is one more render process per worker start
+                    "FARM_WARMUP": "off",
                     # each test's own temporary folder: health files and render logs named
                     # after a worker (w1, w2) never meet another test's on parallel runs
                     "TMPDIR": str(folder / "tmp")}
@@ -104,3 +107,12 @@ def render_processes(marker: str) -> list[Path]:
     """/proc entries of render processes whose command line contains ``marker``."""
     return [Path(f"/proc/{pid}") for pid, args in live_renders().items()
             if marker.encode() in b"\0".join(args)]
+
+
+def alive(proc: Path) -> bool:
+    """The process of a /proc entry runs (a zombie, dead and waiting for the machine's init to
+    reap it, which can take seconds, does not)."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

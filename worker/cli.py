@@ -24,12 +24,11 @@ from farm.cli import (
     open_library,
     parser,
     run,
-    split_options,
-    split_opts,
 )
 from farm.generate.sampling import generate_spec
 from farm.io.dataset import finished_videos
 from farm.io.layout import IMAGES, MASKS
+from farm.io.splits import split_options, split_opts
 from farm.io.storage import LocalStorage, upload_video
 from farm.model.presets import apply_preset, find_preset, load_preset
 from farm.model.spec import VideoSpec

@@ -21,7 +21,8 @@ from celery.utils.time import get_exponential_backoff_interval
 from farm.io.layout import segment_base
 from farm.io.storage import open_storage
 from farm.model.presets import Preset, find_preset, preset_from_data
-from farm.queue.app import TASK_NAME, app
+from farm.queue.app import app
+from farm.queue.broker import TASK_NAME
 from farm.queue.state import FarmState, connect
 from farm.settings import Settings, current
 from worker import blackhole, scratch

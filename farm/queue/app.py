@@ -1,6 +1,6 @@
 """The farm's queue: the Celery app (Redis broker and result backend, JSON only, long-task
-settings), the render task's name and ids. The scheduler publishes with it; workers
-(``worker.celery_app``) consume with it.
+settings; the queue's and task's names are ``farm.queue.broker``'s). The scheduler publishes
+with it; workers (``worker.celery_app``) consume with it.
 """
 
 from __future__ import annotations
@@ -9,17 +9,10 @@ from celery import Celery
 
 from farm.model.presets import available, load_preset
 from farm.queue import compat
+from farm.queue.broker import QUEUE
 from farm.settings import Settings, current
 
 compat.apply()
-
-TASK_NAME = "farm.render_video"
-
-
-def task_id(video: str, generation: int) -> str:
-    """One task id per enqueue of a video (its generation, kept in Redis): revoking a cancelled
-    generation never discards a later enqueue of the same video."""
-    return f"render-{video}-{generation}"
 
 
 def max_hard_limit() -> int:
@@ -71,7 +64,7 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     # Reserve one task at a time: a worker busy for minutes must not hoard videos others could run.
     worker_prefetch_multiplier=1,
-    task_default_queue="render",
+    task_default_queue=QUEUE,
     task_default_priority=5,
     # Events for Flower: sent/started/succeeded/failed/retried.
     worker_send_task_events=True,

@@ -1,13 +1,22 @@
 """What the broker (Redis, through kombu's layout) holds: the ids of tasks a worker will still
 run. Knows kombu's Redis keys: one list per queue and priority (``render``, ``render:3``, ...) and
-the ``unacked`` hash of delivered, unacknowledged messages."""
+the ``unacked`` hash of delivered, unacknowledged messages; and the names the farm's messages go
+by (the queue, the task, task ids). No Celery here: ``scheduler status`` reads the broker without
+loading it."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
-from farm.queue.app import app
+QUEUE = "render"
+TASK_NAME = "farm.render_video"
+
+
+def task_id(video: str, generation: int) -> str:
+    """One task id per enqueue of a video (its generation, kept in Redis): revoking a cancelled
+    generation never discards a later enqueue of the same video."""
+    return f"render-{video}-{generation}"
 
 
 def broker_task_ids(r) -> set[str]:
@@ -20,7 +29,7 @@ def broker_task_ids(r) -> set[str]:
     stranded and is sent again as a new generation (the old message is dropped if it returns).
     """
     ids = set()
-    for key in r.scan_iter(f"{app.conf.task_default_queue}*"):
+    for key in r.scan_iter(f"{QUEUE}*"):
         if r.type(key) == "list":
             for raw in r.lrange(key, 0, -1):
                 ids.add(json.loads(raw)["headers"]["id"])

@@ -20,13 +20,13 @@ from collections import Counter
 
 from farm.io.dataset import (
     DatasetFiles,
-    SplitOptions,
     content_digest,
     finished_videos,
     read_each,
     write_dataset_files,
 )
 from farm.io.layout import CARD, CARD_PAGE, META, join
+from farm.io.splits import SplitOptions
 from farm.io.storage import Storage, StorageError, verify_video
 from farm.model.spec import SpecError, VideoSpec
 from farm.model.validate import parse_spec_text

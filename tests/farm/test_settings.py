@@ -134,7 +134,7 @@ def test_only_the_settings_module_reads_the_variables():
     (["farm", "specs", "--segment", "0", "--count", "1", "--out", "unused"], "FARM_SEED"),
     (["worker", "render", "--spec", "unused.yaml", "--out", "unused"], "FARM_SEED"),
     (["scheduler", "status"], "FARM_LEASE_TTL"),
-    (["scheduler", "status"], "FARM_VISIBILITY_TIMEOUT"),  # read when the queue app is imported
+    (["scheduler", "status"], "FARM_VISIBILITY_TIMEOUT"),  # the queue app's: status never loads it
 ])
 def test_a_malformed_setting_is_one_line_in_every_cli(command, name, tmp_path):
     proc = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True,

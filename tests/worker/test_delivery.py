@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from services import ROOT, render_processes
+from services import ROOT, alive, render_processes
 
 pytestmark = [pytest.mark.services, pytest.mark.render]
 
@@ -425,11 +425,11 @@ def test_render_process_dies_with_its_worker(library, tiny, tmp_path):
     while not (children := render_processes(str(tmp_path))):
         assert time.monotonic() < deadline and worker.poll() is None
         time.sleep(0.05)
-    assert all(child.exists() for child in children)  # still importing bpy
+    assert all(alive(child) for child in children)  # still importing bpy
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     deadline = time.monotonic() + 5
-    while any(child.exists() for child in children):
+    while any(alive(child) for child in children):
         assert time.monotonic() < deadline, "the render process outlived its worker"
         time.sleep(0.05)
 
@@ -506,7 +506,6 @@ def test_cancel_of_a_video_that_is_done_keeps_it_and_prune_keeps_its_frames(farm
     assert farm.keys("bl30k/25/JPEGImages/") == frames and len(frames) == 3
 
 
-@pytest.mark.long
 def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     from devtools.local import start_reconciler
 
@@ -523,7 +522,8 @@ def test_running_reconciler_resends_a_lost_message_and_status_flags_it(farm):
     assert status["stranded"] == ["q00001"]
     text = farm.cli("status", "--segment", "16", "--stranded-after", "0").stdout
     assert "1 videos pending with no message and no lease" in text
-    reconciler = start_reconciler(farm.env, farm.folder / "reconciler.log", every_s=1.0)
+    reconciler = start_reconciler(farm.env, farm.folder / "reconciler.log", every_s=1.0,
+                                  min_age_s=3.0)
     farm.workers.append(reconciler)
     farm.start_worker("w1")
     farm.wait_for(16, done=2, timeout=120)

@@ -85,7 +85,7 @@ def test_worker_warms_up_before_it_consumes_and_keeps_its_render_process(farm):
     check = [sys.executable, "-m", "worker.warmup", "--check"]
     env = {**farm.env, "FARM_HEALTH_FILE": str(health)}
     assert subprocess.run(check, env=env, cwd=ROOT, capture_output=True).returncode == 1
-    worker = farm.start_worker("w1")
+    worker = farm.start_worker("w1", FARM_WARMUP="auto")  # the test farm's workers skip it
     farm.wait_for(0, done=2)
     log = farm.log("w1")
     warm = log.index("render warm-up: 1 render(s) on CPU")
@@ -111,7 +111,7 @@ def test_a_failed_warm_up_stops_the_worker_before_it_consumes(farm):
     """A worker that cannot render (here: OptiX required, none on this machine) exits instead
     of failing every video; the queued video stays queued."""
     farm.cli("enqueue", "--segment", "0", "--count", "1", "--preset", "tiny")
-    worker = farm.start_worker("w1", FARM_WARMUP_DEVICES="OPTIX")
+    worker = farm.start_worker("w1", FARM_WARMUP="auto", FARM_WARMUP_DEVICES="OPTIX")
     assert worker.wait(timeout=120) != 0
     log = farm.log("w1")
     assert "render warm-up failed, not consuming" in log and "OPTIX" in log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.io.dataset import SplitOptions, parse_val, split_videos
+from farm.io.splits import SplitOptions, parse_val, split_videos
 
 
 def test_splits_are_seeded_stable_and_sized():

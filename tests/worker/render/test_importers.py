@@ -248,7 +248,8 @@ def test_licences_reach_the_manifest_and_meta_json(rendered):
     meta.json (farm.io.dataset) lists the models per licence."""
     import json
 
-    from farm.io.dataset import SplitOptions, dataset_files
+    from farm.io.dataset import dataset_files
+    from farm.io.splits import SplitOptions
 
     spec, manifest, _, _ = rendered
     assert [(o["library"], o["license"]) for o in manifest["objects"]] == [
