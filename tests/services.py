@@ -70,8 +70,8 @@ class Farm:
     def wait_for(self, segment: int, timeout: float = 180.0, **want: int) -> dict:
         """Wait until the segment's counts are ``want``; returns ``status --json``'s row.
 
-        Polls the counts in Redis from this process (one ``scheduler status`` per poll would
-        cost ~0.6 CPU s a second); the CLI's status then confirms them.
+        Polls the counts in Redis from this process (a ``scheduler status`` process per poll,
+        0.2 CPU s each, would cost 0.4 CPU s a second); the CLI's status then confirms them.
         """
         state = self.state()
         deadline = time.monotonic() + timeout
