@@ -34,7 +34,7 @@ from pathlib import Path
 
 from devtools.faults import HttpFaultProxy
 from devtools.local import farm_env, start_reconciler, start_redis, start_s3, start_worker
-from devtools.processes import ROOT, free_port, render_processes, stop
+from devtools.processes import ROOT, free_port, process_state, render_processes, stop
 from farm.io.layout import marker_video, segment_base, staged_video
 from farm.io.storage import S3Storage
 from farm.model.validate import spec_from_dict
@@ -102,7 +102,9 @@ class RenderMonitor(threading.Thread):
         while not self._halt.wait(0.1):
             live = Counter()
             for pid, args in render_processes().items():
-                if b"--spec" in args and _running(Path(f"/proc/{pid}")):
+                # a worker frozen with SIGSTOP renders nothing until it resumes, and then
+                # its lost lease stops its render at once
+                if b"--spec" in args and process_state(pid) not in ("T", "t", ""):
                     spec = Path(args[args.index(b"--spec") + 1].decode())
                     if spec.is_relative_to(self.root):
                         live[staged_video(spec.parent) or spec.parent.name] += 1
@@ -112,15 +114,6 @@ class RenderMonitor(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
-
-
-def _running(proc: Path) -> bool:
-    """Not stopped (a worker frozen with SIGSTOP renders nothing until it resumes, and then its
-    lost lease stops its render at once)."""
-    try:
-        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t")
-    except (OSError, IndexError):
-        return False
 
 
 def _rendering_worker(workers: dict[str, subprocess.Popen]) -> str | None:

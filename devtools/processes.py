@@ -47,6 +47,20 @@ def stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait()
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: state, parent pid, ...
+    (OSError when the process is gone)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_state(pid: int) -> str:
+    """``ps``'s state letter (R, S, T stopped, Z zombie, ...); "" when the process is gone."""
+    try:
+        return stat_fields(pid)[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def render_processes() -> dict[int, list[bytes]]:
     """Live render processes (pid: command line) as ``ps`` shows them, whichever design runs.
 
@@ -59,7 +73,7 @@ def render_processes() -> dict[int, list[bytes]]:
         try:
             args = (proc / "cmdline").read_bytes().split(b"\0")
             if b"worker.process.main" in args:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                ppid = int(stat_fields(int(proc.name))[1])
                 found[int(proc.name)] = (ppid, args)
         except (OSError, ValueError, IndexError):
             continue

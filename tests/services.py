@@ -12,8 +12,8 @@ from pathlib import Path
 import boto3
 
 from devtools.local import farm_env, start_worker
+from devtools.processes import process_state, stop
 from devtools.processes import render_processes as live_renders
-from devtools.processes import stop
 from farm.queue.state import STATES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,4 @@ def render_processes(marker: str) -> list[Path]:
 def alive(proc: Path) -> bool:
     """The process of a /proc entry runs (a zombie, dead and waiting for the machine's init to
     reap it, which can take seconds, does not)."""
-    try:
-        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return process_state(int(proc.name)) not in ("Z", "X", "")

@@ -33,7 +33,7 @@ def test_a_black_hole_worker_stops_and_the_healthy_one_renders_everything(farm, 
                       FARM_WARMUP="off", FARM_UNHEALTHY_FILE=str(health))
     wait_until(lambda: "ready." in farm.log("bad"), 60, lambda: farm.log("bad")[-3000:])
     farm.cli("enqueue", "--segment", "23", "--count", "6", "--preset", "tiny")
-    farm.start_worker("good", FARM_WARMUP="off")
+    farm.start_worker("good")
     state = farm.state()
     bad = f"bad@{socket.gethostname()}"
     wait_until(lambda: bad in state.unhealthy_workers(), 120,

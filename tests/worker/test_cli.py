@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services import ROOT
+
 from farm.assets.library import AssetLibrary
 from farm.model.validate import load_spec
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, package: str = "worker", cwd: Path | None = None

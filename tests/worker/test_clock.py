@@ -31,7 +31,7 @@ def test_a_retry_from_a_worker_with_a_wrong_clock_is_due_by_redis_clock(farm):
     # back uncounted) before it takes the retry more than once.
     ahead.terminate()
     ahead.wait(60)
-    farm.start_worker("right", FARM_WARMUP="off")
+    farm.start_worker("right")
     status = farm.wait_for(31, done=1, timeout=90)  # an ETA by the fast clock: ~1 h away
     assert status["failed"] == 0
     assert state.video(video)["crashes"] in ("1", "2")
